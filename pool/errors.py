@@ -1,0 +1,61 @@
+"""The greenjobs error family.
+
+Each class says when it is raised; only ``server.problems`` knows how they map to HTTP.
+"""
+from __future__ import annotations
+
+
+class GreenjobsError(Exception):
+    """Base of every error greenjobs raises on purpose."""
+
+
+class ConfigurationError(GreenjobsError):
+    """A setting or handler declaration is wrong; raised at start-up, never per request."""
+
+
+class HandlerNotFound(GreenjobsError):
+    """A job names a handler that is not registered."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, known
+        super().__init__(f"unknown handler {name!r}; known handlers: {', '.join(known) or '(none)'}")
+
+
+class InvalidJobParams(GreenjobsError):
+    """A submitted job has a field of the wrong type or out of range."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class JobNotFound(GreenjobsError):
+    """No job (or batch) with that id exists in the store."""
+
+
+class JobFinished(GreenjobsError):
+    """The job is already in a terminal state, so it cannot be cancelled."""
+
+
+class IllegalTransition(GreenjobsError):
+    """A state change that the job model does not allow (e.g. succeeded -> running)."""
+
+
+class Overloaded(GreenjobsError):
+    """The pending queue is full; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class StoreUnavailable(GreenjobsError):
+    """The store could not write (disk full, locked, unwritable); nothing was stored."""
+
+    retry_after = 5
+
+
+class ShuttingDown(GreenjobsError):
+    """The server is stopping and accepts no new jobs."""
+
+    retry_after = 5

@@ -1,0 +1,244 @@
+"""The greenlet executor: a bounded, managed set of job greenlets with a priority-ordered backlog.
+
+It is separate from the HTTP server's connection pool, so a full job pool never stops the server
+accepting requests, and admission never blocks: past ``max_pending`` it raises Overloaded (429).
+
+Each running job is a :class:`_Run`.  Its outcome is *settled* exactly once, by whichever comes
+first: the handler returning or raising, its timeout, or a cancel.  Timeouts and cancels settle
+from outside the job greenlet and then kill it, so a handler that swallows ``gevent.Timeout`` or
+``GreenletExit`` with a bare ``except:`` still ends failed/cancelled and gives its slot back.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import traceback
+from typing import Callable
+
+import gevent
+from gevent import Greenlet
+from gevent.event import Event
+
+from pool.context import JobContext, activate, deactivate
+from pool.errors import Overloaded
+from pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
+
+log = logging.getLogger(__name__)
+
+
+class JobInterrupt(BaseException):
+    """Thrown into a job greenlet whose outcome was already settled (timeout, cancel, shutdown)."""
+
+
+class _Run:
+    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "cancel_requested", "done")
+
+    def __init__(self, job: Job, handler, claim: bool):
+        self.job = job
+        self.handler = handler
+        self.claim = claim
+        self.greenlet: Greenlet | None = None
+        self.timer = None
+        self.outcome: tuple | None = None
+        self.cancel_requested = False
+        self.done = Event()
+
+
+class GreenletExecutor:
+    """Runs the jobs of one kind.  ``invoke(handler, job)`` calls the handler (directly for io jobs).
+
+    ``on_terminal(job)`` is called after a job's final state is committed.
+    """
+
+    def __init__(self, kind: str, store, registry, settings, owner: str, size: int, max_pending: int,
+                 on_terminal: Callable[[Job], None], invoke: Callable | None = None, max_result_bytes: int = 1 << 20):
+        self.kind = kind
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.owner = owner
+        self.size = size
+        self.max_pending = max_pending
+        self.max_result_bytes = max_result_bytes
+        self.on_terminal = on_terminal
+        self.invoke = invoke or (lambda h, job: h.fn(*job.args, **job.kwargs))
+        self._busy = 0                      # running + reserved slots
+        self._pending: list = []            # heap of (-priority, seq, job)
+        self._pending_ids: set[str] = set()
+        self._running: dict[str, _Run] = {}
+        self._seq = itertools.count()
+        self._accepting = True
+        self.completed = 0
+
+    # -- admission -----------------------------------------------------------------
+    def admit(self, count: int) -> int:
+        """Reserve slots for ``count`` new jobs; return how many start now (the rest are queued).
+
+        Raises Overloaded when the backlog would pass ``max_pending``.
+        """
+        start = max(0, min(self.size - self._busy, count)) if not self._pending else 0
+        later = count - start
+        if later and len(self._pending_ids) + later > self.max_pending:
+            raise Overloaded(f"the {self.kind} job backlog is full ({len(self._pending_ids)} pending, "
+                             f"limit greenjobs.pool.max_pending={self.max_pending}); retry later", retry_after=1)
+        self._busy += start
+        return start
+
+    def unreserve(self, count: int) -> None:
+        self._busy -= count
+        self._fill()
+
+    def launch(self, jobs: list[Job]) -> None:
+        """Start jobs already stored as running for us (their slots were reserved by :meth:`admit`)."""
+        for job in jobs:
+            self._spawn(job, claim=False)
+
+    def enqueue(self, jobs: list[Job]) -> None:
+        """Add stored queued jobs to the backlog, highest priority then oldest first."""
+        for job in jobs:
+            if job.id in self._pending_ids or job.id in self._running:
+                continue
+            heapq.heappush(self._pending, (-job.priority, next(self._seq), job))
+            self._pending_ids.add(job.id)
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._accepting and self._busy < self.size and self._pending:
+            job = heapq.heappop(self._pending)[2]
+            if job.id not in self._pending_ids:   # dropped (cancelled) while waiting
+                continue
+            self._pending_ids.discard(job.id)
+            self._busy += 1
+            self._spawn(job, claim=True)
+
+    def _spawn(self, job: Job, claim: bool) -> None:
+        run = _Run(job, self.registry.get(job.handler), claim)
+        self._running[job.id] = run
+        run.greenlet = gevent.spawn(self._body, run)
+
+    # -- running ---------------------------------------------------------------------
+    def _body(self, run: _Run) -> None:
+        job = run.job
+        if run.claim and not self.store.claim(job, self.owner):
+            self._release(run)              # cancelled or taken by another runner meanwhile
+            return
+        if run.cancel_requested:
+            self._settle(run, CANCELLED, None, error_info("cancelled", "cancelled by request"))
+            return
+        if job.timeout:
+            run.timer = gevent.get_hub().loop.timer(job.timeout)
+            run.timer.start(self._expire, run)
+        token = activate(JobContext(job, self.settings, self.store.set_progress))
+        try:
+            result = self.invoke(run.handler, job)
+        except JobInterrupt:
+            return                           # settled by whoever interrupted us
+        except (Exception, gevent.Timeout) as exc:   # a handler's own gevent.Timeout is an ordinary failure
+            self._settle(run, FAILED, None, error_info("exception", f"{type(exc).__name__}: {exc}",
+                                                        traceback.format_exc(limit=20)))
+        except BaseException as exc:         # GreenletExit from a stray kill, KeyboardInterrupt, SystemExit
+            if run.outcome is None:
+                self._settle(run, FAILED, None, error_info("interrupted", f"{type(exc).__name__}: {exc}"))
+            if not isinstance(exc, gevent.GreenletExit):
+                raise
+        else:
+            self._settle_result(run, result)
+        finally:
+            deactivate(token)
+
+    def _settle_result(self, run: _Run, result) -> None:
+        try:
+            text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            self._settle(run, FAILED, None, error_info("result_not_json", f"the handler returned a value that is not "
+                                                                          f"JSON-serialisable: {exc}"))
+            return
+        if len(text) > self.max_result_bytes:
+            self._settle(run, FAILED, None, error_info("result_too_large", f"the result is {len(text)} bytes; "
+                                                       f"the limit is greenjobs.job.max_result_bytes={self.max_result_bytes}"))
+            return
+        self._settle(run, SUCCEEDED, text, None)
+
+    def _expire(self, run: _Run) -> None:
+        # Runs in the hub (a timer callback): hand the work to a greenlet.
+        gevent.spawn(self._interrupt, run, FAILED,
+                     error_info("timeout", f"the job ran longer than its timeout of {run.job.timeout} s"))
+
+    def _interrupt(self, run: _Run, state: str, error: dict) -> bool:
+        """Settle ``run`` from outside its greenlet, then kill the greenlet.  False if already settled."""
+        if not self._settle(run, state, None, error):
+            return False
+        if run.greenlet is not None and not run.greenlet.dead:
+            run.greenlet.kill(JobInterrupt, block=False)
+        return True
+
+    def _settle(self, run: _Run, state: str, result_json: str | None, error: dict | None) -> bool:
+        """Record the one outcome of ``run``; later calls are no-ops and return False."""
+        if run.outcome is not None:
+            return False
+        run.outcome = (state, result_json, error)
+        if run.timer is not None:
+            run.timer.close()
+        try:
+            if self.store.finish(run.job, self.owner, state, result_json, error):
+                self.completed += 1
+                self.on_terminal(run.job)
+            else:
+                log.warning("job %s (%s): lease lost before it finished; outcome %s dropped",
+                            run.job.id, run.job.handler, state)
+        except Exception:
+            log.exception("job %s (%s): could not record its outcome %s; it will run again after lease expiry",
+                          run.job.id, run.job.handler, state)
+        finally:
+            self._release(run)
+        return True
+
+    def _release(self, run: _Run) -> None:
+        if self._running.pop(run.job.id, None) is not None:
+            self._busy -= 1
+            run.done.set()
+            self._fill()
+
+    # -- control -----------------------------------------------------------------------
+    def running(self, job_id: str) -> bool:
+        return job_id in self._running
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a job running here; returns the job once its cancelled state is recorded."""
+        run = self._running.get(job_id)
+        if run is None:
+            return None
+        if run.claim and run.job.started_at is None:   # still claiming: the body will see the flag
+            run.cancel_requested = True
+            run.done.wait()
+            return run.job
+        if not self._interrupt(run, CANCELLED, error_info("cancelled", "cancelled by request")):
+            run.done.wait()
+        return run.job
+
+    def drop_pending(self, job_id: str) -> None:
+        self._pending_ids.discard(job_id)
+
+    def stats(self) -> dict:
+        return {"size": self.size, "busy": len(self._running), "pending": len(self._pending_ids),
+                "completed": self.completed}
+
+    def shutdown(self, grace: float) -> list[Job]:
+        """Stop starting jobs, give running ones ``grace`` seconds, then interrupt the rest.
+
+        Returns the interrupted jobs (still running in the store) for the caller to requeue.
+        """
+        self._accepting = False
+        runs = list(self._running.values())
+        gevent.joinall([r.greenlet for r in runs if r.greenlet is not None], timeout=grace)
+        left = [r for r in self._running.values() if r.outcome is None]
+        for run in left:
+            run.outcome = ("interrupted", None, None)
+            if run.timer is not None:
+                run.timer.close()
+            if run.greenlet is not None:
+                run.greenlet.kill(JobInterrupt, block=False)
+        gevent.sleep(0)
+        return [r.job for r in left]

@@ -1,0 +1,132 @@
+"""The one job record shared by the greenlet pool, the store, the CPU queue and the HTTP API."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from pool.errors import IllegalTransition
+
+SCHEDULED, QUEUED, RUNNING = "scheduled", "queued", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
+ACTIVE = (SCHEDULED, QUEUED, RUNNING)
+KINDS = ("io", "cpu")
+
+#: Allowed moves.  running -> queued is a lease given back (shutdown, owner death);
+#: running -> scheduled and failed -> queued are retries.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    SCHEDULED: frozenset((QUEUED, CANCELLED)),
+    QUEUED: frozenset((RUNNING, CANCELLED, SCHEDULED)),
+    RUNNING: frozenset((SUCCEEDED, FAILED, CANCELLED, QUEUED, SCHEDULED)),
+    SUCCEEDED: frozenset(),
+    FAILED: frozenset((QUEUED,)),
+    CANCELLED: frozenset(),
+}
+
+
+def sources(target: str) -> tuple[str, ...]:
+    """The states from which ``target`` may be reached (used in the store's compare-and-swap)."""
+    return tuple(s for s in STATES if target in TRANSITIONS[s])
+
+
+def check_transition(current: str, target: str) -> None:
+    """Raise IllegalTransition unless ``current -> target`` is allowed."""
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(f"a job cannot move from {current} to {target}")
+
+
+def new_id() -> str:
+    """A random 32-hex job id (ordering comes from the store's sequence, not the id)."""
+    return uuid.uuid4().hex
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds -> ISO 8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def error_info(kind: str, message: str, traceback: str | None = None) -> dict[str, Any]:
+    """The JSON shape of a job error: ``kind`` is machine-readable (timeout, exception, ...)."""
+    return {"kind": kind, "message": message, "traceback": traceback}
+
+
+@dataclass(slots=True)
+class Job:
+    """A job as stored and as run.  ``args``/``kwargs`` are JSON values, never Python objects."""
+
+    id: str
+    handler: str
+    kind: str
+    state: str
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    priority: int = 0
+    timeout: float | None = None
+    max_retries: int = 0
+    run_at: float | None = None
+    attempts: int = 0
+    result: Any = None
+    error: dict | None = None
+    progress: dict | None = None
+    batch_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def transition(self, target: str) -> None:
+        """Move to ``target`` in memory, rejecting illegal moves."""
+        check_transition(self.state, target)
+        self.state = target
+
+    def public(self) -> dict[str, Any]:
+        """The job as the HTTP API shows it."""
+        return {
+            "id": self.id,
+            "handler": self.handler,
+            "kind": self.kind,
+            "state": self.state,
+            "priority": self.priority,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+            "result": self.result,
+            "error": self.error,
+            "attempts": self.attempts,
+            "progress": self.progress,
+            "batch": self.batch_id,
+            "run_at": iso(self.run_at),
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+        }
+
+    def encode(self) -> str:
+        """JSON for a queue message: the same fields the store keeps, nothing executable."""
+        return json.dumps({
+            "id": self.id, "handler": self.handler, "kind": self.kind, "args": self.args,
+            "kwargs": self.kwargs, "priority": self.priority, "timeout": self.timeout,
+            "max_retries": self.max_retries, "attempts": self.attempts,
+        }, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str | bytes) -> "Job":
+        """Inverse of :meth:`encode`; raises ValueError on anything that is not a job message."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("handler"), str):
+            raise ValueError("not a greenjobs job message")
+        return cls(id=data["id"], handler=data["handler"], kind=data.get("kind", "cpu"), state=RUNNING,
+                   args=list(data.get("args") or []), kwargs=dict(data.get("kwargs") or {}),
+                   priority=int(data.get("priority", 0)), timeout=data.get("timeout"),
+                   max_retries=int(data.get("max_retries", 0)), attempts=int(data.get("attempts", 0)))

@@ -1,0 +1,216 @@
+"""The runtime: one object that wires the store, the handler registry, the executors and the waiters.
+
+The HTTP views call it; it never knows about HTTP.  It also runs the maintenance greenlet that
+renews this process's leases, adopts jobs whose runner died, and starts scheduled jobs when due.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Iterable
+
+import gevent
+from gevent.threadpool import ThreadPool
+
+from pool.errors import JobFinished, JobNotFound, ShuttingDown
+from pool.executor import GreenletExecutor
+from pool.job import QUEUED, RUNNING, SCHEDULED, Job
+from pool.store import Store
+from pool.waiters import Waiters
+
+log = logging.getLogger(__name__)
+
+
+def make_owner() -> str:
+    """A lease owner id: host and pid (so a dead owner on this host is detected at once) plus a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True if ``owner`` was a process on this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Runtime:
+    """Everything that runs jobs in this process."""
+
+    def __init__(self, settings, registry):
+        self.settings = settings
+        self.registry = registry
+        self.owner = make_owner()
+        self.store = Store(settings.store_path, synchronous=settings.store_synchronous,
+                           lease_seconds=settings.store_lease_seconds)
+        self.waiters = Waiters()
+        self._cpu_threads = ThreadPool(max(1, settings.workers_cpu))
+        common = dict(store=self.store, registry=registry, settings=settings, owner=self.owner,
+                      on_terminal=self.waiters.finished, max_result_bytes=settings.job_max_result_bytes)
+        self.executors = {
+            "io": GreenletExecutor("io", size=settings.pool_size, max_pending=settings.pool_max_pending, **common),
+            # Until CPU jobs go to worker processes, they run in threads: never on the hub.
+            "cpu": GreenletExecutor("cpu", size=max(1, settings.workers_cpu), max_pending=settings.pool_max_pending,
+                                    invoke=self._invoke_in_thread, **common),
+        }
+        self.accepting = False
+        self._maintenance = None
+        self.started_at = time.time()
+
+    def _invoke_in_thread(self, handler, job: Job):
+        ctx = contextvars.copy_context()
+        return self._cpu_threads.apply(ctx.run, (handler.fn, *job.args), job.kwargs)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> "Runtime":
+        self.store.open()
+        self._adopt()
+        self.accepting = True
+        self._maintenance = gevent.spawn(self._maintain)
+        log.info("greenjobs runtime started as %s (store %s)", self.owner, self.store.path)
+        return self
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let running jobs finish for ``grace`` seconds, requeue the rest, close."""
+        if not self.accepting and self._maintenance is None:
+            return
+        self.accepting = False
+        grace = self.settings.shutdown_grace if grace is None else grace
+        if self._maintenance is not None:
+            self._maintenance.kill()
+            self._maintenance = None
+        interrupted: list[Job] = []
+        for executor in self.executors.values():
+            interrupted += executor.shutdown(grace)
+        try:
+            requeued = self.store.requeue(interrupted, self.owner)
+            released = self.store.release(self.owner)
+            log.info("shutdown: %d running jobs requeued, %d queued jobs released", requeued, released)
+        finally:
+            self.store.close()
+            self._cpu_threads.kill()
+
+    def _maintain(self) -> None:
+        interval = min(1.0, self.settings.store_lease_seconds / 3)
+        renew_every = self.settings.store_lease_seconds / 3
+        last_renew = time.monotonic()
+        while True:
+            gevent.sleep(interval)
+            try:
+                if time.monotonic() - last_renew >= renew_every:
+                    self.store.renew(self.owner)
+                    last_renew = time.monotonic()
+                self._adopt()
+                self._dispatch(self.store.promote_due(self.owner, tuple(self.executors)))
+            except Exception:
+                log.exception("maintenance pass failed; retrying")
+
+    def _adopt(self) -> None:
+        dead = [owner for owner, _ in self.store.owners(self.owner) if owner_is_dead(owner)]
+        jobs = self.store.adopt(self.owner, dead, tuple(self.executors))
+        if jobs:
+            log.info("adopted %d jobs from dead or expired runners", len(jobs))
+            self._dispatch(jobs)
+
+    def _dispatch(self, queued: Iterable[Job]) -> None:
+        by_kind: dict[str, list[Job]] = {}
+        for job in queued:
+            by_kind.setdefault(job.kind, []).append(job)
+        for kind, jobs in by_kind.items():
+            self.executors[kind].enqueue(jobs)
+
+    # -- the API -----------------------------------------------------------------------
+    def submit(self, jobs: list[Job], batch_id: str | None = None) -> list[Job]:
+        """Store ``jobs`` durably (all or nothing), then start or queue them.  Returns them in order."""
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down and accepts no new jobs; retry shortly")
+        now = time.time()
+        by_kind: dict[str, list[Job]] = {}
+        for job in jobs:
+            job.batch_id = batch_id
+            if job.run_at is not None and job.run_at > now:
+                job.state = SCHEDULED
+            else:
+                job.run_at = None
+                by_kind.setdefault(job.kind, []).append(job)
+        reserved: dict[str, int] = {}
+        try:
+            for kind, group in by_kind.items():
+                reserved[kind] = self.executors[kind].admit(len(group))
+                group.sort(key=lambda j: -j.priority)
+                for i, job in enumerate(group):
+                    if i < reserved[kind]:
+                        job.state, job.attempts, job.started_at = RUNNING, 1, now
+                    else:
+                        job.state = QUEUED
+            self.store.insert(jobs, self.owner, batch_id)
+        except BaseException:
+            for kind, count in reserved.items():
+                self.executors[kind].unreserve(count)
+            raise
+        for kind, group in by_kind.items():
+            executor = self.executors[kind]
+            executor.launch(group[:reserved[kind]])
+            executor.enqueue(group[reserved[kind]:])
+        return jobs
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """The job once it is terminal, or as it is after ``timeout`` seconds."""
+        with self.waiters.job(job_id) as result:
+            job = self.get(job_id)
+            if job.terminal or timeout <= 0:
+                return job
+            try:
+                return result.get(timeout=timeout)
+            except gevent.Timeout:
+                return self.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a scheduled, queued or running job.  Raises JobFinished if it already ended."""
+        for executor in self.executors.values():
+            if executor.running(job_id):
+                job = executor.cancel(job_id)
+                if job is not None and job.state == "cancelled":
+                    return job
+        job, changed = self.store.cancel(job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        if not changed:
+            raise JobFinished(f"job {job_id} already ended ({job.state}); nothing to cancel")
+        for executor in self.executors.values():
+            executor.drop_pending(job_id)
+        self.waiters.finished(job)
+        return job
+
+    def batch(self, batch_id: str, timeout: float = 0.0) -> dict:
+        """Counts per state for a batch; with ``timeout``, first wait until every job is terminal."""
+        deadline = time.monotonic() + timeout
+        with self.waiters.batch(batch_id) as event:
+            counts = self.store.batch_counts(batch_id)
+            if counts is None:
+                raise JobNotFound(f"no batch with id {batch_id!r}")
+            while deadline > time.monotonic() and self.store.batch_active(batch_id) > 0:
+                event.wait(deadline - time.monotonic())
+                event.clear()
+                gevent.sleep(0.005)   # coalesce a burst of finishing jobs into one re-count
+        return self.store.batch_counts(batch_id) if timeout > 0 else counts
+
+    def stats(self) -> dict:
+        return {kind: ex.stats() for kind, ex in self.executors.items()}

@@ -1,0 +1,158 @@
+"""Settings: one table per package, parsed and validated once at start-up.
+
+Every problem is collected and reported together, unknown ``greenjobs.*`` keys included,
+so a bad config.ini fails fast with one line per key saying what is expected.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Mapping
+
+from pool.errors import ConfigurationError
+
+PREFIX = "greenjobs."
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key: ``convert`` turns the ini string into a typed value or raises ValueError."""
+
+    key: str
+    convert: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def attr(self) -> str:
+        """``greenjobs.pool.size`` -> ``pool_size``."""
+        key = self.key[len(PREFIX):] if self.key.startswith(PREFIX) else self.key
+        return key.replace(".", "_")
+
+
+def as_int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        value = int(str(text).strip())
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"an integer in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]")
+        return value
+    convert.expects = f"an integer in [{lo}, {hi}]"  # type: ignore[attr-defined]
+    return convert
+
+
+def as_float(lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        value = float(str(text).strip())
+        if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError
+        return value
+    convert.expects = f"a number in [{lo}, {hi}]"  # type: ignore[attr-defined]
+    return convert
+
+
+def as_bool(text: str) -> bool:
+    """Strict: true/false/yes/no/on/off/1/0 only, so a typo is an error rather than False."""
+    value = str(text).strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError
+
+
+as_bool.expects = "true or false"  # type: ignore[attr-defined]
+
+
+def as_words(text: str) -> tuple[str, ...]:
+    """Whitespace- or comma-separated words."""
+    return tuple(w for w in str(text).replace(",", " ").split() if w)
+
+
+as_words.expects = "a list of words separated by spaces"  # type: ignore[attr-defined]
+
+
+def as_choice(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in choices:
+            raise ValueError
+        return value
+    convert.expects = "one of " + ", ".join(choices)  # type: ignore[attr-defined]
+    return convert
+
+
+def as_str(text: str) -> str:
+    value = str(text).strip()
+    if not value:
+        raise ValueError
+    return value
+
+
+as_str.expects = "a non-empty string"  # type: ignore[attr-defined]
+
+
+def as_sqlite_url(text: str) -> str:
+    value = str(text).strip()
+    if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
+        raise ValueError
+    return value
+
+
+as_sqlite_url.expects = "sqlite:///PATH (an absolute or %(here)s-relative path)"  # type: ignore[attr-defined]
+
+
+def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> SimpleNamespace:
+    """Convert ``raw`` ini settings with the given tables into a namespace (``greenjobs.pool.size`` -> ``pool_size``).
+
+    ``defaults`` overrides a table default (e.g. paths computed from ``%(here)s``).
+    Raises ConfigurationError listing every bad or unknown key at once.
+    """
+    known: dict[str, Setting] = {}
+    for table in tables:
+        for setting in table:
+            known[setting.key] = setting
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, setting in known.items():
+        if key in raw:
+            text = raw[key]
+            try:
+                values[setting.attr] = setting.convert(text)
+            except (ValueError, TypeError):
+                expects = getattr(setting.convert, "expects", "a valid value")
+                problems.append(f"{key} = {text!r}: expected {expects} ({setting.help})")
+        else:
+            values[setting.attr] = (defaults or {}).get(key, setting.default)
+    for key in sorted(raw):
+        if key.startswith(PREFIX) and key not in known:
+            close = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append(f"{key}: unknown setting{hint}")
+    if problems:
+        raise ConfigurationError("invalid settings in the ini file:\n  " + "\n  ".join(problems))
+    return SimpleNamespace(**values)
+
+
+def default_cpu_count() -> int:
+    return os.cpu_count() or 1
+
+
+#: Settings of the pool package (job execution and the store).
+TABLE = (
+    Setting("greenjobs.pool.size", as_int(1, 100_000), 1000, "I/O jobs running at once, as greenlets"),
+    Setting("greenjobs.pool.max_pending", as_int(0, 10_000_000), 100_000,
+            "jobs waiting for a slot before submissions get 429"),
+    Setting("greenjobs.store.url", as_sqlite_url, None, "where the job ledger lives; default %(here)s/var/greenjobs.sqlite"),
+    Setting("greenjobs.store.synchronous", as_choice("full", "normal"), "full",
+            "full: every commit is fsynced (survives power loss); normal: survives a killed process only"),
+    Setting("greenjobs.store.lease_seconds", as_float(1.0, 3600.0), 30.0,
+            "how long a runner's claim on a job lasts without renewal before another runner may take it"),
+    Setting("greenjobs.workers.cpu", as_int(0, 1024), default_cpu_count(), "cpu jobs running at once"),
+    Setting("greenjobs.job.max_timeout", as_float(0.001, 31_536_000.0), 86_400.0,
+            "largest timeout (seconds) a job may ask for"),
+    Setting("greenjobs.job.max_result_bytes", as_int(16, 1 << 30), 1 << 20,
+            "largest JSON result a job may return, in bytes"),
+    Setting("greenjobs.shutdown.grace", as_float(0.0, 3600.0), 10.0,
+            "seconds running jobs get to finish on SIGTERM before they are requeued"),
+)

@@ -1,0 +1,78 @@
+"""Turn a submitted JSON object into a Job, or say exactly which field is wrong and how to fix it."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from pool.errors import InvalidJobParams
+from pool.job import QUEUED, Job, new_id
+
+FIELDS = ("handler", "args", "kwargs", "priority", "timeout", "max_retries", "delay", "run_at")
+MAX_DELAY = 366 * 86400.0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
+    """Validate one job object from a request body.  ``where`` prefixes field names (``jobs[3].``)."""
+    if not isinstance(data, dict):
+        raise InvalidJobParams(where.rstrip(".") or "body", "must be a JSON object with at least a 'handler' field")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise InvalidJobParams(f"{where}{unknown[0]}", f"unknown field; allowed fields: {', '.join(FIELDS)}")
+    name = data.get("handler")
+    if not isinstance(name, str):
+        raise InvalidJobParams(f"{where}handler", "required, the name of a registered handler (see GET /handlers)")
+    handler = registry.get(name)    # HandlerNotFound lists the known ones
+
+    args = data.get("args", [])
+    if not isinstance(args, list):
+        raise InvalidJobParams(f"{where}args", "must be a JSON array")
+    kwargs = data.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise InvalidJobParams(f"{where}kwargs", "must be a JSON object")
+    priority = data.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
+        raise InvalidJobParams(f"{where}priority", "must be an integer from 0 (lowest) to 9 (highest)")
+    timeout = data.get("timeout", handler.timeout)
+    if timeout is not None and (not _is_number(timeout) or not 0 < timeout <= settings.job_max_timeout):
+        raise InvalidJobParams(f"{where}timeout", f"must be a number of seconds in (0, {settings.job_max_timeout}]")
+    max_retries = data.get("max_retries", handler.max_retries)
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 100:
+        raise InvalidJobParams(f"{where}max_retries", "must be an integer from 0 to 100")
+    run_at = None
+    if "delay" in data and "run_at" in data:
+        raise InvalidJobParams(f"{where}delay", "give either delay or run_at, not both")
+    if "delay" in data:
+        delay = data["delay"]
+        if not _is_number(delay) or not 0 <= delay <= MAX_DELAY:
+            raise InvalidJobParams(f"{where}delay", f"must be a number of seconds from 0 to {MAX_DELAY:.0f}")
+        run_at = time.time() + delay if delay > 0 else None
+    elif "run_at" in data:
+        run_at = _parse_time(data["run_at"], f"{where}run_at")
+    if handler.validate is not None:
+        try:
+            handler.validate(args, kwargs)
+        except (ValueError, TypeError) as exc:
+            raise InvalidJobParams(f"{where}{str(exc).split(' ', 1)[0]}", str(exc).split(" ", 1)[-1]) from None
+    return Job(id=new_id(), handler=handler.name, kind=handler.kind, state=QUEUED, args=args, kwargs=kwargs,
+               priority=priority, timeout=None if timeout is None else float(timeout), max_retries=max_retries,
+               run_at=run_at)
+
+
+def _parse_time(value: Any, field: str) -> float:
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidJobParams(field, "must be an ISO 8601 date-time string, e.g. 2026-12-01T12:00:00Z")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidJobParams(field, "must be an ISO 8601 date-time string, e.g. 2026-12-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    ts = moment.timestamp()
+    if ts > time.time() + MAX_DELAY:
+        raise InvalidJobParams(field, "must be at most one year ahead")
+    return ts

@@ -1,0 +1,428 @@
+"""The SQLite ledger of truth, with group commit and all sqlite calls off the gevent hub.
+
+Every write is an *op* (a function of a connection) queued to one committer greenlet.  The
+committer takes every op queued so far, runs them in one transaction in a writer thread, then
+wakes each caller with its op's result: many concurrent submissions share one commit (and one
+fsync).  Reads use a small pool of reader connections, also in threads; WAL mode lets them run
+while a write is in progress.
+
+State changes are compare-and-swap updates (``WHERE state IN (...) AND lease_owner = ?``) so the
+store stays correct when several runners (processes, servers, CPU result consumers) race.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from typing import Any, Callable, Iterable
+
+import gevent
+from gevent.event import AsyncResult, Event
+from gevent.threadpool import ThreadPool
+
+from pool.errors import StoreUnavailable
+from pool.job import QUEUED, RUNNING, Job
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    handler TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    args TEXT NOT NULL,
+    kwargs TEXT NOT NULL,
+    timeout REAL,
+    max_retries INTEGER NOT NULL DEFAULT 0,
+    run_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result TEXT,
+    error TEXT,
+    progress TEXT,
+    batch_id TEXT,
+    lease_owner TEXT,
+    lease_expires REAL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
+CREATE INDEX IF NOT EXISTS jobs_handler ON jobs(handler, seq);
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id, state) WHERE batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE state = 'scheduled';
+CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, total INTEGER NOT NULL, created_at REAL NOT NULL);
+"""
+
+COLUMNS = ("id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts, "
+           "result, error, progress, batch_id, created_at, started_at, finished_at")
+_ACTIVE_SQL = "('scheduled', 'queued', 'running')"
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def row_to_job(row: tuple) -> Job:
+    (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
+     result, error, progress, batch_id, created_at, started_at, finished_at) = row
+    return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
+               kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
+               attempts=attempts, result=_loads(result), error=_loads(error), progress=_loads(progress),
+               batch_id=batch_id, created_at=created_at, started_at=started_at, finished_at=finished_at)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class _Op:
+    __slots__ = ("fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]):
+        self.fn = fn
+        self.result = AsyncResult()
+
+
+class Store:
+    """The durable job table.  Call :meth:`open` once from a greenlet before use.
+
+    ``synchronous`` is SQLite's: ``full`` fsyncs the WAL on every (group) commit and survives
+    power loss; ``normal`` survives a killed process but not a power cut.
+    """
+
+    def __init__(self, path: str, synchronous: str = "full", lease_seconds: float = 30.0,
+                 readers: int = 4, max_batch_ops: int = 20000):
+        self.path = path
+        self.synchronous = synchronous
+        self.lease_seconds = lease_seconds
+        self.max_batch_ops = max_batch_ops
+        self._ops: list[_Op] = []
+        self._progress: dict[str, str] = {}
+        self._wake = Event()
+        self._writer_pool = ThreadPool(1)
+        self._reader_pool = ThreadPool(readers)
+        self._readers: list[sqlite3.Connection] = []
+        self._writer: sqlite3.Connection | None = None
+        self._committer = None
+        self.healthy = True
+        self.last_error: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+    def open(self) -> "Store":
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        self._writer = self._writer_pool.apply(self._connect_writer)
+        self._committer = gevent.spawn(self._commit_loop)
+        return self
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreUnavailable(f"could not put {self.path} in WAL mode (got {mode})")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def close(self) -> None:
+        """Flush queued writes, then close every connection."""
+        if self._committer is not None:
+            self.flush()
+            self._committer.kill()
+            self._committer = None
+        if self._writer is not None:
+            self._writer_pool.apply(self._writer.close)
+            self._writer = None
+        for conn in self._readers:
+            self._reader_pool.apply(conn.close)
+        self._readers.clear()
+        self._writer_pool.kill()
+        self._reader_pool.kill()
+
+    def flush(self) -> None:
+        """Wait until every write queued so far is committed (or has failed)."""
+        self._write(lambda conn: None)
+
+    # -- the committer ---------------------------------------------------------------
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Queue ``fn`` for the next group commit and wait for its result."""
+        if self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        op = _Op(fn)
+        self._ops.append(op)
+        self._wake.set()
+        return op.result.get()
+
+    def _commit_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._ops or self._progress:
+                ops, self._ops = self._ops[:self.max_batch_ops], self._ops[self.max_batch_ops:]
+                progress, self._progress = self._progress, {}
+                try:
+                    results = self._writer_pool.apply(self._run_batch, (ops, progress))
+                except Exception as exc:  # the whole batch failed: retry op by op
+                    self._mark_unhealthy(exc)
+                    results = self._writer_pool.apply(self._run_singly, (ops,))
+                else:
+                    self.healthy, self.last_error = True, None
+                for op, (ok, value) in zip(ops, results):
+                    if ok:
+                        op.result.set(value)
+                    else:
+                        op.result.set_exception(value)
+
+    def _mark_unhealthy(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.error("store write failed: %s", exc)
+        self.healthy, self.last_error = False, str(exc)
+
+    def _run_batch(self, ops: list[_Op], progress: dict[str, str]) -> list:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [(True, op.fn(conn)) for op in ops]
+            if progress:
+                conn.executemany("UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'",
+                                 [(p, i) for i, p in progress.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _run_singly(self, ops: list[_Op]) -> list:
+        conn = self._writer
+        results = []
+        for op in ops:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                value = op.fn(conn)
+                conn.execute("COMMIT")
+                results.append((True, value))
+            except Exception as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                results.append((False, exc if not isinstance(exc, sqlite3.Error)
+                                else StoreUnavailable(f"the job store cannot write: {exc}")))
+        return results
+
+    # -- reads -----------------------------------------------------------------------
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        conn = self._readers.pop() if self._readers else None
+        try:
+            if conn is None:
+                conn = self._reader_pool.apply(self._connect)
+            result = self._reader_pool.apply(fn, (conn,) + args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"the job store cannot be read: {exc}") from exc
+        self._readers.append(conn)
+        return result
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
+        row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row_to_job(row) if row else None
+
+    def get(self, job_id: str) -> Job | None:
+        return self._read(self._get, job_id)
+
+    def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
+             after: str | None = None) -> list[Job]:
+        """Newest first; ``after`` is the id of the last job of the previous page."""
+        def query(conn):
+            where, params = [], []
+            if state:
+                where.append("state = ?")
+                params.append(state)
+            if handler:
+                where.append("handler = ?")
+                params.append(handler)
+            if after:
+                where.append("seq < (SELECT seq FROM jobs WHERE id = ?)")
+                params.append(after)
+            sql = f"SELECT {COLUMNS} FROM jobs"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY seq DESC LIMIT ?"
+            return [row_to_job(r) for r in conn.execute(sql, params + [limit])]
+        return self._read(query)
+
+    def batch_counts(self, batch_id: str) -> dict[str, Any] | None:
+        def query(conn):
+            row = conn.execute("SELECT total, created_at FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row is None:
+                return None
+            counts = dict(conn.execute("SELECT state, count(*) FROM jobs WHERE batch_id = ? GROUP BY state",
+                                       (batch_id,)).fetchall())
+            return {"total": row[0], "created_at": row[1], "counts": counts}
+        return self._read(query)
+
+    def batch_active(self, batch_id: str) -> int:
+        def query(conn):
+            return conn.execute(f"SELECT count(*) FROM jobs WHERE batch_id = ? AND state IN {_ACTIVE_SQL}",
+                                (batch_id,)).fetchone()[0]
+        return self._read(query)
+
+    def batch_job_ids(self, batch_id: str) -> list[str]:
+        return self._read(lambda conn: [r[0] for r in conn.execute(
+            "SELECT id FROM jobs WHERE batch_id = ? ORDER BY seq", (batch_id,))])
+
+    def owners(self, me: str) -> list[tuple[str, float]]:
+        """Other lease owners of active jobs, with their latest lease expiry."""
+        return self._read(lambda conn: conn.execute(
+            "SELECT lease_owner, max(lease_expires) FROM jobs WHERE lease_owner IS NOT NULL "
+            f"AND lease_owner != ? AND state IN {_ACTIVE_SQL} GROUP BY lease_owner", (me,)).fetchall())
+
+    def ping(self) -> bool:
+        try:
+            self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+            return self.healthy
+        except StoreUnavailable:
+            return False
+
+    # -- writes ----------------------------------------------------------------------
+    def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None) -> None:
+        """Store new jobs in one transaction (all or nothing).  Active ones are leased to ``owner``."""
+        now = time.time()
+        expires = now + self.lease_seconds
+        rows = []
+        for j in jobs:
+            leased = j.state in (QUEUED, RUNNING)
+            rows.append((j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args), _dumps(j.kwargs),
+                         j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id, owner if leased else None,
+                         expires if leased else None, j.created_at, j.started_at))
+
+        def op(conn):
+            if batch_id is not None:
+                conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(rows), now))
+            conn.executemany(
+                "INSERT INTO jobs (id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at,"
+                " attempts, batch_id, lease_owner, lease_expires, created_at, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._write(op)
+
+    def claim(self, job: Job, owner: str) -> bool:
+        """queued -> running for ``owner``; bumps attempts.  False if someone else moved it first."""
+        now = time.time()
+
+        def op(conn):
+            return conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
+                " lease_expires = ? WHERE id = ? AND state = 'queued' AND lease_owner = ?",
+                (now, owner, now + self.lease_seconds, job.id, owner)).rowcount == 1
+        if not self._write(op):
+            return False
+        job.state, job.attempts, job.started_at = RUNNING, job.attempts + 1, now
+        return True
+
+    def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
+        """running (leased to ``owner``) -> ``state``.  False if the lease was lost or the job cancelled."""
+        now = time.time()
+        args = (state, result_json, None if error is None else _dumps(error), now,
+                None if job.progress is None else _dumps(job.progress))
+
+        self._progress.pop(job.id, None)
+
+        def op(conn):
+            return conn.execute(
+                "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, progress = COALESCE(?, progress),"
+                " lease_owner = NULL, lease_expires = NULL WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                args + (job.id, owner)).rowcount == 1
+        if not self._write(op):
+            return False
+        job.state, job.finished_at = state, now
+        job.result = None if result_json is None else json.loads(result_json)
+        job.error = error
+        return True
+
+    def cancel(self, job_id: str) -> tuple[Job | None, bool]:
+        """Cancel a job in any active state; returns (the job as it now is, whether this call cancelled it)."""
+        now = time.time()
+
+        def op(conn):
+            row = conn.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires = NULL,"
+                f" error = ? WHERE id = ? AND state IN {_ACTIVE_SQL} RETURNING {COLUMNS}",
+                (now, _dumps({"kind": "cancelled", "message": "cancelled by request", "traceback": None}),
+                 job_id)).fetchone()
+            if row is not None:
+                return row_to_job(row), True
+            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return (row_to_job(row) if row else None), False
+        return self._write(op)
+
+    def requeue(self, jobs: Iterable[Job], owner: str) -> int:
+        """Give running jobs back (running -> queued, unleased), undoing the interrupted attempt."""
+        ids = [(j.id, owner) for j in jobs]
+
+        def op(conn):
+            return conn.executemany(
+                "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), lease_owner = NULL,"
+                " lease_expires = NULL, started_at = NULL WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                ids).rowcount
+        return self._write(op) if ids else 0
+
+    def release(self, owner: str) -> int:
+        """Unlease every queued job of ``owner`` (on shutdown) so any runner may adopt them."""
+        return self._write(lambda conn: conn.execute(
+            "UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = ? AND state = 'queued'",
+            (owner,)).rowcount)
+
+    def renew(self, owner: str) -> int:
+        """Extend the lease of every active job ``owner`` holds (one statement, not one per job)."""
+        expires = time.time() + self.lease_seconds
+        return self._write(lambda conn: conn.execute(
+            "UPDATE jobs SET lease_expires = ? WHERE lease_owner = ? AND state IN ('queued', 'running')",
+            (expires, owner)).rowcount)
+
+    def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:
+        """Take over active jobs whose owner is dead, whose lease expired, or that have no owner.
+
+        Running ones go back to queued (their attempt was interrupted); all are leased to ``owner``.
+        """
+        now = time.time()
+        marks = ",".join("?" * len(dead_owners)) or "NULL"
+        kind_marks = ",".join("?" * len(kinds))
+
+        def op(conn):
+            rows = conn.execute(
+                f"UPDATE jobs SET state = 'queued', lease_owner = ?, lease_expires = ? WHERE state IN ('queued', 'running')"
+                f" AND kind IN ({kind_marks}) AND (lease_owner IS NULL OR lease_owner IN ({marks}) OR"
+                f" (lease_owner != ? AND lease_expires < ?)) RETURNING {COLUMNS}",
+                (owner, now + self.lease_seconds, *kinds, *dead_owners, owner, now)).fetchall()
+            return [row_to_job(r) for r in rows]
+        return self._write(op)
+
+    def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
+        """scheduled -> queued for jobs whose ``run_at`` has come, leased to ``owner``."""
+        now = time.time()
+        kind_marks = ",".join("?" * len(kinds))
+
+        def op(conn):
+            rows = conn.execute(
+                "UPDATE jobs SET state = 'queued', lease_owner = ?, lease_expires = ? WHERE id IN"
+                f" (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= ? AND kind IN ({kind_marks})"
+                f" ORDER BY run_at LIMIT ?) RETURNING {COLUMNS}",
+                (owner, now + self.lease_seconds, now, *kinds, limit)).fetchall()
+            return [row_to_job(r) for r in rows]
+        return self._write(op)
+
+    def set_progress(self, job_id: str, progress: dict) -> None:
+        """Record progress without waiting: coalesced, only the latest value per job is written."""
+        self._progress[job_id] = _dumps(progress)
+        self._wake.set()
+

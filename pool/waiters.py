@@ -1,0 +1,61 @@
+"""Who is waiting for which job or batch: long-polls park here and are woken when a job ends.
+
+A waiter is an AsyncResult or Event, not a thread or a poll loop, so ten thousand waiting
+requests cost ten thousand parked greenlets and nothing else.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from gevent.event import AsyncResult, Event
+
+from pool.job import Job
+
+
+class Waiters:
+    def __init__(self) -> None:
+        self._jobs: dict[str, list[AsyncResult]] = {}
+        self._batches: dict[str, list[Event]] = {}
+
+    @contextmanager
+    def job(self, job_id: str) -> Iterator[AsyncResult]:
+        """Register before reading the store, so a job that ends in between is not missed."""
+        result = AsyncResult()
+        self._jobs.setdefault(job_id, []).append(result)
+        try:
+            yield result
+        finally:
+            _remove(self._jobs, job_id, result)
+
+    @contextmanager
+    def batch(self, batch_id: str) -> Iterator[Event]:
+        event = Event()
+        self._batches.setdefault(batch_id, []).append(event)
+        try:
+            yield event
+        finally:
+            _remove(self._batches, batch_id, event)
+
+    def finished(self, job: Job) -> None:
+        """Wake everyone waiting for ``job`` (and its batch)."""
+        for result in self._jobs.pop(job.id, ()):
+            result.set(job)
+        if job.batch_id is not None:
+            for event in self._batches.get(job.batch_id, ()):
+                event.set()
+
+    def count(self) -> int:
+        return sum(len(v) for v in self._jobs.values()) + sum(len(v) for v in self._batches.values())
+
+
+def _remove(table: dict, key: str, item) -> None:
+    items = table.get(key)
+    if items is None:
+        return
+    try:
+        items.remove(item)
+    except ValueError:
+        pass
+    if not items:
+        table.pop(key, None)

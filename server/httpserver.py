@@ -1,0 +1,85 @@
+"""gevent.pywsgi with the limits it lacks: a connection cap, header and idle timeouts, a header
+size limit, TCP_NODELAY, and a graceful stop on SIGTERM/SIGINT.  Imported only after patching.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+
+import gevent
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from server.lifecycle import ServerStopping
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("server.access")
+
+
+class LimitedHandler(WSGIHandler):
+    """Closes connections that idle too long or dribble their headers (slowloris)."""
+
+    idle_timeout = 75.0
+    header_timeout = 15.0
+    max_header_bytes = 65536
+
+    def read_requestline(self):
+        with gevent.Timeout(self.idle_timeout, False):
+            return super().read_requestline()
+        return ""          # idle keep-alive connection: close it quietly
+
+    def read_request(self, raw_requestline):
+        with gevent.Timeout(self.header_timeout, False):
+            ok = super().read_request(raw_requestline)
+            size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+            if size > self.max_header_bytes:
+                raise ValueError(f"request headers exceed {self.max_header_bytes} bytes")
+            return ok
+        raise ValueError(f"request headers not received within {self.header_timeout} s")
+
+    def log_request(self):
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(self.format_request())
+
+
+class Server(WSGIServer):
+    handler_class = LimitedHandler
+    nodelay = True
+
+    def handle(self, sock, address):
+        if self.nodelay:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        super().handle(sock, address)
+
+
+def serve_forever(app, options) -> None:
+    handler = type("Handler", (LimitedHandler,), {"idle_timeout": options.idle_timeout,
+                                                  "header_timeout": options.header_timeout,
+                                                  "max_header_bytes": options.max_header_bytes})
+    server = Server((options.host, options.port), app, spawn=Pool(options.max_connections),
+                    handler_class=handler, backlog=options.backlog, log=None, error_log=log)
+    server.nodelay = options.nodelay
+    server.stop_timeout = options.stop_timeout
+    stopping = []
+
+    def stop(signum):
+        if stopping:
+            return
+        stopping.append(signum)
+        log.info("signal %s: stopping (in-flight requests get %s s)", signum, options.stop_timeout)
+        registry = getattr(app, "registry", None)
+        # Stop accepting first, so the port is free; jobs get their grace while requests finish.
+        server.close()
+        if registry is not None:
+            gevent.spawn(registry.notify, ServerStopping()).join()
+        server.stop(timeout=options.stop_timeout)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stop, signum)
+    server.init_socket()
+    print(f"greenjobs serving on http://{options.host}:{server.server_port}", flush=True)
+    server.serve_forever()

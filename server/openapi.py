@@ -1,0 +1,101 @@
+"""GET /openapi.json: an OpenAPI 3.1 description of the real routes (a test walks both)."""
+from __future__ import annotations
+
+from pyramid.view import view_config
+
+from pool.job import STATES
+
+_problem = {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+_job = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+_wait = {"name": "wait", "in": "query", "required": False,
+         "description": "hold the request until the job (batch) is terminal or this many seconds pass (capped by greenjobs.api.max_wait)",
+         "schema": {"type": "number", "minimum": 0}}
+_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(code): _problem for code in codes}
+
+
+JOB_SPEC = {
+    "type": "object", "required": ["handler"], "additionalProperties": False,
+    "properties": {
+        "handler": {"type": "string", "description": "a name from GET /handlers"},
+        "args": {"type": "array"},
+        "kwargs": {"type": "object"},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds; default from the handler"},
+        "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
+        "delay": {"type": "number", "minimum": 0, "description": "seconds before the job may start"},
+        "run_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {"title": "greenjobs", "version": "0.1.0",
+             "description": "Submit jobs over HTTP and follow them to a result."},
+    "paths": {
+        "/jobs": {
+            "post": {"summary": "Submit a job", "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}},
+                     "responses": {"202": _job, **_errors(400, 408, 413, 415, 422, 429, 503)}},
+            "get": {"summary": "List jobs, newest first", "parameters": [
+                {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
+                {"name": "handler", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "after", "in": "query", "schema": {"type": "string"},
+                 "description": "the `next` value of the previous page"}],
+                    "responses": {"200": {"description": "a page of jobs", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+                                                         "next": {"type": ["string", "null"]}}}}}},
+                                  **_errors(400)}},
+        },
+        "/jobs/batch": {
+            "post": {"summary": "Submit many jobs at once (all or nothing)", "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"type": "object", "required": ["jobs"], "properties": {
+                    "jobs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/JobSpec"}}}}}}},
+                     "responses": {"202": {"description": "accepted", "content": {"application/json": {"schema": {
+                         "type": "object", "properties": {"batch": {"type": "string"}, "count": {"type": "integer"},
+                                                          "ids": {"type": "array", "items": {"type": "string"}}}}}}},
+                                   **_errors(400, 408, 413, 415, 422, 429, 503)}},
+        },
+        "/jobs/{id}": {
+            "get": {"summary": "A job; with ?wait=S a long-poll", "parameters": [_id, _wait],
+                    "responses": {"200": _job, **_errors(400, 404)}},
+            "delete": {"summary": "Cancel a job", "parameters": [_id],
+                       "responses": {"200": _job, **_errors(404, 409, 503)}},
+        },
+        "/batches/{id}": {
+            "get": {"summary": "Counts per state of a batch; with ?wait=S until all are terminal", "parameters": [_id, _wait],
+                    "responses": {"200": {"description": "counts", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"id": {"type": "string"}, "total": {"type": "integer"},
+                                                         "counts": {"type": "object"}, "done": {"type": "boolean"}}}}}},
+                                  **_errors(400, 404)}},
+        },
+        "/handlers": {"get": {"summary": "Registered handlers", "responses": {"200": {"description": "handlers"}}}},
+        "/health": {"get": {"summary": "Pool and store health",
+                            "responses": {"200": {"description": "healthy"}, "503": {"description": "unhealthy"}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    },
+    "components": {"schemas": {
+        "JobSpec": JOB_SPEC,
+        "Job": {"type": "object", "properties": {
+            "id": {"type": "string"}, "handler": {"type": "string"}, "kind": {"type": "string", "enum": ["io", "cpu"]},
+            "state": {"type": "string", "enum": list(STATES)}, "priority": {"type": "integer"},
+            "args": {"type": "array"}, "kwargs": {"type": "object"}, "result": {}, "error": {"type": ["object", "null"]},
+            "attempts": {"type": "integer"}, "progress": {"type": ["object", "null"]}, "batch": {"type": ["string", "null"]},
+            "timeout": {"type": ["number", "null"]}, "max_retries": {"type": "integer"},
+            "run_at": {"type": ["string", "null"], "format": "date-time"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "started_at": {"type": ["string", "null"], "format": "date-time"},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"}}},
+        "Problem": {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                                     "status": {"type": "integer"}, "detail": {"type": "string"}}},
+    }},
+}
+
+
+@view_config(route_name="openapi", request_method="GET", renderer="json")
+def openapi(request):
+    return DOCUMENT

@@ -1,0 +1,90 @@
+"""The only module that maps errors to HTTP: every error answer is application/problem+json.
+
+``detail`` always says what to fix.  Unexpected exceptions are logged with their traceback and
+answered 500 without internals.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from pyramid.httpexceptions import HTTPException
+from pyramid.response import Response
+from pyramid.view import exception_view_config, notfound_view_config
+
+from pool import errors
+
+log = logging.getLogger(__name__)
+
+
+class Problem(Exception):
+    """An HTTP-level client error raised by the views (bad body, bad query parameter, ...)."""
+
+    def __init__(self, status: int, title: str, detail: str, headers: dict | None = None):
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.headers = status, title, detail, headers or {}
+
+
+STATUS = {
+    errors.HandlerNotFound: (422, "Unknown handler"),
+    errors.InvalidJobParams: (422, "Invalid job"),
+    errors.JobNotFound: (404, "Not found"),
+    errors.JobFinished: (409, "Job already finished"),
+    errors.IllegalTransition: (409, "Illegal state change"),
+    errors.Overloaded: (429, "Too many jobs pending"),
+    errors.StoreUnavailable: (503, "Store unavailable"),
+    errors.ShuttingDown: (503, "Shutting down"),
+}
+
+
+def problem_response(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> Response:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    response = Response(json.dumps(body), status=status, content_type="application/problem+json", charset="utf-8")
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+@exception_view_config(Problem)
+def problem_view(exc: Problem, request):
+    return problem_response(exc.status, exc.title, exc.detail, exc.headers)
+
+
+@exception_view_config(errors.GreenjobsError)
+def greenjobs_error_view(exc: errors.GreenjobsError, request):
+    status, title = STATUS.get(type(exc), (500, "Internal error"))
+    headers, extra = {}, {}
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, errors.HandlerNotFound):
+        extra["known_handlers"] = exc.known
+    if isinstance(exc, errors.InvalidJobParams):
+        extra["field"] = exc.field
+    if status == 500:
+        log.error("unmapped greenjobs error on %s %s: %r", request.method, request.path, exc)
+    return problem_response(status, title, str(exc), headers, **extra)
+
+
+@notfound_view_config()
+def not_found_view(exc, request):
+    return problem_response(404, "Not found", f"no route for {request.method} {request.path}; see GET /openapi.json")
+
+
+@exception_view_config(HTTPException)
+def http_exception_view(exc: HTTPException, request):
+    detail = exc.detail or exc.explanation or exc.title
+    if exc.code == 405:
+        detail = f"{request.method} is not allowed on {request.path}; see GET /openapi.json"
+    return problem_response(exc.code, exc.title, str(detail), {k: v for k, v in exc.headers.items()
+                                                                 if k.lower() in ("allow", "retry-after")})
+
+
+@exception_view_config(Exception)
+def unexpected_error_view(exc: Exception, request):
+    log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+    return problem_response(500, "Internal error", "the server failed unexpectedly; the error is in its log")
+
+
+def includeme(config) -> None:
+    config.scan(__name__)

@@ -1,0 +1,16 @@
+"""URL routes of the HTTP API (one table, so the OpenAPI test can walk it)."""
+
+ROUTES = (
+    ("jobs", "/jobs"),
+    ("jobs_batch", "/jobs/batch"),
+    ("job", "/jobs/{id}"),
+    ("batch", "/batches/{id}"),
+    ("handlers", "/handlers"),
+    ("health", "/health"),
+    ("openapi", "/openapi.json"),
+)
+
+
+def includeme(config) -> None:
+    for name, pattern in ROUTES:
+        config.add_route(name, pattern)

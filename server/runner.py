@@ -1,0 +1,45 @@
+"""``[server:main] use = egg:greenjobs#gevent``: serve the app with gevent.pywsgi.
+
+pserve loads this entry point before the app, so the *factory function* below is the earliest
+point we control: it monkey-patches there (not at import, which would break ``pserve --reload``;
+and ``server/__init__.py`` stays empty so nothing imports Pyramid's thread-locals first).
+"""
+from __future__ import annotations
+
+from pool.errors import ConfigurationError
+from pool.settings import Setting, as_bool, as_float, as_int, as_str, parse
+
+#: Keys of the [server:main] section (not prefixed: they belong to the server, as with waitress).
+TABLE = (
+    Setting("host", as_str, "127.0.0.1", "address to bind; loopback unless you mean it"),
+    Setting("port", as_int(0, 65535), 6543, "TCP port"),
+    Setting("max_connections", as_int(1, 1_000_000), 20_000,
+            "open connections at once (long-polls included); more wait in the kernel backlog"),
+    Setting("backlog", as_int(1, 65535), 2048, "listen backlog"),
+    Setting("idle_timeout", as_float(0.1, 86400.0), 75.0, "seconds a keep-alive connection may sit idle"),
+    Setting("header_timeout", as_float(0.1, 3600.0), 15.0, "seconds a client has to send a request's headers"),
+    Setting("max_header_bytes", as_int(1024, 1 << 20), 65536, "largest request header block"),
+    Setting("stop_timeout", as_float(0.0, 3600.0), 15.0, "seconds in-flight requests get on SIGTERM"),
+    Setting("nodelay", as_bool, True, "TCP_NODELAY on accepted sockets (avoids a 40 ms Nagle stall per response)"),
+)
+
+
+def gevent_server_factory(global_conf, **kw):
+    """paste.server_factory: patch, validate the server settings, return ``serve(app)``."""
+    from gevent import monkey
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
+    unknown = sorted(set(kw) - {s.key for s in TABLE})
+    try:
+        if unknown:
+            raise ConfigurationError(f"[server:main]: unknown setting(s) {', '.join(unknown)}; "
+                                     f"known: {', '.join(s.key for s in TABLE)}")
+        options = parse([TABLE], kw)
+    except ConfigurationError as exc:
+        raise SystemExit(f"greenjobs: {exc}") from None
+
+    def serve(app) -> None:
+        from server.httpserver import serve_forever
+        serve_forever(app, options)
+
+    return serve

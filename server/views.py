@@ -1,0 +1,122 @@
+"""HTTP views: thin translations between JSON and the runtime."""
+from __future__ import annotations
+
+import math
+
+from pyramid.view import view_config
+
+from pool.job import STATES, new_id
+from pool.spec import parse_spec
+from server.body import read_json
+from server.problems import Problem
+
+
+def _settings(request):
+    return request.registry.greenjobs_settings
+
+
+def _runtime(request):
+    return request.registry.greenjobs_runtime
+
+
+def _query_number(request, name: str, lo: float, hi: float | None = None, clamp: bool = False, integer: bool = False):
+    text = request.GET.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = math.nan
+    if value != value or value < lo or (hi is not None and value > hi and not clamp):
+        kind = "an integer" if integer else "a number"
+        raise Problem(400, "Invalid query parameter",
+                      f"?{name}= must be {kind} from {lo} to {hi if hi is not None else 'any'} (got {text!r})")
+    return min(value, hi) if hi is not None else value
+
+
+def _wait(request) -> float:
+    value = _query_number(request, "wait", 0, _settings(request).api_max_wait, clamp=True)
+    return value or 0.0
+
+
+@view_config(route_name="jobs", request_method="POST", renderer="json")
+def submit(request):
+    settings = _settings(request)
+    body = read_json(request, settings.api_max_body, settings.api_read_timeout)
+    job = parse_spec(body, request.registry.greenjobs_handlers, settings)
+    _runtime(request).submit([job])
+    request.response.status_code = 202
+    request.response.headers["Location"] = f"/jobs/{job.id}"
+    return job.public()
+
+
+@view_config(route_name="jobs_batch", request_method="POST", renderer="json")
+def submit_batch(request):
+    settings = _settings(request)
+    body = read_json(request, settings.api_max_body, settings.api_read_timeout)
+    items = body.get("jobs") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise Problem(422, "Invalid batch", "the body must be {\"jobs\": [job, ...]} with at least one job")
+    if len(items) > settings.api_max_batch:
+        raise Problem(422, "Invalid batch", f"a batch holds at most greenjobs.api.max_batch={settings.api_max_batch}"
+                                            f" jobs; this one has {len(items)}; split it")
+    registry = request.registry.greenjobs_handlers
+    jobs = [parse_spec(item, registry, settings, where=f"jobs[{i}].") for i, item in enumerate(items)]
+    batch_id = new_id()
+    _runtime(request).submit(jobs, batch_id)
+    request.response.status_code = 202
+    request.response.headers["Location"] = f"/batches/{batch_id}"
+    return {"batch": batch_id, "count": len(jobs), "ids": [job.id for job in jobs]}
+
+
+@view_config(route_name="job", request_method="GET", renderer="json")
+def get_job(request):
+    wait = _wait(request)
+    runtime = _runtime(request)
+    job_id = request.matchdict["id"]
+    job = runtime.wait(job_id, wait) if wait else runtime.get(job_id)
+    return job.public()
+
+
+@view_config(route_name="job", request_method="DELETE", renderer="json")
+def cancel_job(request):
+    return _runtime(request).cancel(request.matchdict["id"]).public()
+
+
+@view_config(route_name="jobs", request_method="GET", renderer="json")
+def list_jobs(request):
+    state = request.GET.get("state")
+    if state is not None and state not in STATES:
+        raise Problem(400, "Invalid query parameter", f"?state= must be one of {', '.join(STATES)} (got {state!r})")
+    limit = _query_number(request, "limit", 1, _settings(request).api_max_page, integer=True) or 50
+    handler = request.GET.get("handler") or None
+    after = request.GET.get("after") or None
+    jobs = _runtime(request).store.list(state=state, handler=handler, limit=limit, after=after)
+    return {"jobs": [job.public() for job in jobs], "next": jobs[-1].id if len(jobs) == limit else None}
+
+
+@view_config(route_name="batch", request_method="GET", renderer="json")
+def get_batch(request):
+    batch_id = request.matchdict["id"]
+    info = _runtime(request).batch(batch_id, _wait(request))
+    counts = {state: info["counts"].get(state, 0) for state in STATES}
+    active = counts["scheduled"] + counts["queued"] + counts["running"]
+    return {"id": batch_id, "total": info["total"], "counts": counts, "done": active == 0}
+
+
+@view_config(route_name="handlers", request_method="GET", renderer="json")
+def list_handlers(request):
+    return {"handlers": [h.describe() for h in request.registry.greenjobs_handlers]}
+
+
+@view_config(route_name="health", request_method="GET", renderer="json")
+def health(request):
+    runtime = _runtime(request)
+    store_ok = runtime.store.ping()
+    io = runtime.executors["io"].stats()
+    ok = store_ok and runtime.accepting
+    if not ok:
+        request.response.status_code = 503
+    return {"status": "ok" if ok else "unavailable", "accepting": runtime.accepting,
+            "pool": io, "cpu": runtime.executors["cpu"].stats(), "waiters": runtime.waiters.count(),
+            "store": {"ok": store_ok, "error": runtime.store.last_error}}
