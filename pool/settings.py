@@ -5,6 +5,7 @@ so a bad config.ini fails fast with one line per key saying what is expected.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -126,7 +127,7 @@ def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults:
             values[setting.attr] = (defaults or {}).get(key, setting.default)
     for key in sorted(raw):
         if key.startswith(PREFIX) and key not in known:
-            close = [k for k in known if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
+            close = difflib.get_close_matches(key, list(known), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             problems.append(f"{key}: unknown setting{hint}")
     if problems:

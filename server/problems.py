@@ -68,6 +68,12 @@ def greenjobs_error_view(exc: errors.GreenjobsError, request):
 
 @notfound_view_config()
 def not_found_view(exc, request):
+    route = request.matched_route
+    if route is not None:      # the path exists; the method does not
+        from server.openapi import DOCUMENT
+        allowed = ", ".join(m.upper() for m in DOCUMENT["paths"].get(route.pattern, {}))
+        return problem_response(405, "Method not allowed", f"{request.method} is not allowed on {request.path};"
+                                f" allowed: {allowed}", {"Allow": allowed})
     return problem_response(404, "Not found", f"no route for {request.method} {request.path}; see GET /openapi.json")
 
 

@@ -25,10 +25,7 @@ TABLE = (
 
 
 def gevent_server_factory(global_conf, **kw):
-    """paste.server_factory: patch, validate the server settings, return ``serve(app)``."""
-    from gevent import monkey
-    if not monkey.is_module_patched("socket"):
-        monkey.patch_all()
+    """paste.server_factory: validate the server settings, patch, return ``serve(app)``."""
     unknown = sorted(set(kw) - {s.key for s in TABLE})
     try:
         if unknown:
@@ -37,6 +34,9 @@ def gevent_server_factory(global_conf, **kw):
         options = parse([TABLE], kw)
     except ConfigurationError as exc:
         raise SystemExit(f"greenjobs: {exc}") from None
+    from gevent import monkey
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
 
     def serve(app) -> None:
         from server.httpserver import serve_forever

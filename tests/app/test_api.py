@@ -1,0 +1,141 @@
+import json
+
+import pytest
+
+
+def post(app, body, status=202, path="/jobs", **kw):
+    return app.post(path, json.dumps(body) if not isinstance(body, (bytes, str)) else body,
+                    content_type=kw.pop("content_type", "application/json"), status=status, **kw)
+
+
+def count(app):
+    return len(app.get("/jobs?limit=500").json["jobs"])
+
+
+def assert_problem(response, status, *words):
+    assert response.status_int == status
+    assert response.content_type == "application/problem+json"
+    assert response.json["status"] == status
+    for word in words:
+        assert word in response.json["detail"]
+
+
+def test_submit_and_wait(app):
+    res = post(app, {"handler": "echo", "kwargs": {"x": 1}})
+    assert res.headers["Location"].endswith(f"/jobs/{res.json['id']}")
+    assert res.json["kind"] == "io"
+    done = app.get(f"/jobs/{res.json['id']}?wait=2").json
+    assert done["state"] == "succeeded" and done["result"] == {"x": 1}
+    assert done["finished_at"].endswith("Z")
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{not json", 400, ["not valid JSON"]),
+    (b"[" * 3000 + b"]" * 3000, 400, ["nested too deeply"]),
+    (b'{"handler": "echo", "kwargs": {"x": NaN}}', 400, ["NaN"]),
+    (b"", 400, ["empty"]),
+    ({"handler": "fetchurl"}, 422, ["unknown handler 'fetchurl'", "echo"]),
+    ({"handler": "echo", "priority": 42}, 422, ["priority"]),
+    ({"handler": "sleep", "kwargs": {"seconds": "long"}}, 422, ["kwargs.seconds"]),
+    ({"handler": "echo", "kwargs": {"pad": "x" * 9000}}, 413, ["greenjobs.api.max_body"]),
+])
+def test_bad_submissions_are_rejected_and_store_nothing(app, body, status, words):
+    res = post(app, body, status=status)
+    assert_problem(res, status, *words)
+    assert count(app) == 0
+
+
+def test_wrong_content_type_is_415(app):
+    res = post(app, b"handler=echo", status=415, content_type="application/x-www-form-urlencoded")
+    assert_problem(res, 415, "application/json")
+
+
+def test_unknown_handler_lists_known(app):
+    res = post(app, {"handler": "nope"}, status=422)
+    assert "sleep" in res.json["known_handlers"]
+
+
+def test_batch_is_all_or_nothing(app):
+    res = post(app, {"jobs": [{"handler": "echo"}, {"handler": "echo", "priority": -1}]}, status=422,
+               path="/jobs/batch")
+    assert_problem(res, 422, "jobs[1].priority")
+    assert count(app) == 0
+    res = post(app, {"jobs": [{"handler": "echo"}] * 6}, status=422, path="/jobs/batch")
+    assert_problem(res, 422, "max_batch")
+    res = post(app, {"jobs": []}, status=422, path="/jobs/batch")
+    assert count(app) == 0
+
+
+def test_batch_and_its_counts(app):
+    res = post(app, {"jobs": [{"handler": "echo", "kwargs": {"i": i}} for i in range(5)]}, path="/jobs/batch")
+    assert len(res.json["ids"]) == 5
+    info = app.get(f"/batches/{res.json['batch']}?wait=2").json
+    assert info["done"] is True and info["counts"]["succeeded"] == 5 and info["total"] == 5
+    results = [app.get(f"/jobs/{i}").json["result"] for i in res.json["ids"]]
+    assert results == [{"i": i} for i in range(5)]
+
+
+def test_unknown_ids_and_routes_are_404_problems(app):
+    assert_problem(app.get("/jobs/doesnotexist", status=404), 404, "doesnotexist")
+    assert_problem(app.delete("/jobs/doesnotexist", status=404), 404)
+    assert_problem(app.get("/batches/nope?wait=1", status=404), 404)
+    assert_problem(app.get("/nowhere", status=404), 404, "/nowhere")
+
+
+def test_wrong_method_is_405(app):
+    res = app.put("/jobs", status=405)
+    assert_problem(res, 405, "PUT is not allowed")
+    assert res.headers["Allow"] == "POST, GET"
+
+
+@pytest.mark.parametrize("query", ["wait=abc", "wait=-1", "wait=nan"])
+def test_bad_wait_is_400(app, query):
+    job = post(app, {"handler": "echo"}).json
+    assert_problem(app.get(f"/jobs/{job['id']}?{query}", status=400), 400, "wait")
+
+
+def test_wait_is_capped_by_max_wait(app):
+    job = post(app, {"handler": "sleep", "kwargs": {"seconds": 10}}).json
+    res = app.get(f"/jobs/{job['id']}?wait=3600")      # capped to 2 s by the fixture
+    assert res.json["state"] == "running"
+
+
+def test_cancel_and_409(app):
+    job = post(app, {"handler": "sleep", "kwargs": {"seconds": 10}}).json
+    assert app.delete(f"/jobs/{job['id']}").json["state"] == "cancelled"
+    assert_problem(app.delete(f"/jobs/{job['id']}", status=409), 409, "already ended")
+
+
+def test_list_filters_and_pages(app):
+    ids = [post(app, {"handler": "echo"}).json["id"] for _ in range(5)]
+    post(app, {"handler": "fail"})
+    page1 = app.get("/jobs?handler=echo&limit=3").json
+    page2 = app.get(f"/jobs?handler=echo&limit=3&after={page1['next']}").json
+    assert [j["id"] for j in page1["jobs"] + page2["jobs"]] == ids[::-1]
+    assert page2["next"] is None
+    assert_problem(app.get("/jobs?state=done", status=400), 400, "state")
+    assert_problem(app.get("/jobs?limit=0", status=400), 400, "limit")
+
+
+def test_health_and_handlers(app):
+    health = app.get("/health").json
+    assert health["status"] == "ok" and health["pool"]["size"] == 1000 and health["store"]["ok"]
+    names = [h["name"] for h in app.get("/handlers").json["handlers"]]
+    assert "cpu.pbkdf2" in names
+
+
+def test_openapi_matches_the_real_routes(app):
+    from pyramid.interfaces import IRoutesMapper
+    doc = app.get("/openapi.json").json
+    assert doc["openapi"].startswith("3.1")
+    routes = {route.name: route.pattern for route in app.app.registry.getUtility(IRoutesMapper).get_routes()}
+    assert set(routes.values()) == set(doc["paths"])
+    served = set()
+    for item in app.app.registry.introspector.get_category("views"):
+        view = item["introspectable"]
+        if view["route_name"] in routes:
+            methods = view["request_methods"]
+            methods = (methods,) if isinstance(methods, str) else methods
+            served |= {(routes[view["route_name"]], m) for m in methods}
+    documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
+    assert served == documented

@@ -1,0 +1,40 @@
+"""Fixtures for store and executor tests: real SQLite, real greenlets, no sockets, no patching."""
+import gevent
+import pytest
+
+from handlers.registry import Registry
+from pool.runtime import Runtime
+from pool.store import Store
+from server.settings import load
+
+
+@pytest.fixture(autouse=True)
+def under_timeout():
+    """Every test here runs under a gevent timeout, so a lost wake-up fails instead of hanging."""
+    with gevent.Timeout(30):
+        yield
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "jobs.sqlite"), synchronous="normal", lease_seconds=5).open()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def make_runtime(tmp_path):
+    made = []
+
+    def make(**raw):
+        raw = {f"greenjobs.{k.replace('__', '.')}": str(v) for k, v in raw.items()}
+        raw.setdefault("greenjobs.handlers", "handlers.builtin tests.pool.handlers_for_tests")
+        raw.setdefault("greenjobs.store.synchronous", "normal")
+        settings = load(raw, str(tmp_path))
+        runtime = Runtime(settings, Registry().load(settings.handlers)).start()
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.shutdown(0)

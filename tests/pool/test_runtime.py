@@ -1,0 +1,131 @@
+import gevent
+import pytest
+
+from handlers.registry import Registry
+from pool.errors import JobFinished, Overloaded
+from pool.spec import parse_spec
+from tests.pool import handlers_for_tests
+
+
+def submit(runtime, handler, **fields):
+    job = parse_spec({"handler": handler, **fields}, runtime.registry, runtime.settings)
+    runtime.submit([job])
+    return job
+
+
+def test_echo_runs_and_is_stored(make_runtime):
+    rt = make_runtime()
+    job = submit(rt, "echo", kwargs={"a": 1})
+    done = rt.wait(job.id, 5)
+    assert (done.state, done.result, done.attempts) == ("succeeded", {"a": 1}, 1)
+    assert rt.store.get(job.id).result == {"a": 1}
+
+
+def test_timeout_is_enforced_even_when_the_handler_swallows_it(make_runtime):
+    rt = make_runtime(pool__size=1)
+    job = submit(rt, "test.swallow_everything")
+    done = rt.wait(job.id, 5)
+    assert done.state == "failed" and done.error["kind"] == "timeout"
+    # the slot came back: the next job runs although the runaway greenlet may linger
+    assert rt.wait(submit(rt, "echo").id, 5).state == "succeeded"
+
+
+def test_cancel_running_job_runs_its_cleanup_and_is_never_succeeded(make_runtime):
+    rt = make_runtime()
+    job = submit(rt, "test.cleanup")
+    gevent.sleep(0.05)
+    cancelled = rt.cancel(job.id)
+    assert cancelled.state == "cancelled"
+    gevent.sleep(0.05)
+    assert job.id in handlers_for_tests.CLEANUPS
+    assert rt.store.get(job.id).state == "cancelled"
+    with pytest.raises(JobFinished):
+        rt.cancel(job.id)
+
+
+def test_cancel_queued_job_never_runs(make_runtime):
+    rt = make_runtime(pool__size=1)
+    blocker = submit(rt, "sleep", kwargs={"seconds": 0.2})
+    queued = submit(rt, "echo")
+    assert rt.store.get(queued.id).state == "queued"
+    assert rt.cancel(queued.id).state == "cancelled"
+    rt.wait(blocker.id, 5)
+    gevent.sleep(0.05)
+    final = rt.store.get(queued.id)
+    assert final.state == "cancelled" and final.attempts == 0
+
+
+def test_backlog_limit_raises_overloaded_and_stores_nothing(make_runtime):
+    rt = make_runtime(pool__size=1, pool__max_pending=2)
+    for _ in range(3):
+        submit(rt, "sleep", kwargs={"seconds": 1})
+    before = len(rt.store.list(limit=100))
+    with pytest.raises(Overloaded):
+        submit(rt, "echo")
+    assert len(rt.store.list(limit=100)) == before
+
+
+def test_priority_then_age_order(make_runtime):
+    rt = make_runtime(pool__size=1)
+    blocker = submit(rt, "sleep", kwargs={"seconds": 0.1})
+    jobs = [submit(rt, "echo", priority=p, kwargs={"n": i}) for i, p in enumerate([1, 5, 9, 5, 0])]
+    for j in jobs:
+        rt.wait(j.id, 5)
+    rt.wait(blocker.id, 5)
+    started = sorted((rt.store.get(j.id).started_at, j.kwargs["n"]) for j in jobs)
+    assert [n for _, n in started] == [2, 1, 3, 0, 4]
+
+
+def test_result_must_be_json(make_runtime):
+    rt = make_runtime()
+    done = rt.wait(submit(rt, "test.not_json").id, 5)
+    assert done.state == "failed" and done.error["kind"] == "result_not_json"
+
+
+def test_a_handlers_own_gevent_timeout_is_an_ordinary_failure(make_runtime):
+    rt = make_runtime()
+    done = rt.wait(submit(rt, "test.inner_timeout").id, 5)
+    assert done.state == "failed" and done.error["kind"] == "exception"
+
+
+def test_progress_is_recorded(make_runtime):
+    rt = make_runtime()
+    done = rt.wait(submit(rt, "test.progress").id, 5)
+    assert done.result == done.id
+    assert rt.store.get(done.id).progress == {"fraction": 0.5, "message": "half"}
+
+
+def test_current_job_is_isolated_across_thousands_of_greenlets(make_runtime):
+    rt = make_runtime()
+    jobs = [submit(rt, "test.progress") for _ in range(1000)]
+    results = [rt.wait(j.id, 10) for j in jobs]
+    assert [r.result for r in results] == [j.id for j in jobs]
+
+
+def test_cpu_job_runs_off_the_hub(make_runtime):
+    import hashlib
+    rt = make_runtime()
+    done = rt.wait(submit(rt, "cpu.pbkdf2", kwargs={"iterations": 1000}).id, 10)
+    assert done.result == hashlib.pbkdf2_hmac("sha256", b"x", b"y", 1000).hex()
+
+
+def test_scheduled_job_starts_when_due(make_runtime):
+    rt = make_runtime()
+    job = submit(rt, "echo", delay=0.5)
+    assert rt.store.get(job.id).state == "scheduled"
+    done = rt.wait(job.id, 10)
+    assert done.state == "succeeded"
+
+
+def test_shutdown_requeues_running_jobs_for_the_next_start(make_runtime, tmp_path):
+    rt = make_runtime()
+    job = submit(rt, "sleep", kwargs={"seconds": 30})
+    gevent.sleep(0.05)
+    rt.shutdown(0.1)
+    rt2 = make_runtime()
+    assert rt2.executors["io"].running(job.id)
+    assert rt2.store.get(job.id).attempts == 1
+
+
+def test_registry_for_tests_loads():
+    assert "test.cleanup" in Registry().load(["tests.pool.handlers_for_tests"])

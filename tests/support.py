@@ -1,0 +1,122 @@
+"""Helpers for tests that start a real server: an ini copied from config.ini, a pserve process."""
+from __future__ import annotations
+
+import configparser
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_ini(folder: Path, app: dict | None = None, server: dict | None = None) -> Path:
+    """A copy of the project's config.ini in ``folder`` with overrides; returns its path."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str
+    parser.read(ROOT / "config.ini")
+    parser["server:main"]["port"] = str(free_port())
+    for key, value in (app or {}).items():
+        parser["app:main"][key] = str(value)
+    for key, value in (server or {}).items():
+        parser["server:main"][key] = str(value)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.ini"
+    with open(path, "w") as fh:
+        parser.write(fh)
+    return path
+
+
+class ServerProcess:
+    """``pserve config.ini`` as a child process, with its output in ``folder/server.log``."""
+
+    def __init__(self, ini: Path):
+        self.ini = ini
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read(ini)
+        self.port = int(parser["server:main"]["port"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ini.parent / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.http = requests.Session()
+
+    def start(self, timeout: float = 30.0) -> "ServerProcess":
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pyramid.scripts.pserve", str(self.ini)],
+                                     cwd=self.ini.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pserve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"pserve did not become healthy in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
+        self.http.close()
+        return self.proc.returncode
+
+    # -- small HTTP conveniences -------------------------------------------------------
+    def post(self, path: str, body, **kw) -> requests.Response:
+        return self.http.post(self.url + path, json=body, timeout=kw.pop("timeout", 30), **kw)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.http.get(self.url + path, timeout=kw.pop("timeout", 90), **kw)
+
+    def delete(self, path: str, **kw) -> requests.Response:
+        return self.http.delete(self.url + path, timeout=kw.pop("timeout", 30), **kw)
+
+    def submit(self, handler: str, **fields) -> dict:
+        response = self.post("/jobs", {"handler": handler, **fields})
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait(self, job_id: str, seconds: float = 30) -> dict:
+        response = self.get(f"/jobs/{job_id}?wait={seconds}")
+        assert response.status_code == 200, response.text
+        return response.json()

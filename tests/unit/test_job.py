@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from pool.errors import IllegalTransition
+from pool.job import (CANCELLED, FAILED, QUEUED, RUNNING, SCHEDULED, SUCCEEDED, TERMINAL, Job, check_transition,
+                      iso, sources)
+
+
+def make(**kw):
+    return Job(id="j1", handler="echo", kind="io", state=kw.pop("state", QUEUED), **kw)
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL - {FAILED}))
+def test_terminal_states_never_move(terminal):
+    for target in (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED):
+        with pytest.raises(IllegalTransition):
+            check_transition(terminal, target)
+
+
+def test_cancelled_job_can_never_become_succeeded():
+    job = make(state=RUNNING)
+    job.transition(CANCELLED)
+    with pytest.raises(IllegalTransition, match="cancelled to succeeded"):
+        job.transition(SUCCEEDED)
+
+
+def test_failed_job_may_be_retried_only_through_queued():
+    check_transition(FAILED, QUEUED)
+    with pytest.raises(IllegalTransition):
+        check_transition(FAILED, RUNNING)
+
+
+def test_sources_are_the_compare_and_swap_guards():
+    assert sources(RUNNING) == (QUEUED,)
+    assert set(sources(CANCELLED)) == {SCHEDULED, QUEUED, RUNNING}
+    assert sources(SUCCEEDED) == (RUNNING,)
+
+
+def test_encode_decode_round_trip_is_json_only():
+    job = make(args=[1, "a"], kwargs={"k": [1, 2]}, priority=7, timeout=2.5, max_retries=3, attempts=2)
+    text = job.encode()
+    assert json.loads(text)["handler"] == "echo"
+    back = Job.decode(text)
+    assert (back.id, back.args, back.kwargs, back.priority, back.timeout, back.max_retries, back.attempts) == \
+        ("j1", [1, "a"], {"k": [1, 2]}, 7, 2.5, 3, 2)
+
+
+@pytest.mark.parametrize("garbage", [b"\x80\x04K\x01.", "[]", '{"id": 1}', "not json"])
+def test_decode_rejects_anything_that_is_not_a_job(garbage):
+    with pytest.raises(ValueError):
+        Job.decode(garbage)
+
+
+def test_public_times_are_iso_utc():
+    job = make(created_at=0.0)
+    assert job.public()["created_at"] == "1970-01-01T00:00:00.000Z"
+    assert iso(None) is None

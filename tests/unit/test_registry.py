@@ -1,0 +1,64 @@
+import sys
+import types
+
+import pytest
+
+from handlers.registry import Registry, handler
+from pool.errors import ConfigurationError, HandlerNotFound
+
+
+def module_with(name, **functions):
+    module = types.ModuleType(name)
+    module.__dict__.update(functions)
+    sys.modules[name] = module
+    return name
+
+
+def test_builtins_are_registered_by_their_public_names():
+    registry = Registry().load(["handlers.builtin"])
+    assert set(registry.names()) >= {"echo", "sleep", "http.get", "fail", "flaky", "cpu.pbkdf2", "cpu.spin"}
+    assert registry.get("cpu.pbkdf2").kind == "cpu"
+    assert registry.get("sleep").kind == "io"
+
+
+def test_decorator_has_no_side_effect_until_loaded():
+    @handler("lonely")
+    def lonely():
+        return 1
+    assert "lonely" not in Registry()
+    assert lonely() == 1
+
+
+def test_two_handlers_with_one_name_is_a_startup_error_naming_both():
+    @handler("dup")
+    def first():
+        pass
+
+    @handler("dup")
+    def second():
+        pass
+    registry = Registry().load([module_with("gj_test_dup_a", first=first)])
+    with pytest.raises(ConfigurationError, match=r"two handlers are named 'dup': .*test_registry.py:\d+ and .*"):
+        registry.load([module_with("gj_test_dup_b", second=second)])
+
+
+def test_unknown_handler_lists_the_known_ones():
+    registry = Registry().load(["handlers.builtin"])
+    with pytest.raises(HandlerNotFound, match="unknown handler 'fetchurl'; known handlers: cpu.pbkdf2, "):
+        registry.get("fetchurl")
+
+
+def test_unimportable_module_is_a_clear_configuration_error():
+    with pytest.raises(ConfigurationError, match="cannot import 'no_such_module_xyz'"):
+        Registry().load(["no_such_module_xyz"])
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "1starts_with_digit", "x" * 101])
+def test_handler_names_are_validated(bad):
+    with pytest.raises(ConfigurationError):
+        handler(bad)
+
+
+def test_kind_is_validated():
+    with pytest.raises(ConfigurationError, match="kind must be 'io' or 'cpu'"):
+        handler("x", kind="gpu")

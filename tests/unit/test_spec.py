@@ -1,0 +1,61 @@
+import time
+
+import pytest
+
+from handlers.registry import Registry
+from pool.errors import HandlerNotFound, InvalidJobParams
+from pool.spec import parse_spec
+from server.settings import load
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    return Registry().load(["handlers.builtin"]), load({}, str(tmp_path_factory.mktemp("s")))
+
+
+def test_defaults_come_from_the_handler(ctx):
+    job = parse_spec({"handler": "cpu.pbkdf2", "kwargs": {"iterations": 10}}, *ctx)
+    assert (job.kind, job.timeout, job.priority, job.max_retries, job.state) == ("cpu", 300.0, 0, 0, "queued")
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"handler": "echo", "priority": 10}, "priority"),
+    ({"handler": "echo", "priority": True}, "priority"),
+    ({"handler": "echo", "args": {}}, "args"),
+    ({"handler": "echo", "kwargs": []}, "kwargs"),
+    ({"handler": "echo", "timeout": 0}, "timeout"),
+    ({"handler": "echo", "timeout": "5"}, "timeout"),
+    ({"handler": "echo", "max_retries": -1}, "max_retries"),
+    ({"handler": "echo", "delay": -1}, "delay"),
+    ({"handler": "echo", "run_at": "tomorrow"}, "run_at"),
+    ({"handler": "echo", "colour": "red"}, "colour"),
+    ({"handler": 5}, "handler"),
+    ({"handler": "sleep"}, "kwargs.seconds"),
+    ({"handler": "sleep", "kwargs": {"seconds": "1"}}, "kwargs.seconds"),
+    ({"handler": "http.get", "kwargs": {"url": "file:///etc/passwd"}}, "kwargs.url"),
+    ({"handler": "cpu.pbkdf2", "kwargs": {"iterations": 1.5}}, "kwargs.iterations"),
+    ([], "body"),
+])
+def test_bad_fields_are_named(ctx, body, field):
+    with pytest.raises(InvalidJobParams) as info:
+        parse_spec(body, *ctx)
+    assert info.value.field == field
+
+
+def test_batch_items_are_prefixed(ctx):
+    with pytest.raises(InvalidJobParams) as info:
+        parse_spec({"handler": "echo", "priority": 11}, *ctx, where="jobs[3].")
+    assert info.value.field == "jobs[3].priority"
+
+
+def test_unknown_handler(ctx):
+    with pytest.raises(HandlerNotFound):
+        parse_spec({"handler": "nope"}, *ctx)
+
+
+def test_delay_and_run_at_schedule_the_job(ctx):
+    job = parse_spec({"handler": "echo", "delay": 30}, *ctx)
+    assert job.run_at == pytest.approx(time.time() + 30, abs=2)
+    job = parse_spec({"handler": "echo", "run_at": "2030-01-01T00:00:00Z"}, *ctx) if False else \
+        parse_spec({"handler": "echo", "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))}, *ctx)
+    assert job.run_at > time.time() + 50
