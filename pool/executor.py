@@ -33,16 +33,16 @@ class JobInterrupt(BaseException):
 
 
 class _Run:
-    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "cancel_requested", "done")
+    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "claimed", "done")
 
     def __init__(self, job: Job, handler, claim: bool):
         self.job = job
         self.handler = handler
-        self.claim = claim
+        self.claim = claim                  # must it be claimed (queued -> running) in the store?
+        self.claimed = None                 # the claim's pending result (an AsyncResult)
         self.greenlet: Greenlet | None = None
         self.timer = None
         self.outcome: tuple | None = None
-        self.cancel_requested = False
         self.done = Event()
 
 
@@ -121,12 +121,8 @@ class GreenletExecutor:
     # -- running ---------------------------------------------------------------------
     def _body(self, run: _Run) -> None:
         job = run.job
-        if run.claim and not self.store.claim(job, self.owner):
-            self._release(run)              # cancelled or taken by another runner meanwhile
-            return
-        if run.cancel_requested:
-            self._settle(run, CANCELLED, None, error_info("cancelled", "cancelled by request"))
-            return
+        if run.claim:     # optimistic: start now, check the claim's commit before recording the outcome
+            run.claimed = self.store.claim(job, self.owner)
         if job.timeout:
             run.timer = gevent.get_hub().loop.timer(job.timeout)
             run.timer.start(self._expire, run)
@@ -175,14 +171,22 @@ class GreenletExecutor:
         return True
 
     def _settle(self, run: _Run, state: str, result_json: str | None, error: dict | None) -> bool:
-        """Record the one outcome of ``run``; later calls are no-ops and return False."""
+        """Record the one outcome of ``run``; later calls are no-ops and return False.
+
+        The slot is given back at once: committing the outcome is store work, not handler work.
+        """
         if run.outcome is not None:
             return False
         run.outcome = (state, result_json, error)
         if run.timer is not None:
             run.timer.close()
+        self._busy -= 1
+        self._fill()
         try:
-            if self.store.finish(run.job, self.owner, state, result_json, error):
+            if run.claimed is not None and not run.claimed.get():
+                log.info("job %s (%s): cancelled or taken over before its claim committed; outcome %s dropped",
+                         run.job.id, run.job.handler, state)
+            elif self.store.finish(run.job, self.owner, state, result_json, error):
                 self.completed += 1
                 self.on_terminal(run.job)
             else:
@@ -192,14 +196,9 @@ class GreenletExecutor:
             log.exception("job %s (%s): could not record its outcome %s; it will run again after lease expiry",
                           run.job.id, run.job.handler, state)
         finally:
-            self._release(run)
-        return True
-
-    def _release(self, run: _Run) -> None:
-        if self._running.pop(run.job.id, None) is not None:
-            self._busy -= 1
+            self._running.pop(run.job.id, None)
             run.done.set()
-            self._fill()
+        return True
 
     # -- control -----------------------------------------------------------------------
     def running(self, job_id: str) -> bool:
@@ -210,10 +209,6 @@ class GreenletExecutor:
         run = self._running.get(job_id)
         if run is None:
             return None
-        if run.claim and run.job.started_at is None:   # still claiming: the body will see the flag
-            run.cancel_requested = True
-            run.done.wait()
-            return run.job
         if not self._interrupt(run, CANCELLED, error_info("cancelled", "cancelled by request")):
             run.done.wait()
         return run.job
@@ -222,7 +217,7 @@ class GreenletExecutor:
         self._pending_ids.discard(job_id)
 
     def stats(self) -> dict:
-        return {"size": self.size, "busy": len(self._running), "pending": len(self._pending_ids),
+        return {"size": self.size, "busy": self._busy, "pending": len(self._pending_ids),
                 "completed": self.completed}
 
     def shutdown(self, grace: float) -> list[Job]:

@@ -53,8 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_handler ON jobs(handler, seq);
-CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id, state) WHERE batch_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE state = 'scheduled';
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, total INTEGER NOT NULL, created_at REAL NOT NULL);
 """
@@ -157,12 +156,15 @@ class Store:
     # -- the committer ---------------------------------------------------------------
     def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Queue ``fn`` for the next group commit and wait for its result."""
+        return self._submit(fn).result.get()
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> _Op:
         if self._writer is None:
             raise StoreUnavailable("the store is closed")
         op = _Op(fn)
         self._ops.append(op)
         self._wake.set()
-        return op.result.get()
+        return op
 
     def _commit_loop(self) -> None:
         while True:
@@ -315,19 +317,22 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self._write(op)
 
-    def claim(self, job: Job, owner: str) -> bool:
-        """queued -> running for ``owner``; bumps attempts.  False if someone else moved it first."""
+    def claim(self, job: Job, owner: str) -> AsyncResult:
+        """queued -> running for ``owner``, bumping attempts; the job object is updated at once.
+
+        Returns an AsyncResult that becomes False if someone else moved the job first: the
+        executor starts the handler without waiting for this commit, and checks it before
+        recording the outcome.
+        """
         now = time.time()
+        job.state, job.attempts, job.started_at = RUNNING, job.attempts + 1, now
 
         def op(conn):
             return conn.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
                 " lease_expires = ? WHERE id = ? AND state = 'queued' AND lease_owner = ?",
                 (now, owner, now + self.lease_seconds, job.id, owner)).rowcount == 1
-        if not self._write(op):
-            return False
-        job.state, job.attempts, job.started_at = RUNNING, job.attempts + 1, now
-        return True
+        return self._submit(op).result
 
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
         """running (leased to ``owner``) -> ``state``.  False if the lease was lost or the job cancelled."""

@@ -124,6 +124,7 @@ def test_shutdown_requeues_running_jobs_for_the_next_start(make_runtime, tmp_pat
     rt.shutdown(0.1)
     rt2 = make_runtime()
     assert rt2.executors["io"].running(job.id)
+    rt2.store.flush()
     assert rt2.store.get(job.id).attempts == 1
 
 

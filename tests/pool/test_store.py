@@ -25,15 +25,15 @@ def test_concurrent_writes_share_group_commits(store):
 def test_claim_is_a_compare_and_swap(store):
     j = job()
     store.insert([j], "me")
-    assert store.claim(j, "me") is True
+    assert store.claim(j, "me").get() is True
     assert j.state == RUNNING and j.attempts == 1
-    assert store.claim(Job(id=j.id, handler="echo", kind="io", state=QUEUED), "me") is False
+    assert store.claim(Job(id=j.id, handler="echo", kind="io", state=QUEUED), "me").get() is False
 
 
 def test_finish_needs_the_lease(store):
     j = job()
     store.insert([j], "me")
-    store.claim(j, "me")
+    store.claim(j, "me").get()
     assert store.finish(j, "someone-else", "succeeded", "1", None) is False
     assert store.finish(j, "me", "succeeded", "1", None) is True
     assert store.get(j.id).result == 1
@@ -43,7 +43,7 @@ def test_finish_needs_the_lease(store):
 def test_cancel_wins_over_a_later_finish(store):
     j = job()
     store.insert([j], "me")
-    store.claim(j, "me")
+    store.claim(j, "me").get()
     cancelled, changed = store.cancel(j.id)
     assert changed and cancelled.state == "cancelled"
     assert store.finish(j, "me", "succeeded", "1", None) is False
@@ -55,7 +55,7 @@ def test_dead_owner_jobs_are_adopted_and_requeued(store):
     dead = "vm:999999999:abc"    # a pid that cannot exist
     running, queued = job(), job()
     store.insert([running, queued], dead)
-    store.claim(running, dead)
+    store.claim(running, dead).get()
     assert owner_is_dead(dead) and not owner_is_dead(make_owner())
     adopted = store.adopt("me", [dead], ("io",))
     assert {j.id for j in adopted} == {running.id, queued.id}
