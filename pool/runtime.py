@@ -97,6 +97,8 @@ class Runtime:
             requeued = self.store.requeue(interrupted, self.owner)
             released = self.store.release(self.owner)
             log.info("shutdown: %d running jobs requeued, %d queued jobs released", requeued, released)
+            self.waiters.wake_all()
+            gevent.sleep(0.05)      # let woken long-polls read the store before it closes
         finally:
             self.store.close()
             self._cpu_threads.kill()
@@ -178,7 +180,7 @@ class Runtime:
             if job.terminal or timeout <= 0:
                 return job
             try:
-                return result.get(timeout=timeout)
+                return result.get(timeout=timeout) or self.get(job_id)
             except gevent.Timeout:
                 return self.get(job_id)
 
@@ -206,7 +208,7 @@ class Runtime:
             counts = self.store.batch_counts(batch_id)
             if counts is None:
                 raise JobNotFound(f"no batch with id {batch_id!r}")
-            while deadline > time.monotonic() and self.store.batch_active(batch_id) > 0:
+            while self.accepting and deadline > time.monotonic() and self.store.batch_active(batch_id) > 0:
                 event.wait(deadline - time.monotonic())
                 event.clear()
                 gevent.sleep(0.005)   # coalesce a burst of finishing jobs into one re-count

@@ -45,6 +45,16 @@ class Waiters:
             for event in self._batches.get(job.batch_id, ()):
                 event.set()
 
+    def wake_all(self) -> None:
+        """Shutdown: answer every long-poll now (with None: "read the job again")."""
+        for results in list(self._jobs.values()):
+            for result in results:
+                result.set(None)
+        self._jobs.clear()
+        for events in list(self._batches.values()):
+            for event in events:
+                event.set()
+
     def count(self) -> int:
         return sum(len(v) for v in self._jobs.values()) + sum(len(v) for v in self._batches.values())
 

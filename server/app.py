@@ -1,51 +1,24 @@
-"""The Pyramid app factory: ``[app:main] use = egg:greenjobs``.
+"""``[app:main] use = egg:greenjobs``: the paste app factory.
 
-Settings are parsed and validated here, once.  Monkey-patching is not done here: it happens in
-the server factory (server/runner.py), which pserve loads before this module.
+This module imports nothing from Pyramid at the top.  With ``egg:greenjobs#gevent`` the server
+factory has already patched; under another runner (``egg:waitress#main``) nothing has, so we
+patch here, inside the factory function and before Pyramid creates its thread-locals.
 """
 from __future__ import annotations
 
-import logging
-import os
 
-from pyramid.config import Configurator
-
-from handlers.registry import Registry
-from pool.errors import ConfigurationError
-from pool.runtime import Runtime
-from server import settings as settings_module
-from server.lifecycle import ServerStopping
-
-log = logging.getLogger(__name__)
+def ensure_patched() -> None:
+    from gevent import monkey
+    if not monkey.is_module_patched("socket"):
+        monkey.patch_all()
 
 
 def main(global_config, **raw_settings):
     """paste.app_factory: a bad setting stops start-up with one line per bad key, not a traceback."""
+    ensure_patched()
+    from pool.errors import ConfigurationError
+    from server.wsgi import make_app
     try:
         return make_app(global_config, **raw_settings)
     except ConfigurationError as exc:
         raise SystemExit(f"greenjobs: {exc}") from None
-
-
-def make_app(global_config, **raw_settings):
-    """Build the WSGI app and start its runtime; raises ConfigurationError naming every bad key."""
-    here = global_config.get("here") or os.getcwd()
-    settings = settings_module.load(raw_settings, here)
-    registry = Registry().load(settings.handlers)
-    with Configurator(settings=raw_settings) as config:
-        config.include(includeme)
-        config.registry.greenjobs_settings = settings
-        config.registry.greenjobs_handlers = registry
-        runtime = Runtime(settings, registry)
-        config.registry.greenjobs_runtime = runtime
-        config.add_subscriber(lambda event: runtime.shutdown(event.grace), ServerStopping)
-        app = config.make_wsgi_app()
-    runtime.start()
-    return app
-
-
-def includeme(config) -> None:
-    config.include("server.routes")
-    config.include("server.problems")
-    config.scan("server.views")
-    config.scan("server.openapi")

@@ -25,9 +25,17 @@ class LimitedHandler(WSGIHandler):
     max_header_bytes = 65536
 
     def read_requestline(self):
-        with gevent.Timeout(self.idle_timeout, False):
-            return super().read_requestline()
-        return ""          # idle keep-alive connection: close it quietly
+        if self.server.stopping:
+            return ""      # stopping: no new request on a kept-alive connection
+        idle = self.server.idle
+        me = gevent.getcurrent()
+        idle.add(me)       # waiting for a request: safe to close at once on shutdown
+        try:
+            with gevent.Timeout(self.idle_timeout, False):
+                return super().read_requestline()
+            return ""      # idle keep-alive connection: close it quietly
+        finally:
+            idle.discard(me)
 
     def read_request(self, raw_requestline):
         with gevent.Timeout(self.header_timeout, False):
@@ -46,6 +54,17 @@ class LimitedHandler(WSGIHandler):
 class Server(WSGIServer):
     handler_class = LimitedHandler
     nodelay = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.idle: set = set()          # connection greenlets waiting for their next request
+        self.stopping = False
+
+    def close_idle(self) -> None:
+        """Close keep-alive connections that are between requests; busy ones finish first."""
+        self.stopping = True
+        for greenlet in list(self.idle):
+            greenlet.kill(block=False)
 
     def handle(self, sock, address):
         if self.nodelay:
@@ -74,6 +93,7 @@ def serve_forever(app, options) -> None:
         registry = getattr(app, "registry", None)
         # Stop accepting first, so the port is free; jobs get their grace while requests finish.
         server.close()
+        server.close_idle()
         if registry is not None:
             gevent.spawn(registry.notify, ServerStopping()).join()
         server.stop(timeout=options.stop_timeout)

@@ -34,9 +34,8 @@ def gevent_server_factory(global_conf, **kw):
         options = parse([TABLE], kw)
     except ConfigurationError as exc:
         raise SystemExit(f"greenjobs: {exc}") from None
-    from gevent import monkey
-    if not monkey.is_module_patched("socket"):
-        monkey.patch_all()
+    from server.app import ensure_patched
+    ensure_patched()
 
     def serve(app) -> None:
         from server.httpserver import serve_forever

@@ -8,8 +8,8 @@ def make_server(tmp_path):
     """Start pserve from a copy of config.ini: ``make_server(app={...}, server={...}, name='a')``."""
     started = []
 
-    def make(app=None, server=None, name="srv", start=True):
-        ini = write_ini(tmp_path / name, app, server)
+    def make(app=None, server=None, name="srv", start=True, replace_server=False):
+        ini = write_ini(tmp_path / name, app, server, replace_server)
         proc = ServerProcess(ini)
         started.append(proc)
         return proc.start() if start else proc

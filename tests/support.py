@@ -21,11 +21,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_ini(folder: Path, app: dict | None = None, server: dict | None = None) -> Path:
-    """A copy of the project's config.ini in ``folder`` with overrides; returns its path."""
+def write_ini(folder: Path, app: dict | None = None, server: dict | None = None,
+              replace_server: bool = False) -> Path:
+    """A copy of the project's config.ini in ``folder`` with overrides; returns its path.
+
+    ``replace_server`` drops our runner's keys from [server:main] (for another runner, e.g. waitress).
+    """
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str
     parser.read(ROOT / "config.ini")
+    if replace_server:
+        parser["server:main"] = {"host": "127.0.0.1"}
     parser["server:main"]["port"] = str(free_port())
     for key, value in (app or {}).items():
         parser["app:main"][key] = str(value)
@@ -53,7 +59,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # the test-only handler and probe modules live in tests/, so make the repo importable
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen([sys.executable, "-m", "pyramid.scripts.pserve", str(self.ini)],
                                      cwd=self.ini.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
