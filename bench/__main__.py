@@ -107,12 +107,19 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W3")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", default="", help="write results to this file")
+    parser.add_argument("--server", choices=("gevent", "waitress"), default="gevent",
+                        help="the [server:main] runner: ours (gevent.pywsgi) or waitress under the same patching")
     args = parser.parse_args(argv)
     chosen = [w for w in (args.only.split(",") if args.only else WORKLOADS) if w]
     runs = 1 if args.quick else args.runs
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        srv = ServerProcess(write_ini(Path(tmp), server={"max_connections": 20000})).start()
+        if args.server == "waitress":
+            ini = write_ini(Path(tmp), server={"use": "egg:waitress#main", "threads": 1100, "connection_limit": 2000,
+                                               "backlog": 2048}, replace_server=True)
+        else:
+            ini = write_ini(Path(tmp), server={"max_connections": 20000})
+        srv = ServerProcess(ini).start()
         try:
             for name in chosen:
                 title, fn, ideal, unit = WORKLOADS[name]
