@@ -15,6 +15,7 @@ from server.lifecycle import ServerStopping
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("server.access")
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
 class LimitedHandler(WSGIHandler):
@@ -45,6 +46,12 @@ class LimitedHandler(WSGIHandler):
                 raise ValueError(f"request headers exceed {self.max_header_bytes} bytes")
             return ok
         raise ValueError(f"request headers not received within {self.header_timeout} s")
+
+    def _handle_client_error(self, ex):
+        # pywsgi's hook for unparseable requests.  A hostile or broken client is not a server
+        # error: one INFO line, no traceback, and a 400 that closes the connection.
+        log.info("bad request from %s: %s", self.client_address, getattr(ex, "formatted_message", None) or ex)
+        return ("400", BAD_REQUEST)
 
     def log_request(self):
         if access_log.isEnabledFor(logging.INFO):
