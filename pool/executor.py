@@ -114,7 +114,7 @@ class GreenletExecutor:
             self._spawn(job, claim=True)
 
     def _spawn(self, job: Job, claim: bool) -> None:
-        run = _Run(job, self.registry.get(job.handler), claim)
+        run = _Run(job, self.registry.get(job.handler) if job.handler in self.registry else None, claim)
         self._running[job.id] = run
         run.greenlet = gevent.spawn(self._body, run)
 
@@ -123,6 +123,10 @@ class GreenletExecutor:
         job = run.job
         if run.claim:     # optimistic: start now, check the claim's commit before recording the outcome
             run.claimed = self.store.claim(job, self.owner)
+        if run.handler is None:   # stored by a server whose config had a handler this one lacks
+            self._settle(run, FAILED, None, error_info("unknown_handler", f"handler {job.handler!r} is not "
+                                                       f"registered here; known: {', '.join(self.registry.names())}"))
+            return
         if job.timeout:
             run.timer = gevent.get_hub().loop.timer(job.timeout)
             run.timer.start(self._expire, run)

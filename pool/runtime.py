@@ -31,11 +31,13 @@ def make_owner() -> str:
 
 
 def owner_is_dead(owner: str) -> bool:
-    """True if ``owner`` was a process on this host that no longer exists."""
+    """True if ``owner`` (never this runtime's own id) was a process on this host that no longer exists."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
+    if int(pid_text) == os.getpid():
+        return True       # an earlier incarnation with our pid (PID 1 in a restarted container)
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:

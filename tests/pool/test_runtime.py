@@ -130,3 +130,15 @@ def test_shutdown_requeues_running_jobs_for_the_next_start(make_runtime, tmp_pat
 
 def test_registry_for_tests_loads():
     assert "test.cleanup" in Registry().load(["tests.pool.handlers_for_tests"])
+
+
+def test_job_of_an_unregistered_handler_fails_cleanly(make_runtime):
+    from pool.job import QUEUED, Job, new_id
+    rt = make_runtime()
+    ghost = Job(id=new_id(), handler="removed.handler", kind="io", state=QUEUED)
+    rt.store.insert([ghost], "gone-host:1:x")
+    rt.store._write(lambda conn: conn.execute("UPDATE jobs SET lease_owner = NULL"))
+    rt._adopt()
+    done = rt.wait(ghost.id, 5)
+    assert done.state == "failed" and done.error["kind"] == "unknown_handler"
+    assert rt.executors["io"].stats()["busy"] == 0

@@ -52,11 +52,16 @@ def test_cancel_wins_over_a_later_finish(store):
 
 
 def test_dead_owner_jobs_are_adopted_and_requeued(store):
-    dead = "vm:999999999:abc"    # a pid that cannot exist
+    import socket
+    dead = f"{socket.gethostname()}:999999999:abc"    # a pid that cannot exist
     running, queued = job(), job()
     store.insert([running, queued], dead)
     store.claim(running, dead).get()
-    assert owner_is_dead(dead) and not owner_is_dead(make_owner())
+    import os
+    import socket
+    alive = f"{socket.gethostname()}:{os.getppid()}:x"
+    assert owner_is_dead(dead) and not owner_is_dead(alive)
+    assert owner_is_dead(make_owner()), "an owner with our own pid is an earlier incarnation"
     adopted = store.adopt("me", [dead], ("io",))
     assert {j.id for j in adopted} == {running.id, queued.id}
     assert all(j.state == QUEUED for j in adopted)
