@@ -12,18 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from pool.errors import ConfigurationError, HandlerNotFound
+from pool.errors import ConfigurationError, HandlerNotFound, Retry  # noqa: F401  (Retry is re-exported)
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 _MARK = "__greenjobs_handler__"
-
-
-class Retry(Exception):
-    """Raised by a handler to ask for another attempt (optionally after ``delay`` seconds)."""
-
-    def __init__(self, message: str = "retry requested", delay: float | None = None):
-        super().__init__(message)
-        self.delay = delay
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,14 @@ class ShuttingDown(GreenjobsError):
     """The server is stopping and accepts no new jobs."""
 
     retry_after = 5
+
+
+class Retry(Exception):
+    """Raised by a handler to ask for another attempt, optionally after ``delay`` seconds.
+
+    It counts against the job's ``max_retries`` like any failure.
+    """
+
+    def __init__(self, message: str = "retry requested", delay: float | None = None):
+        super().__init__(message)
+        self.delay = delay

@@ -14,6 +14,7 @@ import heapq
 import itertools
 import json
 import logging
+import time
 import traceback
 from typing import Callable
 
@@ -22,7 +23,7 @@ from gevent import Greenlet
 from gevent.event import Event
 
 from pool.context import JobContext, activate, deactivate
-from pool.errors import Overloaded
+from pool.errors import Overloaded, Retry
 from pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class JobInterrupt(BaseException):
 
 
 class _Run:
-    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "claimed", "done")
+    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "claimed", "done", "exception")
 
     def __init__(self, job: Job, handler, claim: bool):
         self.job = job
@@ -43,6 +44,7 @@ class _Run:
         self.greenlet: Greenlet | None = None
         self.timer = None
         self.outcome: tuple | None = None
+        self.exception: BaseException | None = None   # what the handler raised, for retry decisions
         self.done = Event()
 
 
@@ -53,7 +55,9 @@ class GreenletExecutor:
     """
 
     def __init__(self, kind: str, store, registry, settings, owner: str, size: int, max_pending: int,
-                 on_terminal: Callable[[Job], None], invoke: Callable | None = None, max_result_bytes: int = 1 << 20):
+                 on_terminal: Callable[[Job], None], invoke: Callable | None = None, max_result_bytes: int = 1 << 20,
+                 backoff: Callable[[int], float] = lambda attempt: 1.0,
+                 on_scheduled: Callable[[float], None] = lambda run_at: None):
         self.kind = kind
         self.store = store
         self.registry = registry
@@ -63,11 +67,14 @@ class GreenletExecutor:
         self.max_pending = max_pending
         self.max_result_bytes = max_result_bytes
         self.on_terminal = on_terminal
+        self.backoff = backoff              # attempt number -> seconds before the retry
+        self.on_scheduled = on_scheduled    # called with the run_at of a retry
         self.invoke = invoke or (lambda h, job: h.fn(*job.args, **job.kwargs))
         self._busy = 0                      # running + reserved slots
         self._pending: list = []            # heap of (-priority, seq, job)
-        self._pending_ids: set[str] = set()
+        self._pending_ids: dict[str, Job] = {}
         self._running: dict[str, _Run] = {}
+        self._unrecorded: list[_Run] = []  # settled runs whose outcome could not be stored yet
         self._seq = itertools.count()
         self._accepting = True
         self.completed = 0
@@ -101,15 +108,14 @@ class GreenletExecutor:
             if job.id in self._pending_ids or job.id in self._running:
                 continue
             heapq.heappush(self._pending, (-job.priority, next(self._seq), job))
-            self._pending_ids.add(job.id)
+            self._pending_ids[job.id] = job
         self._fill()
 
     def _fill(self) -> None:
         while self._accepting and self._busy < self.size and self._pending:
             job = heapq.heappop(self._pending)[2]
-            if job.id not in self._pending_ids:   # dropped (cancelled) while waiting
+            if self._pending_ids.pop(job.id, None) is None:   # dropped (cancelled) while waiting
                 continue
-            self._pending_ids.discard(job.id)
             self._busy += 1
             self._spawn(job, claim=True)
 
@@ -136,8 +142,10 @@ class GreenletExecutor:
         except JobInterrupt:
             return                           # settled by whoever interrupted us
         except (Exception, gevent.Timeout) as exc:   # a handler's own gevent.Timeout is an ordinary failure
-            self._settle(run, FAILED, None, error_info("exception", f"{type(exc).__name__}: {exc}",
-                                                        traceback.format_exc(limit=20)))
+            run.exception = exc
+            kind = "retry" if isinstance(exc, Retry) else "exception"
+            self._settle(run, FAILED, None, error_info(kind, f"{type(exc).__name__}: {exc}",
+                                                       traceback.format_exc(limit=20)))
         except BaseException as exc:         # GreenletExit from a stray kill, KeyboardInterrupt, SystemExit
             if run.outcome is None:
                 self._settle(run, FAILED, None, error_info("interrupted", f"{type(exc).__name__}: {exc}"))
@@ -167,42 +175,76 @@ class GreenletExecutor:
                      error_info("timeout", f"the job ran longer than its timeout of {run.job.timeout} s"))
 
     def _interrupt(self, run: _Run, state: str, error: dict) -> bool:
-        """Settle ``run`` from outside its greenlet, then kill the greenlet.  False if already settled."""
-        if not self._settle(run, state, None, error):
+        """Settle ``run`` from outside its greenlet: decide, kill the greenlet, then record."""
+        if not self._decide(run, state, None, error):
             return False
         if run.greenlet is not None and not run.greenlet.dead:
             run.greenlet.kill(JobInterrupt, block=False)
+        self._record(run)
         return True
 
     def _settle(self, run: _Run, state: str, result_json: str | None, error: dict | None) -> bool:
-        """Record the one outcome of ``run``; later calls are no-ops and return False.
+        """Record the one outcome of ``run``; later calls are no-ops and return False."""
+        if not self._decide(run, state, result_json, error):
+            return False
+        self._record(run)
+        return True
 
-        The slot is given back at once: committing the outcome is store work, not handler work.
-        """
+    def _decide(self, run: _Run, state: str, result_json: str | None, error: dict | None) -> bool:
         if run.outcome is not None:
             return False
         run.outcome = (state, result_json, error)
         if run.timer is not None:
             run.timer.close()
+        return True
+
+    def _retry_at(self, run: _Run) -> float | None:
+        """When to run a failed job again, or None if it has no retries left or its error is not retryable."""
+        state, _, error = run.outcome
+        job = run.job
+        if state != FAILED or job.attempts > job.max_retries or error["kind"] not in ("exception", "timeout", "retry"):
+            return None
+        exc = run.exception
+        if run.handler.retry_on and error["kind"] == "exception" and not isinstance(exc, run.handler.retry_on):
+            return None
+        delay = getattr(exc, "delay", None)
+        return time.time() + (self.backoff(job.attempts) if delay is None else delay)
+
+    def _record(self, run: _Run) -> None:
+        """Give the slot back (committing is store work, not handler work), then store the outcome."""
         self._busy -= 1
         self._fill()
+        state, result_json, error = run.outcome
+        job = run.job
         try:
             if run.claimed is not None and not run.claimed.get():
                 log.info("job %s (%s): cancelled or taken over before its claim committed; outcome %s dropped",
-                         run.job.id, run.job.handler, state)
-            elif self.store.finish(run.job, self.owner, state, result_json, error):
+                         job.id, job.handler, state)
+            elif (retry_at := self._retry_at(run)) is not None:
+                if self.store.retry(job, self.owner, retry_at, error):
+                    log.info("job %s (%s): attempt %d failed (%s); retry at %.3f", job.id, job.handler,
+                             job.attempts, error["kind"], retry_at)
+                    self.on_scheduled(retry_at)
+            elif self.store.finish(job, self.owner, state, result_json, error):
                 self.completed += 1
-                self.on_terminal(run.job)
+                self.on_terminal(job)
             else:
-                log.warning("job %s (%s): lease lost before it finished; outcome %s dropped",
-                            run.job.id, run.job.handler, state)
-        except Exception:
-            log.exception("job %s (%s): could not record its outcome %s; it will run again after lease expiry",
-                          run.job.id, run.job.handler, state)
-        finally:
-            self._running.pop(run.job.id, None)
-            run.done.set()
-        return True
+                log.warning("job %s (%s): lease lost before it finished; outcome %s dropped", job.id, job.handler, state)
+        except Exception as exc:
+            # The job stays running in the store, leased to us and renewed: keep the outcome and
+            # try again from the maintenance loop, or it would be stuck for as long as we live.
+            log.error("job %s (%s): could not record its outcome %s (%s); will retry", job.id, job.handler, state, exc)
+            self._unrecorded.append(run)
+            return
+        self._running.pop(job.id, None)
+        run.done.set()
+
+    def record_again(self) -> None:
+        """Retry storing outcomes that failed to commit (called by the maintenance loop)."""
+        runs, self._unrecorded = self._unrecorded, []
+        for run in runs:
+            self._busy += 1          # _record gives the slot back again
+            self._record(run)
 
     # -- control -----------------------------------------------------------------------
     def running(self, job_id: str) -> bool:
@@ -217,8 +259,9 @@ class GreenletExecutor:
             run.done.wait()
         return run.job
 
-    def drop_pending(self, job_id: str) -> None:
-        self._pending_ids.discard(job_id)
+    def drop_pending(self, job_id: str) -> Job | None:
+        """Forget a waiting job (its heap entry is skipped later); returns it if it was waiting."""
+        return self._pending_ids.pop(job_id, None)
 
     def stats(self) -> dict:
         return {"size": self.size, "busy": self._busy, "pending": len(self._pending_ids),

@@ -74,6 +74,7 @@ class Job:
     attempts: int = 0
     result: Any = None
     error: dict | None = None
+    errors: list = field(default_factory=list)   # every failed attempt's error, oldest first
     progress: dict | None = None
     batch_id: str | None = None
     created_at: float = field(default_factory=time.time)
@@ -103,6 +104,7 @@ class Job:
             "max_retries": self.max_retries,
             "result": self.result,
             "error": self.error,
+            "errors": self.errors,
             "attempts": self.attempts,
             "progress": self.progress,
             "batch": self.batch_id,

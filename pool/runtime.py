@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import os
+import random
 import socket
 import time
 import uuid
 from typing import Iterable
 
 import gevent
+import gevent.event
 from gevent.threadpool import ThreadPool
 
 from pool.errors import JobFinished, JobNotFound, ShuttingDown
@@ -59,7 +62,8 @@ class Runtime:
         self.waiters = Waiters()
         self._cpu_threads = ThreadPool(max(1, settings.workers_cpu))
         common = dict(store=self.store, registry=registry, settings=settings, owner=self.owner,
-                      on_terminal=self.waiters.finished, max_result_bytes=settings.job_max_result_bytes)
+                      on_terminal=self.waiters.finished, max_result_bytes=settings.job_max_result_bytes,
+                      backoff=self.backoff, on_scheduled=self.wake_at)
         self.executors = {
             "io": GreenletExecutor("io", size=settings.pool_size, max_pending=settings.pool_max_pending, **common),
             # Until CPU jobs go to worker processes, they run in threads: never on the hub.
@@ -68,7 +72,20 @@ class Runtime:
         }
         self.accepting = False
         self._maintenance = None
+        self._wake = gevent.event.Event()
+        self._next_wake = math.inf
         self.started_at = time.time()
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: a random wait up to base * 2^(attempt-1), capped at greenjobs.retry.max."""
+        cap = min(self.settings.retry_max, self.settings.retry_base * 2 ** min(attempt - 1, 60))
+        return random.uniform(0, cap)
+
+    def wake_at(self, run_at: float) -> None:
+        """Make the maintenance loop promote scheduled jobs no later than ``run_at``."""
+        if run_at < self._next_wake:
+            self._next_wake = run_at
+            self._wake.set()
 
     def _invoke_in_thread(self, handler, job: Job):
         ctx = contextvars.copy_context()
@@ -106,19 +123,29 @@ class Runtime:
             self._cpu_threads.kill()
 
     def _maintain(self) -> None:
+        """Renew leases, adopt orphaned jobs each ``interval``; promote scheduled jobs when due."""
         interval = min(1.0, self.settings.store_lease_seconds / 3)
-        renew_every = self.settings.store_lease_seconds / 3
-        last_renew = time.monotonic()
+        last_renew = last_tick = time.monotonic()
         while True:
-            gevent.sleep(interval)
+            self._wake.wait(max(0.0, min(interval, self._next_wake - time.time())))
+            self._wake.clear()
             try:
-                if time.monotonic() - last_renew >= renew_every:
+                now = time.monotonic()
+                if now - last_renew >= self.settings.store_lease_seconds / 3:
                     self.store.renew(self.owner)
-                    last_renew = time.monotonic()
-                self._adopt()
-                self._dispatch(self.store.promote_due(self.owner, tuple(self.executors)))
+                    last_renew = now
+                tick = now - last_tick >= interval
+                if tick:
+                    for executor in self.executors.values():
+                        executor.record_again()
+                    self._adopt()
+                    last_tick = now
+                if tick or self._next_wake <= time.time():
+                    self._next_wake = math.inf
+                    self._dispatch(self.store.promote_due(self.owner, tuple(self.executors)))
             except Exception:
                 log.exception("maintenance pass failed; retrying")
+                gevent.sleep(interval)
 
     def _adopt(self) -> None:
         dead = [owner for owner, _ in self.store.owners(self.owner) if owner_is_dead(owner)]
@@ -145,6 +172,7 @@ class Runtime:
             job.batch_id = batch_id
             if job.run_at is not None and job.run_at > now:
                 job.state = SCHEDULED
+                self.wake_at(job.run_at)
             else:
                 job.run_at = None
                 by_kind.setdefault(job.kind, []).append(job)
@@ -193,13 +221,19 @@ class Runtime:
                 job = executor.cancel(job_id)
                 if job is not None and job.state == "cancelled":
                     return job
-        job, changed = self.store.cancel(job_id)
+        # Take it out of the local backlog first, so a slot freeing meanwhile cannot start it.
+        dropped = [(ex, ex.drop_pending(job_id)) for ex in self.executors.values()]
+        try:
+            job, changed = self.store.cancel(job_id)
+        except BaseException:
+            for executor, pending in dropped:
+                if pending is not None:
+                    executor.enqueue([pending])
+            raise
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         if not changed:
             raise JobFinished(f"job {job_id} already ended ({job.state}); nothing to cancel")
-        for executor in self.executors.values():
-            executor.drop_pending(job_id)
         self.waiters.finished(job)
         return job
 

@@ -154,6 +154,9 @@ TABLE = (
             "largest timeout (seconds) a job may ask for"),
     Setting("greenjobs.job.max_result_bytes", as_int(16, 1 << 30), 1 << 20,
             "largest JSON result a job may return, in bytes"),
+    Setting("greenjobs.retry.base", as_float(0.0, 86400.0), 1.0,
+            "seconds: a retry waits a random time up to base * 2^(attempt-1) (full jitter)"),
+    Setting("greenjobs.retry.max", as_float(0.0, 86400.0), 300.0, "seconds: the longest wait before a retry"),
     Setting("greenjobs.shutdown.grace", as_float(0.0, 3600.0), 10.0,
             "seconds running jobs get to finish on SIGTERM before they are requeued"),
 )

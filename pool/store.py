@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
     error TEXT,
+    errors TEXT,
     progress TEXT,
     batch_id TEXT,
     lease_owner TEXT,
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, total INTEGER NOT NULL,
 """
 
 COLUMNS = ("id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts, "
-           "result, error, progress, batch_id, created_at, started_at, finished_at")
+           "result, error, errors, progress, batch_id, created_at, started_at, finished_at")
 _ACTIVE_SQL = "('scheduled', 'queued', 'running')"
 
 
@@ -69,10 +70,11 @@ def _loads(text: str | None) -> Any:
 
 def row_to_job(row: tuple) -> Job:
     (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
-     result, error, progress, batch_id, created_at, started_at, finished_at) = row
+     result, error, errors, progress, batch_id, created_at, started_at, finished_at) = row
     return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
                kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
-               attempts=attempts, result=_loads(result), error=_loads(error), progress=_loads(progress),
+               attempts=attempts, result=_loads(result), error=_loads(error), errors=_loads(errors) or [],
+               progress=_loads(progress),
                batch_id=batch_id, created_at=created_at, started_at=started_at, finished_at=finished_at)
 
 
@@ -337,21 +339,36 @@ class Store:
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
         """running (leased to ``owner``) -> ``state``.  False if the lease was lost or the job cancelled."""
         now = time.time()
-        args = (state, result_json, None if error is None else _dumps(error), now,
-                None if job.progress is None else _dumps(job.progress))
-
+        errors = job.errors + [error] if error is not None else job.errors
+        args = (state, result_json, None if error is None else _dumps(error), _dumps(errors) if errors else None,
+                now, None if job.progress is None else _dumps(job.progress))
         self._progress.pop(job.id, None)
 
         def op(conn):
             return conn.execute(
-                "UPDATE jobs SET state = ?, result = ?, error = ?, finished_at = ?, progress = COALESCE(?, progress),"
-                " lease_owner = NULL, lease_expires = NULL WHERE id = ? AND state = 'running' AND lease_owner = ?",
-                args + (job.id, owner)).rowcount == 1
+                "UPDATE jobs SET state = ?, result = ?, error = ?, errors = ?, finished_at = ?,"
+                " progress = COALESCE(?, progress), lease_owner = NULL, lease_expires = NULL"
+                " WHERE id = ? AND state = 'running' AND lease_owner = ?", args + (job.id, owner)).rowcount == 1
         if not self._write(op):
             return False
-        job.state, job.finished_at = state, now
+        job.state, job.finished_at, job.errors = state, now, errors
         job.result = None if result_json is None else json.loads(result_json)
         job.error = error
+        return True
+
+    def retry(self, job: Job, owner: str, run_at: float, error: dict) -> bool:
+        """running (leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's error."""
+        errors = job.errors + [error]
+        self._progress.pop(job.id, None)
+
+        def op(conn):
+            return conn.execute(
+                "UPDATE jobs SET state = 'scheduled', run_at = ?, error = ?, errors = ?, lease_owner = NULL,"
+                " lease_expires = NULL WHERE id = ? AND state = 'running' AND lease_owner = ?",
+                (run_at, _dumps(error), _dumps(errors), job.id, owner)).rowcount == 1
+        if not self._write(op):
+            return False
+        job.state, job.run_at, job.error, job.errors = "scheduled", run_at, error, errors
         return True
 
     def cancel(self, job_id: str) -> tuple[Job | None, bool]:

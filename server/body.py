@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import gevent
@@ -11,8 +12,31 @@ from server.problems import Problem
 JSON_TYPES = ("application/json",)
 
 
+MAX_DEPTH = 32
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"the number {text[:40]} is too large for a float")
+    return value
+
+
+def _check_depth(value: Any) -> None:
+    """Reject nesting deeper than MAX_DEPTH, iteratively: deep data must never reach the stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > MAX_DEPTH:
+            raise Problem(400, "Malformed JSON", f"the JSON body is nested more than {MAX_DEPTH} levels deep")
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def read_json(request, max_body: int, read_timeout: float) -> Any:
@@ -37,8 +61,10 @@ def read_json(request, max_body: int, read_timeout: float) -> Any:
     if not raw:
         raise Problem(400, "Empty body", "the request body is empty; send a JSON object")
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        data = json.loads(raw, parse_constant=_no_constants, parse_float=_finite)
     except RecursionError:
-        raise Problem(400, "Malformed JSON", "the JSON body is nested too deeply") from None
+        raise Problem(400, "Malformed JSON", f"the JSON body is nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:
         raise Problem(400, "Malformed JSON", f"the body is not valid JSON: {exc}") from None
+    _check_depth(data)
+    return data

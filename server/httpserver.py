@@ -8,6 +8,7 @@ import signal
 import socket
 
 import gevent
+import gevent.event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
@@ -90,23 +91,29 @@ def serve_forever(app, options) -> None:
                     handler_class=handler, backlog=options.backlog, log=None, error_log=log)
     server.nodelay = options.nodelay
     server.stop_timeout = options.stop_timeout
-    stopping = []
+    stopping: list = []
+    stopped = gevent.event.Event()
 
     def stop(signum):
         if stopping:
             return
         stopping.append(signum)
         log.info("signal %s: stopping (in-flight requests get %s s)", signum, options.stop_timeout)
-        registry = getattr(app, "registry", None)
-        # Stop accepting first, so the port is free; jobs get their grace while requests finish.
-        server.close()
-        server.close_idle()
-        if registry is not None:
-            gevent.spawn(registry.notify, ServerStopping()).join()
-        server.stop(timeout=options.stop_timeout)
+        try:
+            # Stop accepting first, so the port is free; jobs get their grace while requests finish.
+            server.close()
+            server.close_idle()
+            registry = getattr(app, "registry", None)
+            if registry is not None:
+                registry.notify(ServerStopping())
+            server.stop(timeout=options.stop_timeout)
+        finally:
+            stopped.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stop, signum)
     server.init_socket()
     print(f"greenjobs serving on http://{options.host}:{server.server_port}", flush=True)
     server.serve_forever()
+    if stopping:
+        stopped.wait()      # serve_forever returns as soon as the listener closes; the stop is not done yet

@@ -31,7 +31,7 @@ def test_submit_and_wait(app):
 
 @pytest.mark.parametrize("body, status, words", [
     (b"{not json", 400, ["not valid JSON"]),
-    (b"[" * 3000 + b"]" * 3000, 400, ["nested too deeply"]),
+    (b"[" * 3000 + b"]" * 3000, 400, ["nested more than 32 levels"]),
     (b'{"handler": "echo", "kwargs": {"x": NaN}}', 400, ["NaN"]),
     (b"", 400, ["empty"]),
     ({"handler": "fetchurl"}, 422, ["unknown handler 'fetchurl'", "echo"]),

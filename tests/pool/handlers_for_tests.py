@@ -41,3 +41,9 @@ def progress():
 def inner_timeout():
     with gevent.Timeout(0.01):
         gevent.sleep(1)
+
+
+@handler("test.big_result_later")
+def big_result_later():
+    gevent.sleep(0.3)
+    return "x" * 200_000

@@ -142,3 +142,44 @@ def test_job_of_an_unregistered_handler_fails_cleanly(make_runtime):
     done = rt.wait(ghost.id, 5)
     assert done.state == "failed" and done.error["kind"] == "unknown_handler"
     assert rt.executors["io"].stats()["busy"] == 0
+
+
+def test_flaky_job_succeeds_on_the_expected_attempt(make_runtime):
+    rt = make_runtime(retry__base=0.05)
+    done = rt.wait(submit(rt, "flaky", kwargs={"fail_times": 2}, max_retries=3).id, 10)
+    for _ in range(100):
+        if done.terminal:
+            break
+        done = rt.wait(done.id, 10)
+    assert (done.state, done.result, done.attempts) == ("succeeded", {"attempt": 3}, 3)
+    assert [e["kind"] for e in done.errors] == ["exception", "exception"]
+
+
+def test_failing_job_ends_failed_after_exactly_max_retries_plus_one_attempts(make_runtime):
+    rt = make_runtime(retry__base=0.01)
+    job = submit(rt, "fail", max_retries=2)
+    for _ in range(100):
+        done = rt.wait(job.id, 10)
+        if done.terminal:
+            break
+    assert (done.state, done.attempts, len(done.errors)) == ("failed", 3, 3)
+
+
+def test_backoff_is_full_jitter_capped(make_runtime):
+    rt = make_runtime(retry__base=2, retry__max=10)
+    delays = [rt.backoff(attempt) for attempt in (1, 2, 3, 10, 50) for _ in range(200)]
+    assert all(0 <= d <= 10 for d in delays)
+    assert max(rt.backoff(1) for _ in range(200)) <= 2
+
+
+def test_outcome_that_could_not_be_stored_is_stored_once_the_store_recovers(make_runtime):
+    rt = make_runtime()
+    job = submit(rt, "test.big_result_later")
+    rt.store.flush()
+    pages = rt.store._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    rt.store._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))   # the disk is "full"
+    gevent.sleep(0.6)
+    assert rt.store.get(job.id).state == "running" and not rt.store.healthy
+    rt.store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))  # space again
+    done = rt.wait(job.id, 10)
+    assert done.state == "succeeded" and rt.store.get(job.id).result == "x" * 200_000
