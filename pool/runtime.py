@@ -10,9 +10,7 @@ import logging
 import math
 import os
 import random
-import socket
 import time
-import uuid
 from typing import Iterable
 
 import gevent
@@ -22,32 +20,11 @@ from gevent.threadpool import ThreadPool
 from pool.errors import JobFinished, JobNotFound, ShuttingDown
 from pool.executor import GreenletExecutor
 from pool.job import QUEUED, RUNNING, SCHEDULED, Job
+from pool.owners import owner_id, owner_is_dead
 from pool.store import Store
 from pool.waiters import Waiters
 
 log = logging.getLogger(__name__)
-
-
-def make_owner() -> str:
-    """A lease owner id: host and pid (so a dead owner on this host is detected at once) plus a nonce."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True if ``owner`` (never this runtime's own id) was a process on this host that no longer exists."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    if int(pid_text) == os.getpid():
-        return True       # an earlier incarnation with our pid (PID 1 in a restarted container)
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 class Runtime:
@@ -56,7 +33,7 @@ class Runtime:
     def __init__(self, settings, registry):
         self.settings = settings
         self.registry = registry
-        self.owner = make_owner()
+        self.owner = owner_id()
         self.store = Store(settings.store_path, synchronous=settings.store_synchronous,
                            lease_seconds=settings.store_lease_seconds)
         self.waiters = Waiters()
@@ -148,7 +125,7 @@ class Runtime:
                 gevent.sleep(interval)
 
     def _adopt(self) -> None:
-        dead = [owner for owner, _ in self.store.owners(self.owner) if owner_is_dead(owner)]
+        dead = [owner for owner, _ in self.store.owners(self.owner) if owner_is_dead(owner, self.owner)]
         jobs = self.store.adopt(self.owner, dead, tuple(self.executors))
         if jobs:
             log.info("adopted %d jobs from dead or expired runners", len(jobs))

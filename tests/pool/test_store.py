@@ -1,7 +1,7 @@
 import time
 
 from pool.job import QUEUED, RUNNING, Job, new_id
-from pool.runtime import make_owner, owner_is_dead
+from pool.owners import owner_id, owner_is_dead
 
 
 def job(state=QUEUED, **kw):
@@ -59,9 +59,12 @@ def test_dead_owner_jobs_are_adopted_and_requeued(store):
     store.claim(running, dead).get()
     import os
     import socket
-    alive = f"{socket.gethostname()}:{os.getppid()}:x"
-    assert owner_is_dead(dead) and not owner_is_dead(alive)
-    assert owner_is_dead(make_owner()), "an owner with our own pid is an earlier incarnation"
+    from pool.owners import _start_time
+    alive = f"{socket.gethostname()}:{os.getppid()}:{_start_time(os.getppid())}:x"
+    reused = f"{socket.gethostname()}:{os.getppid()}:1:x"          # same pid, another process
+    assert owner_is_dead(dead) and not owner_is_dead(alive) and owner_is_dead(reused)
+    me = owner_id()
+    assert not owner_is_dead(me, me) and owner_is_dead(owner_id(), me), "an earlier holder in this process"
     adopted = store.adopt("me", [dead], ("io",))
     assert {j.id for j in adopted} == {running.id, queued.id}
     assert all(j.state == QUEUED for j in adopted)
