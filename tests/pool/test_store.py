@@ -140,3 +140,15 @@ def test_promote_due_scheduled_jobs(store):
     store.insert([due, later], "me")
     assert [j.id for j in store.promote_due("me", ("io",))] == [due.id]
     assert store.get(later.id).state == "scheduled"
+
+
+def test_grouped_swaps_report_each_rows_own_result(store):
+    import gevent
+    jobs = [job() for _ in range(50)]
+    store.insert(jobs, "me")
+    store.cancel(jobs[17].id)                 # this one can no longer be claimed
+    results = [store.claim(j, "me") for j in jobs]   # all land in one group commit
+    gevent.sleep(0)
+    outcomes = [r.get() for r in results]
+    assert outcomes == [i != 17 for i in range(50)]
+    assert store.get(jobs[16].id).state == "running" and store.get(jobs[17].id).state == "cancelled"
