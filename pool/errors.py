@@ -55,6 +55,12 @@ class StoreUnavailable(GreenjobsError):
     retry_after = 5
 
 
+class QueueUnavailable(GreenjobsError):
+    """The broker for cpu jobs cannot be reached; nothing was stored."""
+
+    retry_after = 5
+
+
 class ShuttingDown(GreenjobsError):
     """The server is stopping and accepts no new jobs."""
 

@@ -14,7 +14,6 @@ import heapq
 import itertools
 import json
 import logging
-import time
 import traceback
 from typing import Callable
 
@@ -25,6 +24,7 @@ from gevent.event import Event
 from pool.context import JobContext, activate, deactivate
 from pool.errors import Overloaded, Retry
 from pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
+from pool.retries import is_retryable, retry_at
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +199,12 @@ class GreenletExecutor:
         return True
 
     def _retry_at(self, run: _Run) -> float | None:
-        """When to run a failed job again, or None if it has no retries left or its error is not retryable."""
         state, _, error = run.outcome
-        job = run.job
-        if state != FAILED or job.attempts > job.max_retries or error["kind"] not in ("exception", "timeout", "retry"):
+        if state != FAILED:
             return None
         exc = run.exception
-        if run.handler.retry_on and error["kind"] == "exception" and not isinstance(exc, run.handler.retry_on):
-            return None
-        delay = getattr(exc, "delay", None)
-        return time.time() + (self.backoff(job.attempts) if delay is None else delay)
+        return retry_at(run.job, is_retryable(run.handler, error["kind"], exc), getattr(exc, "delay", None),
+                        self.backoff)
 
     def _record(self, run: _Run) -> None:
         """Give the slot back (committing is store work, not handler work), then store the outcome."""

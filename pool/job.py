@@ -114,21 +114,26 @@ class Job:
             "finished_at": iso(self.finished_at),
         }
 
+    def message(self) -> dict:
+        """The body of a queue message (JSON-serialisable): the stored fields, nothing executable."""
+        return {"id": self.id, "handler": self.handler, "kind": self.kind, "args": self.args,
+                "kwargs": self.kwargs, "priority": self.priority, "timeout": self.timeout,
+                "max_retries": self.max_retries, "attempts": self.attempts}
+
     def encode(self) -> str:
-        """JSON for a queue message: the same fields the store keeps, nothing executable."""
-        return json.dumps({
-            "id": self.id, "handler": self.handler, "kind": self.kind, "args": self.args,
-            "kwargs": self.kwargs, "priority": self.priority, "timeout": self.timeout,
-            "max_retries": self.max_retries, "attempts": self.attempts,
-        }, separators=(",", ":"))
+        return json.dumps(self.message(), separators=(",", ":"))
 
     @classmethod
-    def decode(cls, text: str | bytes) -> "Job":
-        """Inverse of :meth:`encode`; raises ValueError on anything that is not a job message."""
-        data = json.loads(text)
-        if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("handler"), str):
+    def decode(cls, text: str | bytes | dict) -> "Job":
+        """Inverse of :meth:`encode` / :meth:`message`; ValueError on anything that is not a job message."""
+        data = text if isinstance(text, dict) else json.loads(text)
+        if (not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("handler"), str)
+                or not isinstance(data.get("args", []), list) or not isinstance(data.get("kwargs", {}), dict)):
             raise ValueError("not a greenjobs job message")
-        return cls(id=data["id"], handler=data["handler"], kind=data.get("kind", "cpu"), state=RUNNING,
-                   args=list(data.get("args") or []), kwargs=dict(data.get("kwargs") or {}),
-                   priority=int(data.get("priority", 0)), timeout=data.get("timeout"),
-                   max_retries=int(data.get("max_retries", 0)), attempts=int(data.get("attempts", 0)))
+        try:
+            return cls(id=data["id"], handler=data["handler"], kind=str(data.get("kind", "cpu")), state=RUNNING,
+                       args=data.get("args", []), kwargs=data.get("kwargs", {}),
+                       priority=int(data.get("priority", 0)), timeout=data.get("timeout"),
+                       max_retries=int(data.get("max_retries", 0)), attempts=int(data.get("attempts", 0)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a greenjobs job message: {exc}") from None

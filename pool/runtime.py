@@ -5,7 +5,6 @@ renews this process's leases, adopts jobs whose runner died, and starts schedule
 """
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 import os
@@ -15,13 +14,14 @@ from typing import Iterable
 
 import gevent
 import gevent.event
-from gevent.threadpool import ThreadPool
 
 from pool.errors import JobFinished, JobNotFound, ShuttingDown
+from pool.dispatch import CpuDispatcher
 from pool.executor import GreenletExecutor
 from pool.job import QUEUED, RUNNING, SCHEDULED, Job
 from pool.owners import owner_id, owner_is_dead
 from pool.store import Store
+from pool.supervisor import Supervisor
 from pool.waiters import Waiters
 
 log = logging.getLogger(__name__)
@@ -30,23 +30,24 @@ log = logging.getLogger(__name__)
 class Runtime:
     """Everything that runs jobs in this process."""
 
-    def __init__(self, settings, registry):
+    def __init__(self, settings, registry, ini: str | None = None):
         self.settings = settings
         self.registry = registry
         self.owner = owner_id()
         self.store = Store(settings.store_path, synchronous=settings.store_synchronous,
                            lease_seconds=settings.store_lease_seconds)
         self.waiters = Waiters()
-        self._cpu_threads = ThreadPool(max(1, settings.workers_cpu))
         common = dict(store=self.store, registry=registry, settings=settings, owner=self.owner,
                       on_terminal=self.waiters.finished, max_result_bytes=settings.job_max_result_bytes,
                       backoff=self.backoff, on_scheduled=self.wake_at)
         self.executors = {
             "io": GreenletExecutor("io", size=settings.pool_size, max_pending=settings.pool_max_pending, **common),
-            # Until CPU jobs go to worker processes, they run in threads: never on the hub.
-            "cpu": GreenletExecutor("cpu", size=max(1, settings.workers_cpu), max_pending=settings.pool_max_pending,
-                                    invoke=self._invoke_in_thread, **common),
         }
+        # cpu jobs never run here: they go to worker processes over the broker
+        self.supervisor = Supervisor(ini, settings.workers_cpu, grace=settings.shutdown_grace) \
+            if ini and settings.workers_cpu > 0 else None
+        self.cpu = CpuDispatcher(settings, self.store, registry, on_terminal=self.waiters.finished,
+                                 backoff=self.backoff, wake_at=self.wake_at, supervisor=self.supervisor)
         self.accepting = False
         self._maintenance = None
         self._wake = gevent.event.Event()
@@ -64,14 +65,13 @@ class Runtime:
             self._next_wake = run_at
             self._wake.set()
 
-    def _invoke_in_thread(self, handler, job: Job):
-        ctx = contextvars.copy_context()
-        return self._cpu_threads.apply(ctx.run, (handler.fn, *job.args), job.kwargs)
-
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "Runtime":
         self.store.open()
         self._adopt()
+        self.cpu.start()
+        if self.supervisor is not None:
+            self.supervisor.start()
         self.accepting = True
         self._maintenance = gevent.spawn(self._maintain)
         log.info("greenjobs runtime started as %s (store %s)", self.owner, self.store.path)
@@ -87,8 +87,12 @@ class Runtime:
             self._maintenance.kill()
             self._maintenance = None
         interrupted: list[Job] = []
+        stopping_workers = gevent.spawn(self.supervisor.stop) if self.supervisor is not None else None
         for executor in self.executors.values():
             interrupted += executor.shutdown(grace)
+        if stopping_workers is not None:
+            stopping_workers.join()
+        self.cpu.stop()
         try:
             requeued = self.store.requeue(interrupted, self.owner)
             released = self.store.release(self.owner)
@@ -97,7 +101,6 @@ class Runtime:
             gevent.sleep(0.05)      # let woken long-polls read the store before it closes
         finally:
             self.store.close()
-            self._cpu_threads.kill()
 
     def _maintain(self) -> None:
         """Renew leases, adopt orphaned jobs each ``interval``; promote scheduled jobs when due."""
@@ -116,10 +119,11 @@ class Runtime:
                     for executor in self.executors.values():
                         executor.record_again()
                     self._adopt()
+                    self.cpu.publish(self.store.requeue_stale_cpu())
                     last_tick = now
                 if tick or self._next_wake <= time.time():
                     self._next_wake = math.inf
-                    self._dispatch(self.store.promote_due(self.owner, tuple(self.executors)))
+                    self._dispatch(self.store.promote_due(self.owner, ("io", "cpu")))
             except Exception:
                 log.exception("maintenance pass failed; retrying")
                 gevent.sleep(interval)
@@ -136,7 +140,10 @@ class Runtime:
         for job in queued:
             by_kind.setdefault(job.kind, []).append(job)
         for kind, jobs in by_kind.items():
-            self.executors[kind].enqueue(jobs)
+            if kind == "cpu":
+                self.cpu.publish(jobs)
+            else:
+                self.executors[kind].enqueue(jobs)
 
     # -- the API -----------------------------------------------------------------------
     def submit(self, jobs: list[Job], batch_id: str | None = None) -> list[Job]:
@@ -153,25 +160,29 @@ class Runtime:
             else:
                 job.run_at = None
                 by_kind.setdefault(job.kind, []).append(job)
-        reserved: dict[str, int] = {}
+        if "cpu" in by_kind:
+            self.cpu.check_available()       # 503 now rather than a job that waits for a broker
+        io_jobs = by_kind.get("io", [])
+        started = self.executors["io"].admit(len(io_jobs)) if io_jobs else 0
         try:
-            for kind, group in by_kind.items():
-                reserved[kind] = self.executors[kind].admit(len(group))
-                group.sort(key=lambda j: -j.priority)
-                for i, job in enumerate(group):
-                    if i < reserved[kind]:
-                        job.state, job.attempts, job.started_at = RUNNING, 1, now
-                    else:
-                        job.state = QUEUED
+            io_jobs.sort(key=lambda j: -j.priority)
+            for i, job in enumerate(io_jobs):
+                if i < started:
+                    job.state, job.attempts, job.started_at = RUNNING, 1, now
+                else:
+                    job.state = QUEUED
+            for job in by_kind.get("cpu", ()):
+                job.state = QUEUED
             self.store.insert(jobs, self.owner, batch_id)
         except BaseException:
-            for kind, count in reserved.items():
-                self.executors[kind].unreserve(count)
+            if started:
+                self.executors["io"].unreserve(started)
             raise
-        for kind, group in by_kind.items():
-            executor = self.executors[kind]
-            executor.launch(group[:reserved[kind]])
-            executor.enqueue(group[reserved[kind]:])
+        if io_jobs:
+            self.executors["io"].launch(io_jobs[:started])
+            self.executors["io"].enqueue(io_jobs[started:])
+        if "cpu" in by_kind:
+            self.cpu.publish(by_kind["cpu"])
         return jobs
 
     def get(self, job_id: str) -> Job:
@@ -198,6 +209,10 @@ class Runtime:
                 job = executor.cancel(job_id)
                 if job is not None and job.state == "cancelled":
                     return job
+        if self.cpu.running(job_id):
+            job = self.cpu.cancel(job_id)
+            if job is not None:
+                return job
         # Take it out of the local backlog first, so a slot freeing meanwhile cannot start it.
         dropped = [(ex, ex.drop_pending(job_id)) for ex in self.executors.values()]
         try:
@@ -228,4 +243,4 @@ class Runtime:
         return self.store.batch_counts(batch_id) if timeout > 0 else counts
 
     def stats(self) -> dict:
-        return {kind: ex.stats() for kind, ex in self.executors.items()}
+        return {"io": self.executors["io"].stats(), "cpu": self.cpu.stats()}

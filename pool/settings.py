@@ -103,11 +103,22 @@ def as_sqlite_url(text: str) -> str:
 as_sqlite_url.expects = "sqlite:///PATH (an absolute or %(here)s-relative path)"  # type: ignore[attr-defined]
 
 
-def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> SimpleNamespace:
+def as_broker_url(text: str) -> str:
+    value = str(text).strip()
+    if not (value.startswith("embedded:///") or value.startswith("amqp://") or value.startswith("pyamqp://")):
+        raise ValueError
+    return value
+
+
+as_broker_url.expects = "embedded:///PATH or amqp://user:password@host:5672//"  # type: ignore[attr-defined]
+
+
+def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+          strict: bool = True) -> SimpleNamespace:
     """Convert ``raw`` ini settings with the given tables into a namespace (``greenjobs.pool.size`` -> ``pool_size``).
 
     ``defaults`` overrides a table default (e.g. paths computed from ``%(here)s``).
-    Raises ConfigurationError listing every bad or unknown key at once.
+    Raises ConfigurationError listing every bad or unknown key at once (unknown ones only if ``strict``).
     """
     known: dict[str, Setting] = {}
     for table in tables:
@@ -125,7 +136,7 @@ def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults:
                 problems.append(f"{key} = {text!r}: expected {expects} ({setting.help})")
         else:
             values[setting.attr] = (defaults or {}).get(key, setting.default)
-    for key in sorted(raw):
+    for key in sorted(raw) if strict else ():
         if key.startswith(PREFIX) and key not in known:
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
@@ -149,7 +160,19 @@ TABLE = (
             "full: every commit is fsynced (survives power loss); normal: survives a killed process only"),
     Setting("greenjobs.store.lease_seconds", as_float(1.0, 3600.0), 30.0,
             "how long a runner's claim on a job lasts without renewal before another runner may take it"),
-    Setting("greenjobs.workers.cpu", as_int(0, 1024), default_cpu_count(), "cpu jobs running at once"),
+    Setting("greenjobs.workers.cpu", as_int(0, 1024), default_cpu_count(),
+            "CPU worker processes the server starts and supervises (0: run them elsewhere with greenjobs-worker)"),
+    Setting("greenjobs.workers.redeliveries", as_int(0, 100), 3,
+            "times a cpu job whose worker died mid-job is run again before it fails with worker_lost"),
+    Setting("greenjobs.broker.url", as_broker_url, None,
+            "where cpu jobs are queued: embedded:///PATH (default %(here)s/var/queue.sqlite) or amqp://..."),
+    Setting("greenjobs.broker.namespace", as_str, "greenjobs", "prefix of every queue name"),
+    Setting("greenjobs.broker.connect_timeout", as_float(0.1, 600.0), 5.0, "seconds to connect to the broker"),
+    Setting("greenjobs.broker.confirm_timeout", as_float(0.1, 600.0), 5.0,
+            "seconds to wait for the broker to confirm a published job"),
+    Setting("greenjobs.broker.heartbeat", as_int(0, 3600), 10, "AMQP heartbeat seconds (0: off)"),
+    Setting("greenjobs.broker.polling_interval", as_float(0.0005, 5.0), 0.005,
+            "seconds between polls of the embedded broker when idle"),
     Setting("greenjobs.job.max_timeout", as_float(0.001, 31_536_000.0), 86_400.0,
             "largest timeout (seconds) a job may ask for"),
     Setting("greenjobs.job.max_result_bytes", as_int(16, 1 << 30), 1 << 20,
@@ -160,3 +183,18 @@ TABLE = (
     Setting("greenjobs.shutdown.grace", as_float(0.0, 3600.0), 10.0,
             "seconds running jobs get to finish on SIGTERM before they are requeued"),
 )
+
+
+def load(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], here: str, strict: bool = True) -> SimpleNamespace:
+    """Parse the pool table plus ``tables``; paths default to, and are resolved against, ``here``."""
+    settings = parse((TABLE, *tables), raw, strict=strict, defaults={
+        "greenjobs.store.url": "sqlite:///" + os.path.join(here, "var", "greenjobs.sqlite"),
+        "greenjobs.broker.url": "embedded:///" + os.path.join(here, "var", "queue.sqlite"),
+    })
+    path = settings.store_url[len("sqlite:///"):]
+    settings.store_path = path if os.path.isabs(path) else os.path.join(here, path)
+    if settings.broker_url.startswith("embedded:///"):
+        path = settings.broker_url[len("embedded:///"):]
+        settings.broker_url = "embedded:///" + (path if os.path.isabs(path) else os.path.join(here, path))
+    settings.here = here
+    return settings

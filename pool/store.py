@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch_id TEXT,
     lease_owner TEXT,
     lease_expires REAL,
+    outbox INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL
@@ -56,6 +57,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_handler ON jobs(handler, seq);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE state = 'scheduled';
+CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs(seq) WHERE outbox = 1;
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, total INTEGER NOT NULL, created_at REAL NOT NULL);
 """
 
@@ -340,18 +342,19 @@ class Store:
         expires = now + self.lease_seconds
         rows = []
         for j in jobs:
-            leased = j.state in (QUEUED, RUNNING)
+            leased = j.state in (QUEUED, RUNNING) and j.kind == "io"     # cpu jobs live in the broker
+            outbox = int(j.kind == "cpu" and j.state == QUEUED)            # to publish, until confirmed
             rows.append((j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args), _dumps(j.kwargs),
                          j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id, owner if leased else None,
-                         expires if leased else None, j.created_at, j.started_at))
+                         expires if leased else None, outbox, j.created_at, j.started_at))
 
         def op(conn):
             if batch_id is not None:
                 conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(rows), now))
             conn.executemany(
                 "INSERT INTO jobs (id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at,"
-                " attempts, batch_id, lease_owner, lease_expires, created_at, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                " attempts, batch_id, lease_owner, lease_expires, outbox, created_at, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self._write(op)
 
     def claim(self, job: Job, owner: str) -> AsyncResult:
@@ -466,12 +469,67 @@ class Store:
 
         def op(conn):
             rows = conn.execute(
-                "UPDATE jobs SET state = 'queued', lease_owner = ?, lease_expires = ? WHERE id IN"
+                "UPDATE jobs SET state = 'queued', lease_owner = CASE kind WHEN 'io' THEN ? END,"
+                " lease_expires = CASE kind WHEN 'io' THEN ? END, outbox = (kind = 'cpu') WHERE id IN"
                 f" (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= ? AND kind IN ({kind_marks})"
                 f" ORDER BY run_at LIMIT ?) RETURNING {COLUMNS}",
                 (owner, now + self.lease_seconds, now, *kinds, limit)).fetchall()
             return [row_to_job(r) for r in rows]
         return self._write(op)
+
+    # -- cpu jobs: the outbox and the claims of worker processes ------------------------
+    def unpublished(self, limit: int = 10000) -> list[Job]:
+        """Queued cpu jobs not yet confirmed by the broker (after a crash between commit and publish)."""
+        return self._read(lambda conn: [row_to_job(r) for r in conn.execute(
+            f"SELECT {COLUMNS} FROM jobs WHERE outbox = 1 AND state = 'queued' ORDER BY seq LIMIT ?", (limit,))])
+
+    def mark_published(self, ids: list[str]) -> None:
+        """The broker confirmed these; fire and forget (a lost mark only means a harmless republish)."""
+        if ids:
+            self._submit(lambda conn: conn.executemany("UPDATE jobs SET outbox = 0 WHERE id = ?",
+                                                       [(i,) for i in ids]))
+
+    def claim_for_worker(self, job_id: str, worker: str, redelivered: bool, max_redeliveries: int,
+                         worker_dead: Callable[[str], bool]) -> tuple[str, Job | None]:
+        """Decide whether ``worker`` may run ``job_id`` now: ("go", job), ("skip", job|None) or ("lost", job).
+
+        A queued job is claimed.  A running one is claimed again only when its message was
+        redelivered, its worker is dead or its lease expired (the worker died mid-job); after
+        ``max_redeliveries`` such restarts beyond its retries it fails with ``worker_lost``.
+        """
+        now = time.time()
+
+        def op(conn):
+            row = conn.execute("SELECT state, lease_owner, lease_expires, attempts, max_retries, timeout, errors"
+                               " FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return "skip", None
+            state, holder, expires, attempts, max_retries, timeout, errors = row
+            orphaned = state == RUNNING and (redelivered or (expires or 0) < now or
+                                             (holder is not None and worker_dead(holder)))
+            if state != QUEUED and not orphaned:
+                return "skip", row_to_job(conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            if orphaned and attempts >= max_retries + 1 + max_redeliveries:
+                error = {"kind": "worker_lost", "message": f"the worker running this job died {attempts} times",
+                         "traceback": None}
+                row = conn.execute(
+                    "UPDATE jobs SET state = 'failed', error = ?, errors = ?, finished_at = ?, lease_owner = NULL,"
+                    f" lease_expires = NULL, outbox = 0 WHERE id = ? RETURNING {COLUMNS}",
+                    (_dumps(error), _dumps((_loads(errors) or []) + [error]), now, job_id)).fetchone()
+                return "lost", row_to_job(row)
+            row = conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
+                f" lease_expires = ?, outbox = 0 WHERE id = ? RETURNING {COLUMNS}",
+                (now, worker, now + (timeout or 3600.0) + self.lease_seconds, job_id)).fetchone()
+            return "go", row_to_job(row)
+        return self._write(op)
+
+    def requeue_stale_cpu(self) -> list[Job]:
+        """Running cpu jobs whose lease ran out (worker gone, message lost): queued and to republish."""
+        now = time.time()
+        return self._write(lambda conn: [row_to_job(r) for r in conn.execute(
+            "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires = NULL, outbox = 1"
+            f" WHERE state = 'running' AND kind = 'cpu' AND lease_expires < ? RETURNING {COLUMNS}", (now,))])
 
     def set_progress(self, job_id: str, progress: dict) -> None:
         """Record progress without waiting: coalesced, only the latest value per job is written."""

@@ -34,6 +34,7 @@ STATUS = {
     errors.Overloaded: (429, "Too many jobs pending"),
     errors.StoreUnavailable: (503, "Store unavailable"),
     errors.ShuttingDown: (503, "Shutting down"),
+    errors.QueueUnavailable: (503, "Queue unavailable"),
 }
 
 

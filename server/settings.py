@@ -1,13 +1,12 @@
 """Settings of the HTTP API, and the one place where every package's table is parsed."""
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 from typing import Mapping
 
 import handlers.settings
 import pool.settings
-from pool.settings import Setting, as_float, as_int, parse
+from pool.settings import Setting, as_float, as_int
 
 TABLE = (
     Setting("greenjobs.api.max_body", as_int(1024, 1 << 30), 1 << 20, "largest request body, in bytes (413 above)"),
@@ -20,9 +19,4 @@ TABLE = (
 
 def load(raw: Mapping[str, str], here: str) -> SimpleNamespace:
     """Parse every greenjobs.* setting once; paths default relative to ``here`` (the ini's folder)."""
-    settings = parse((pool.settings.TABLE, handlers.settings.TABLE, TABLE), raw, defaults={
-        "greenjobs.store.url": "sqlite:///" + os.path.join(here, "var", "greenjobs.sqlite"),
-    })
-    path = settings.store_url[len("sqlite:///"):]
-    settings.store_path = path if os.path.isabs(path) else os.path.join(here, path)
-    return settings
+    return pool.settings.load((handlers.settings.TABLE, TABLE), raw, here)

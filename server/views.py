@@ -118,5 +118,5 @@ def health(request):
     if not ok:
         request.response.status_code = 503
     return {"status": "ok" if ok else "unavailable", "accepting": runtime.accepting,
-            "pool": io, "cpu": runtime.executors["cpu"].stats(), "waiters": runtime.waiters.count(),
+            "pool": io, "cpu": runtime.cpu.stats(), "waiters": runtime.waiters.count(),
             "store": {"ok": store_ok, "error": runtime.store.last_error}}

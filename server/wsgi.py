@@ -26,7 +26,7 @@ def make_app(global_config, **raw_settings):
         config.include(includeme)
         config.registry.greenjobs_settings = settings
         config.registry.greenjobs_handlers = registry
-        runtime = Runtime(settings, registry)
+        runtime = Runtime(settings, registry, ini=global_config.get("__file__"))
         config.registry.greenjobs_runtime = runtime
         config.add_subscriber(lambda event: runtime.shutdown(event.grace), ServerStopping)
         app = config.make_wsgi_app()

@@ -1,0 +1,60 @@
+"""Broker wiring shared by the server and the CPU workers: URLs, queue names, connections.
+
+Queues (all on the default exchange, routed by name, durable, priority 0-9):
+- ``{ns}.jobs.{queue}``: cpu jobs, one queue per handler ``queue`` (default ``cpu``);
+- ``{ns}.control``: worker -> server (claims, results, progress);
+- ``{ns}.reply.{worker}``: server -> one worker (answers to its claims);
+- ``{ns}.dead``: what no one could decode (dead-lettered, never deserialised).
+"""
+from __future__ import annotations
+
+import os
+
+from kombu import Connection, Queue
+
+from pool import sqlite_queue
+
+ACCEPT = ["json"]          # never pickle: every consumer accepts JSON only
+
+
+def connect(settings) -> Connection:
+    """A kombu Connection for ``greenjobs.broker.url`` with timeouts, confirms and heartbeats set."""
+    url = settings.broker_url
+    if url.startswith(sqlite_queue.ALIAS + "://"):
+        sqlite_queue.register()
+        return Connection(url, transport_options={
+            "polling_interval": settings.broker_polling_interval,
+            "synchronous": settings.store_synchronous.upper(),
+        })
+    return Connection(url, connect_timeout=settings.broker_connect_timeout, heartbeat=settings.broker_heartbeat,
+                      transport_options={"confirm_publish": True})
+
+
+def dead_queue(settings) -> Queue:
+    return Queue(f"{settings.broker_namespace}.dead", routing_key=f"{settings.broker_namespace}.dead", durable=True)
+
+
+def _dead_letter(settings) -> dict:
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{settings.broker_namespace}.dead"}
+
+
+def job_queue(settings, name: str) -> Queue:
+    full = f"{settings.broker_namespace}.jobs.{name}"
+    return Queue(full, routing_key=full, durable=True, max_priority=10,
+                 queue_arguments={"x-max-priority": 10, **_dead_letter(settings)})
+
+
+def control_queue(settings) -> Queue:
+    full = f"{settings.broker_namespace}.control"
+    return Queue(full, routing_key=full, durable=True, queue_arguments=_dead_letter(settings))
+
+
+def reply_queue(settings, worker: str) -> Queue:
+    safe = worker.replace(":", "_")
+    full = f"{settings.broker_namespace}.reply.{safe}"
+    # auto-deleted on RabbitMQ when the worker goes; on the embedded broker it is a few rows
+    return Queue(full, routing_key=full, durable=False, auto_delete=True, queue_arguments=_dead_letter(settings))
+
+
+def default_broker_url(here: str) -> str:
+    return f"{sqlite_queue.ALIAS}:///" + os.path.join(here, "var", "queue.sqlite")

@@ -1,0 +1,344 @@
+"""The server's side of cpu jobs: publish them to the broker, arbitrate claims, record results.
+
+Each broker connection belongs to one dedicated thread (a ThreadPool of one), so neither the
+embedded broker's sqlite calls nor a stalled AMQP socket can block the hub.  The store stays the
+ledger: a job is committed first and published after (``outbox``), and a worker runs a job only
+after the server granted its claim, so duplicates (republished or redelivered messages) are skipped
+and a job that was cancelled or timed out never runs again.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import socket
+from typing import Callable
+
+import gevent
+from gevent.event import Event
+from gevent.threadpool import ThreadPool
+from kombu import Consumer, Producer
+
+from pool import broker, sqlite_queue
+from pool.errors import QueueUnavailable
+from pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
+from pool.owners import owner_is_dead, owner_pid
+from pool.retries import retry_at
+
+log = logging.getLogger(__name__)
+
+
+class _Link:
+    """A kombu connection confined to one thread; every call on it goes through :meth:`call`."""
+
+    def __init__(self, settings, name: str):
+        self.settings = settings
+        self.name = name
+        self.thread = ThreadPool(1)
+        self.conn = None
+
+    def call(self, fn: Callable, *args):
+        return self.thread.apply(fn, args)
+
+    def open(self) -> None:
+        def connect():
+            conn = broker.connect(self.settings)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=5)
+            return conn
+        self.conn = self.call(connect)
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                self.call(conn.release)
+            except Exception:
+                pass
+
+    def kill(self) -> None:
+        self.close()
+        self.thread.kill()
+
+
+class CpuDispatcher:
+    """Publishes cpu jobs, answers worker claims, and turns worker results into store updates."""
+
+    def __init__(self, settings, store, registry, on_terminal: Callable[[Job], None],
+                 backoff: Callable[[int], float], wake_at: Callable[[float], None], supervisor=None):
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.on_terminal = on_terminal
+        self.backoff = backoff
+        self.wake_at = wake_at
+        self.supervisor = supervisor
+        self._jobs: collections.deque = collections.deque()      # jobs to publish
+        self._replies: collections.deque = collections.deque()   # (reply_to, body) to publish first
+        self._wake = Event()
+        self._running: dict[str, tuple[Job, str, object]] = {}   # job id -> (job, worker, timer)
+        self._pub = _Link(settings, "publisher")
+        self._con = _Link(settings, "consumer")
+        self._greenlets: list = []
+        self.connected = False
+        self.published = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        self._greenlets = [gevent.spawn(self._publish_loop), gevent.spawn(self._consume_loop)]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets)
+        for _, _, timer in self._running.values():
+            timer.close()
+        self._pub.kill()
+        self._con.kill()
+
+    def stats(self) -> dict:
+        return {"broker_connected": self.connected, "running": len(self._running),
+                "to_publish": len(self._jobs), "published": self.published,
+                "workers": self.supervisor.alive() if self.supervisor else None,
+                "worker_restarts": self.supervisor.restarts if self.supervisor else None}
+
+    def check_available(self) -> None:
+        if not self.connected:
+            raise QueueUnavailable("the CPU job broker is not reachable right now; retry shortly "
+                                   f"({self.settings.broker_url.split('@')[-1]})")
+
+    # -- publishing --------------------------------------------------------------------
+    def publish(self, jobs: list[Job]) -> None:
+        """Queue stored jobs for publishing (the store's outbox flag covers a crash before it happens)."""
+        self._jobs.extend(jobs)
+        self._wake.set()
+
+    def _publish_loop(self) -> None:
+        delay = 0.2
+        while True:
+            if self._pub.conn is None:
+                try:
+                    self._pub.open()
+                    self.producer = self._pub.call(self._declare, self._pub.conn)
+                    self.connected = True
+                    delay = 0.2
+                    log.info("connected to the broker for publishing")
+                    self.publish(self.store.unpublished())
+                except Exception as exc:
+                    self._pub.close()
+                    if self.connected or delay == 0.2:
+                        log.error("broker unreachable (%s); retrying with backoff", exc)
+                    self.connected = False
+                    gevent.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+            self._wake.wait(max(1.0, self.settings.broker_heartbeat / 4 or 1.0))
+            self._wake.clear()
+            replies = [self._replies.popleft() for _ in range(len(self._replies))]
+            jobs = [self._jobs.popleft() for _ in range(min(len(self._jobs), 500))]
+            try:
+                self._pub.call(self._send, replies, jobs)
+            except Exception as exc:
+                log.error("publishing failed (%s); reconnecting", exc)
+                self._replies.extendleft(reversed(replies))
+                self._jobs.extendleft(reversed(jobs))
+                self.connected = False
+                self._pub.close()
+                continue
+            if jobs:
+                self.published += len(jobs)
+                self.store.mark_published([j.id for j in jobs])
+            if self._jobs or self._replies:
+                self._wake.set()
+
+    def _declare(self, conn):
+        """(publisher thread) declare every queue, return a producer."""
+        channel = conn.channel()
+        for queue in self._queues():
+            queue(channel).declare()
+        return Producer(channel, serializer="json")
+
+    def _queues(self):
+        names = sorted({h.queue for h in self.registry if h.kind == "cpu"}) or ["cpu"]
+        return [broker.dead_queue(self.settings), broker.control_queue(self.settings)] + \
+            [broker.job_queue(self.settings, n) for n in names]
+
+    def _send(self, replies, jobs) -> None:
+        """(publisher thread) publish replies, then jobs; on the embedded broker in one transaction."""
+        conn = self._pub.conn
+        conn.heartbeat_check()
+        db = getattr(conn.transport, "db", None) if isinstance(conn.transport, sqlite_queue.Transport) else None
+        if db is not None:
+            db.execute("BEGIN IMMEDIATE")
+        try:
+            for reply_to, body in replies:
+                self.producer.publish(body, routing_key=reply_to, delivery_mode=1,
+                                      timeout=self.settings.broker_confirm_timeout,
+                                      confirm_timeout=self.settings.broker_confirm_timeout)
+            for job in jobs:
+                handler = self.registry.get(job.handler) if job.handler in self.registry else None
+                queue = broker.job_queue(self.settings, handler.queue if handler else "cpu")
+                self.producer.publish(job.message(), routing_key=queue.name, priority=job.priority,
+                                      delivery_mode=2, timeout=self.settings.broker_confirm_timeout,
+                                      confirm_timeout=self.settings.broker_confirm_timeout)
+            if db is not None:
+                db.execute("COMMIT")
+        except BaseException:
+            if db is not None and db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # -- consuming worker messages ---------------------------------------------------------
+    def _consume_loop(self) -> None:
+        acks: list = []
+        delay = 0.2
+        while True:
+            if self._con.conn is None:
+                try:
+                    self._con.open()
+                    self._inbox: list = []
+                    self._consumer = self._con.call(self._subscribe, self._con.conn)
+                    delay = 0.2
+                except Exception as exc:
+                    self._con.close()
+                    log.debug("consumer cannot connect (%s)", exc)
+                    gevent.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+            try:
+                batch = self._con.call(self._ack_and_drain, acks)
+                acks = []
+            except Exception as exc:
+                log.error("consuming failed (%s); reconnecting", exc)
+                acks = []           # unacked messages are redelivered; handling them twice is harmless
+                self._con.close()
+                continue
+            if batch:
+                handlers = [gevent.spawn(self._handle, body) for body, _ in batch]
+                gevent.joinall(handlers)
+                acks = [message for body, message in batch]
+
+    def _subscribe(self, conn):
+        """(consumer thread) consume the control queue, collecting messages into the inbox."""
+        channel = conn.channel()
+        for queue in self._queues():
+            queue(channel).declare()
+        consumer = Consumer(channel, [broker.control_queue(self.settings)], accept=broker.ACCEPT,
+                            callbacks=[lambda body, message: self._inbox.append((body, message))],
+                            on_decode_error=lambda message, exc: message.reject(requeue=False),
+                            prefetch_count=200)
+        consumer.consume()
+        return consumer
+
+    def _ack_and_drain(self, acks) -> list:
+        """(consumer thread) ack what was handled, then wait briefly for more messages."""
+        for message in acks:
+            message.ack()
+        conn = self._con.conn
+        conn.heartbeat_check()
+        try:
+            conn.drain_events(timeout=0.25)
+            while True:         # take everything that is already there
+                conn.drain_events(timeout=0)
+        except (socket.timeout, TimeoutError):
+            pass
+        batch, self._inbox = self._inbox, []
+        return batch
+
+    def _handle(self, body) -> None:
+        try:
+            if not isinstance(body, dict) or not isinstance(body.get("job"), str):
+                log.error("ignoring a malformed control message: %r", str(body)[:200])
+                return
+            kind = body.get("type")
+            if kind == "claim":
+                self._on_claim(body)
+            elif kind == "result":
+                self._on_result(body)
+            elif kind == "progress" and isinstance(body.get("progress"), dict):
+                self.store.set_progress(body["job"], body["progress"])
+        except Exception:
+            log.exception("could not handle a %s message for job %s", body.get("type"), body.get("job"))
+            raise
+
+    def _on_claim(self, body) -> None:
+        worker = str(body.get("worker"))
+        verdict, job = self.store.claim_for_worker(
+            body["job"], worker, bool(body.get("redelivered")), self.settings.workers_redeliveries,
+            lambda holder: owner_is_dead(holder))
+        reply = {"corr": body.get("corr"), "go": verdict == "go"}
+        if verdict == "go":
+            timer = gevent.get_hub().loop.timer(job.timeout) if job.timeout else None
+            if timer is not None:
+                timer.start(lambda: gevent.spawn(self._expire, job.id))
+            self._running[job.id] = (job, worker, timer)
+            reply.update(attempts=job.attempts, timeout=job.timeout)
+        else:
+            reply["reason"] = "unknown job" if job is None else f"job is {job.state}"
+            if verdict == "lost":
+                self.on_terminal(job)
+        reply_to = body.get("reply_to") or f"{self.settings.broker_namespace}.reply.{worker.replace(':', '_')}"
+        self._replies.append((reply_to, reply))
+        self._wake.set()
+
+    def _on_result(self, body) -> None:
+        job_id, worker = body["job"], str(body.get("worker"))
+        entry = self._running.pop(job_id, None)
+        if entry is not None:
+            job, _, timer = entry
+            if timer is not None:
+                timer.close()
+        else:
+            job = self.store.get(job_id)      # claimed before this server (re)started
+            if job is None:
+                return
+        state = body.get("state")
+        error = body.get("error") if isinstance(body.get("error"), dict) else None
+        if state == SUCCEEDED:
+            self._finish(job, worker, SUCCEEDED, body.get("result"), None)
+            return
+        error = error or error_info("exception", "the worker reported a failure without details")
+        when = retry_at(job, bool(body.get("retryable")), body.get("delay"), self.backoff)
+        if when is not None and self.store.retry(job, worker, when, error):
+            self.wake_at(when)
+            return
+        self._finish(job, worker, FAILED, None, error)
+
+    def _finish(self, job: Job, worker: str, state: str, result, error) -> bool:
+        text = None if result is None else json.dumps(result, separators=(",", ":"), allow_nan=False)
+        if self.store.finish(job, worker, state, text, error):
+            self.on_terminal(job)
+            return True
+        return False
+
+    def _expire(self, job_id: str) -> None:
+        """A cpu job ran past its timeout: record it, then kill its worker process (hard limit)."""
+        entry = self._running.pop(job_id, None)
+        if entry is None:
+            return
+        job, worker, _ = entry
+        error = error_info("timeout", f"the job ran longer than its timeout of {job.timeout} s; its worker was killed")
+        when = retry_at(job, True, None, self.backoff)
+        if when is not None and self.store.retry(job, worker, when, error):
+            self.wake_at(when)
+        else:
+            self._finish(job, worker, FAILED, None, error)
+        self._kill(worker)
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Cancel a cpu job running on a worker: record it, then kill the worker.  None if not running here."""
+        entry = self._running.pop(job_id, None)
+        if entry is None:
+            return None
+        job, worker, timer = entry
+        if timer is not None:
+            timer.close()
+        if not self._finish(job, worker, CANCELLED, None, error_info("cancelled", "cancelled by request")):
+            return None
+        self._kill(worker)
+        return job
+
+    def _kill(self, worker: str) -> None:
+        pid = owner_pid(worker)
+        if pid is None or self.supervisor is None or not self.supervisor.kill(pid):
+            log.warning("cannot kill worker %s (not one of ours); its result will be ignored", worker)
+
+    def running(self, job_id: str) -> bool:
+        return job_id in self._running

@@ -1,0 +1,253 @@
+"""The embedded broker: a kombu virtual transport over SQLite (``embedded:///path/queue.sqlite``).
+
+Why our own: kombu's ``filesystem://`` lists the whole folder per get and has no priorities; its
+``sqlalchemy`` transport drops a message when a put hits an OperationalError and hides a fetched
+message with no way back if the consumer dies.  Here a fetched message is *reserved* in the
+database (owner, token, lease), not removed: ack deletes the row, reject(requeue) un-reserves it,
+and a reservation whose owner process died (same host) or whose lease ran out is restored, flagged
+redelivered.  Ready rows are found through a partial index on (queue, priority DESC, id), so the
+cost per message stays flat as the queue grows and priority 0-9 is honoured, then age.
+
+Only the default exchange is used (routing key = queue name): kombu keeps exchanges and bindings of
+virtual transports in process memory, and a message to an unbound named exchange would vanish.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from queue import Empty
+
+from kombu.transport import TRANSPORT_ALIASES, virtual
+
+from pool.owners import owner_id, owner_is_dead
+
+log = logging.getLogger(__name__)
+
+ALIAS = "embedded"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    payload TEXT NOT NULL,
+    owner TEXT,
+    token TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    redelivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority DESC, id) WHERE owner IS NULL;
+CREATE INDEX IF NOT EXISTS messages_reserved ON messages(lease_until) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, dead_letter TEXT);
+"""
+
+class QoS(virtual.QoS):
+    """Acks, rejects and restores act on the reserved row; the in-memory map is only a cache."""
+
+    def ack(self, delivery_tag):
+        self.channel._db_ack(delivery_tag)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag, requeue=False):
+        if requeue:
+            self.channel._db_unreserve(delivery_tag)
+        else:
+            self.channel._db_dead_letter(delivery_tag)
+        super().ack(delivery_tag)       # not super().reject(): that would _put a second copy
+
+    def restore_unacked(self):
+        self._flush()
+        errors = []
+        while self._delivered:
+            tag, message = self._delivered.popitem()
+            try:
+                self.channel._db_unreserve(tag)
+            except Exception as exc:
+                errors.append((exc, message))
+        self._delivered.clear()
+        return errors
+
+
+class Channel(virtual.Channel):
+    QoS = QoS
+    visibility_timeout = 3600.0     # a reservation without a live owner check lasts this long
+    reclaim_interval = 1.0
+    from_transport_options = virtual.Channel.from_transport_options + ("visibility_timeout", "reclaim_interval")
+
+    def __init__(self, connection, **kwargs):
+        super().__init__(connection, **kwargs)
+        self._last_reclaim = 0.0
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.connection.db
+
+    @staticmethod
+    def _split(tag: str) -> tuple[int, str]:
+        row_id, token = tag.split(":", 1)
+        return int(row_id), token
+
+    def _db_ack(self, tag):
+        row_id, token = self._split(tag)
+        if self.db.execute("DELETE FROM messages WHERE id = ? AND token = ?", (row_id, token)).rowcount != 1:
+            log.warning("stale ack of message %s (its reservation was restored meanwhile)", row_id)
+        self.connection.touched()
+
+    def _db_unreserve(self, tag):
+        row_id, token = self._split(tag)
+        self.db.execute("UPDATE messages SET owner = NULL, token = NULL, lease_until = 0, redelivered = 1"
+                        " WHERE id = ? AND token = ?", (row_id, token))
+        self.connection.touched()
+
+    def _db_dead_letter(self, tag):
+        row_id, token = self._split(tag)
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT queue FROM messages WHERE id = ? AND token = ?", (row_id, token)).fetchone()
+            if row:
+                target = db.execute("SELECT dead_letter FROM queues WHERE name = ?", (row[0],)).fetchone()
+                if target and target[0]:
+                    db.execute("INSERT INTO messages (queue, priority, payload) SELECT ?, priority, payload"
+                               " FROM messages WHERE id = ?", (target[0], row_id))
+                db.execute("DELETE FROM messages WHERE id = ?", (row_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.connection.touched()
+
+    def _reclaim(self, now: float) -> int:
+        """Restore reservations whose lease ran out or whose owner process is gone."""
+        self._last_reclaim = now
+        db = self.db
+        restored = db.execute("UPDATE messages SET owner = NULL, token = NULL, lease_until = 0, redelivered = 1"
+                              " WHERE owner IS NOT NULL AND lease_until < ?", (now,)).rowcount
+        for (owner,) in db.execute("SELECT DISTINCT owner FROM messages WHERE owner IS NOT NULL").fetchall():
+            if owner_is_dead(owner, self.connection.owner):
+                restored += db.execute("UPDATE messages SET owner = NULL, token = NULL, lease_until = 0,"
+                                       " redelivered = 1 WHERE owner = ?", (owner,)).rowcount
+        if restored:
+            log.info("restored %d messages of dead or expired consumers", restored)
+            self.connection.touched()
+        return restored
+
+    # -- the virtual.Channel storage API ----------------------------------------------
+    def _put(self, queue, message, **kwargs):
+        priority = self._get_message_priority(message, reverse=False)
+        self.db.execute("INSERT INTO messages (queue, priority, payload) VALUES (?, ?, ?)",
+                        (queue, priority, json.dumps(message)))
+        self.connection.touched()
+
+    def _get(self, queue, timeout=None):
+        now = time.time()
+        if now - self._last_reclaim >= self.reclaim_interval:
+            self._reclaim(now)
+        elif self.connection.nothing_new(queue):
+            raise Empty()           # idle: one PRAGMA, no write lock
+        token = uuid.uuid4().hex
+        row = self.db.execute(
+            "UPDATE messages SET owner = ?, token = ?, lease_until = ? WHERE id ="
+            " (SELECT id FROM messages WHERE queue = ? AND owner IS NULL ORDER BY priority DESC, id LIMIT 1)"
+            " RETURNING id, payload, redelivered",
+            (self.connection.owner, token, now + self.visibility_timeout, queue)).fetchone()
+        if row is None:
+            self.connection.mark_empty(queue)
+            raise Empty()
+        row_id, payload, redelivered = row
+        message = json.loads(payload)
+        props = message["properties"]
+        props["delivery_tag"] = f"{row_id}:{token}"
+        props["delivery_info"]["redelivered"] = bool(redelivered)
+        return message
+
+    def _purge(self, queue):
+        return self.db.execute("DELETE FROM messages WHERE queue = ? AND owner IS NULL", (queue,)).rowcount
+
+    def _size(self, queue):
+        return self.db.execute("SELECT count(*) FROM messages WHERE queue = ? AND owner IS NULL",
+                               (queue,)).fetchone()[0]
+
+    def _delete(self, queue, *args, **kwargs):
+        self.db.execute("DELETE FROM messages WHERE queue = ?", (queue,))
+        self.db.execute("DELETE FROM queues WHERE name = ?", (queue,))
+
+    def _new_queue(self, queue, arguments=None, **kwargs):
+        dead_letter = (arguments or {}).get("x-dead-letter-routing-key")
+        self.db.execute("INSERT INTO queues (name, dead_letter) VALUES (?, ?) ON CONFLICT(name) DO UPDATE"
+                        " SET dead_letter = COALESCE(excluded.dead_letter, dead_letter)", (queue, dead_letter))
+
+    def _has_queue(self, queue, **kwargs):
+        return self.db.execute("SELECT 1 FROM queues WHERE name = ?", (queue,)).fetchone() is not None
+
+    def _restore(self, message):
+        self._db_unreserve(message.delivery_tag)      # every restore path un-reserves; none re-inserts
+
+
+class Transport(virtual.Transport):
+    Channel = Channel
+    can_parse_url = True
+    default_port = 0
+    driver_type = "sql"
+    driver_name = "sqlite3"
+    polling_interval = 0.005
+    connection_errors = virtual.Transport.connection_errors + (sqlite3.OperationalError,)
+    channel_errors = virtual.Transport.channel_errors + (sqlite3.IntegrityError,)
+    implements = virtual.Transport.implements.extend(exchange_type=frozenset(["direct"]))
+
+    def __init__(self, client, **kwargs):
+        super().__init__(client, **kwargs)
+        url = client.hostname or ""
+        path = url.split("://", 1)[1] if "://" in url else url
+        self.path = path[1:] if path.startswith("/") else path
+        self._db: sqlite3.Connection | None = None
+        self._empty: dict[str, int] = {}
+        self.owner = owner_id()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            folder = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(folder, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                 timeout=float(self.client.transport_options.get("busy_timeout", 10.0)))
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = " + str(self.client.transport_options.get("synchronous", "FULL")))
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    def touched(self) -> None:
+        self._empty.clear()         # our own commits do not change our PRAGMA data_version
+
+    def mark_empty(self, queue: str) -> None:
+        self._empty[queue] = self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def nothing_new(self, queue: str) -> bool:
+        seen = self._empty.get(queue)
+        return seen is not None and seen == self.db.execute("PRAGMA data_version").fetchone()[0]
+
+    def establish_connection(self):
+        self.db
+        return super().establish_connection()
+
+    def close_connection(self, connection):
+        super().close_connection(connection)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def driver_version(self):
+        return sqlite3.sqlite_version
+
+    def as_uri(self, uri, include_password=False, mask="**"):
+        return uri
+
+
+def register() -> None:
+    """Make ``embedded://`` URLs resolve to this transport (call in every process before Connection())."""
+    TRANSPORT_ALIASES.setdefault(ALIAS, f"{__name__}:Transport")

@@ -1,0 +1,104 @@
+"""Start, watch and restart CPU worker processes.
+
+Each worker is a fresh interpreter (``python -m pool.worker --one INI``), never a fork of the
+gevent server.  The same code runs in the server (where threads and subprocess are gevent's, so
+each watcher is a greenlet) and in ``greenjobs-worker`` (plain threads).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Keeps ``count`` worker processes running; a crash is restarted with exponential backoff."""
+
+    def __init__(self, ini: str, count: int, grace: float = 10.0, env: dict | None = None):
+        self.ini = os.path.abspath(ini)
+        self.count = count
+        self.grace = grace
+        self.env = env
+        self.procs: dict[int, subprocess.Popen] = {}      # slot -> process
+        self.restarts = 0
+        self._killed: set[int] = set()                    # pids we killed on purpose (no backoff)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "Supervisor":
+        for slot in range(self.count):
+            thread = threading.Thread(target=self._watch, args=(slot,), name=f"worker-{slot}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "pool.worker", "--one", self.ini],
+                                env=self.env, stdin=subprocess.DEVNULL)
+
+    def _watch(self, slot: int) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            started = time.monotonic()
+            proc = self._spawn()
+            self.procs[slot] = proc
+            code = proc.wait()
+            if self._stop.is_set():
+                break
+            self.restarts += 1
+            if proc.pid in self._killed:
+                self._killed.discard(proc.pid)
+                log.info("worker %s (pid %s) was stopped by the server; replacing it", slot, proc.pid)
+                continue
+            if time.monotonic() - started > 10:
+                backoff = 0.5
+            log.warning("worker %s (pid %s) exited with %s; restarting in %.1f s", slot, proc.pid, code, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values() if p.poll() is None]
+
+    def alive(self) -> int:
+        return len(self.pids())
+
+    def kill(self, pid: int) -> bool:
+        """SIGKILL one of our workers (hard time limit, cancel); it is replaced at once."""
+        if pid not in self.pids():
+            return False
+        self._killed.add(pid)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """SIGTERM every worker (each finishes its job), SIGKILL what is left after ``grace``."""
+        self._stop.set()
+        procs = [p for p in self.procs.values() if p.poll() is None]
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def run_forever(self) -> None:
+        """For greenjobs-worker: supervise until SIGTERM/SIGINT, then stop the workers."""
+        self.start()
+        while not self._stop.wait(1.0):
+            pass
+        self.stop()

@@ -1,0 +1,233 @@
+"""CPU worker processes: plain interpreters (never gevent, never forked from the server).
+
+A worker consumes cpu jobs with prefetch 1.  Before running one it asks the server for a claim
+(the store is the ledger, and only the server writes it), so a job that was cancelled, timed out
+or already taken is skipped.  The handler runs in a thread while the main thread keeps the broker
+connection alive (heartbeats) and forwards progress.  The result is published (confirmed) before
+the message is acked: a worker killed mid-job means the job is delivered again.
+
+``greenjobs-worker config.ini`` runs ``greenjobs.workers.cpu`` of them under a supervisor;
+``python -m pool.worker --one config.ini`` runs a single one (that is what supervisors start).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.config
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from contextvars import copy_context
+
+from kombu import Consumer, Producer
+
+from pool import broker
+from pool.context import JobContext, activate, deactivate
+from pool.errors import Retry
+from pool.job import Job, error_info
+from pool.owners import owner_id
+from pool.retries import is_retryable
+
+log = logging.getLogger(__name__)
+CLAIM_TIMEOUT = 30.0
+
+
+def load_config(ini: str):
+    """Settings and handler registry from the ini's [app:main], without Pyramid; logging set up from it."""
+    import plaster
+
+    import handlers.settings
+    import pool.settings
+    from handlers.registry import Registry
+    ini = os.path.abspath(ini)
+    loader = plaster.get_loader(ini, protocols=["wsgi"])
+    try:
+        loader.setup_logging({})
+    except Exception:  # an ini without logging sections
+        logging.basicConfig(level=logging.INFO)
+    raw = loader.get_settings("app:main")
+    settings = pool.settings.load((handlers.settings.TABLE,), raw, os.path.dirname(ini), strict=False)
+    return settings, Registry().load(settings.handlers)
+
+
+class Worker:
+    """One consumer of cpu jobs."""
+
+    def __init__(self, settings, registry):
+        self.settings = settings
+        self.registry = registry
+        self.id = owner_id()
+        self.stopping = False
+        self._job = None           # (body, message) delivered and not yet handled
+        self._replies: dict[str, dict] = {}
+        self._progress: dict | None = None
+
+    # -- broker callbacks (run inside drain_events) ---------------------------------------
+    def _on_job(self, body, message):
+        self._job = (body, message)
+
+    def _on_reply(self, body, message):
+        if isinstance(body, dict) and isinstance(body.get("corr"), str):
+            self._replies[body["corr"]] = body
+        message.ack()
+
+    @staticmethod
+    def _on_bad_message(message, exc):
+        log.error("rejecting an undecodable message to the dead-letter queue: %s", exc)
+        message.reject(requeue=False)
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> None:
+        settings = self.settings
+        names = sorted({h.queue for h in self.registry if h.kind == "cpu"}) or ["cpu"]
+        self.conn = broker.connect(settings)
+        self.conn.ensure_connection(max_retries=None, interval_start=0.5, interval_step=1, interval_max=10,
+                                    callback=lambda: log.warning("waiting for the broker ..."))
+        with self.conn:
+            job_channel = self.conn.channel()
+            reply_channel = self.conn.channel()
+            self.producer = Producer(self.conn.channel(), serializer="json")
+            for queue in (broker.dead_queue(settings), broker.control_queue(settings)):
+                queue(self.producer.channel).declare()
+            self.reply_to = broker.reply_queue(settings, self.id)
+            jobs = Consumer(job_channel, [broker.job_queue(settings, n) for n in names], callbacks=[self._on_job],
+                            accept=broker.ACCEPT, on_decode_error=self._on_bad_message, prefetch_count=1)
+            replies = Consumer(reply_channel, [self.reply_to], callbacks=[self._on_reply], accept=broker.ACCEPT,
+                               on_decode_error=self._on_bad_message)
+            with jobs, replies:
+                log.info("worker %s consuming %s", self.id, ", ".join(names))
+                while not self.stopping:
+                    self._drain(1.0)
+                    if self._job is not None:
+                        body, message = self._job
+                        self._job = None
+                        self._handle(body, message)
+
+    def _drain(self, timeout: float) -> None:
+        try:
+            self.conn.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass
+        self.conn.heartbeat_check()
+
+    def _publish(self, body: dict, reply: bool = False) -> None:
+        props = {"reply_to": self.reply_to.name} if reply else {}
+        self.producer.publish(body, routing_key=broker.control_queue(self.settings).name, delivery_mode=2,
+                              retry=True, retry_policy={"max_retries": 10, "interval_start": 0.2,
+                                                        "interval_step": 0.5, "interval_max": 3},
+                              timeout=self.settings.broker_confirm_timeout,
+                              confirm_timeout=self.settings.broker_confirm_timeout, **props)
+
+    def _claim(self, job: Job, redelivered: bool) -> dict | None:
+        corr = uuid.uuid4().hex
+        self._publish({"type": "claim", "job": job.id, "worker": self.id, "redelivered": redelivered,
+                       "corr": corr, "reply_to": self.reply_to.name}, reply=True)
+        deadline = time.monotonic() + CLAIM_TIMEOUT
+        while time.monotonic() < deadline:
+            if corr in self._replies:
+                return self._replies.pop(corr)
+            self._drain(0.2)
+        return None
+
+    def _handle(self, body, message) -> None:
+        try:
+            job = Job.decode(body)
+        except ValueError as exc:
+            self._on_bad_message(message, exc)
+            return
+        redelivered = bool(message.delivery_info.get("redelivered"))
+        answer = self._claim(job, redelivered)
+        if answer is None:
+            log.warning("job %s: no answer to its claim in %s s; giving it back", job.id, CLAIM_TIMEOUT)
+            message.requeue()
+            return
+        if not answer.get("go"):
+            log.info("job %s skipped: %s", job.id, answer.get("reason"))
+            message.ack()
+            return
+        job.attempts = int(answer.get("attempts", job.attempts + 1))
+        outcome = self._run(job, answer.get("timeout"))
+        self._publish({"type": "result", "job": job.id, "worker": self.id, "attempt": job.attempts, **outcome})
+        message.ack()
+
+    def _run(self, job: Job, timeout: float | None) -> dict:
+        """Run the handler in a thread; keep the connection alive meanwhile.  Returns the result message."""
+        try:
+            handler = self.registry.get(job.handler)
+        except Exception as exc:
+            return {"state": "failed", "error": error_info("unknown_handler", str(exc)), "retryable": False}
+        box: dict = {}
+
+        def report(job_id, progress):
+            self._progress = progress
+
+        def target():
+            token = activate(JobContext(job, self.settings, report))
+            try:
+                box["result"] = handler.fn(*job.args, **job.kwargs)
+            except BaseException as exc:   # noqa: B902 - reported to the server, never swallowed silently
+                box["exc"] = exc
+                box["tb"] = traceback.format_exc(limit=20)
+            finally:
+                deactivate(token)
+
+        thread = threading.Thread(target=copy_context().run, args=(target,), name=f"job-{job.id}", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.05)
+            if thread.is_alive():
+                self._drain(0.2)
+            if self._progress is not None:
+                progress, self._progress = self._progress, None
+                self._publish({"type": "progress", "job": job.id, "worker": self.id, "progress": progress})
+        if "exc" in box:
+            exc = box["exc"]
+            kind = "retry" if isinstance(exc, Retry) else "exception"
+            return {"state": "failed", "error": error_info(kind, f"{type(exc).__name__}: {exc}", box["tb"]),
+                    "retryable": is_retryable(handler, kind, exc), "delay": getattr(exc, "delay", None)}
+        try:
+            json.dumps(box.get("result"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            return {"state": "failed", "retryable": False,
+                    "error": error_info("result_not_json", f"the handler returned a value that is not JSON: {exc}")}
+        return {"state": "succeeded", "result": box.get("result")}
+
+
+def run_one(ini: str) -> int:
+    settings, registry = load_config(ini)
+    worker = Worker(settings, registry)
+
+    def stop(signum, frame):
+        worker.stopping = True     # finish the current job, then leave
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.run()
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="greenjobs-worker", description="Run greenjobs CPU worker processes.")
+    parser.add_argument("ini", help="the same config.ini the server uses")
+    parser.add_argument("--one", action="store_true", help="run one worker in this process (what supervisors start)")
+    parser.add_argument("--processes", type=int, default=None, help="default: greenjobs.workers.cpu, or the CPU count")
+    args = parser.parse_args(argv)
+    if args.one:
+        return run_one(args.ini)
+    from pool.supervisor import Supervisor
+    settings, _ = load_config(args.ini)
+    count = args.processes or settings.workers_cpu or (os.cpu_count() or 1)
+    supervisor = Supervisor(args.ini, count)
+    signal.signal(signal.SIGTERM, lambda *a: supervisor.request_stop())
+    signal.signal(signal.SIGINT, lambda *a: supervisor.request_stop())
+    supervisor.run_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
