@@ -22,9 +22,12 @@ def connect(settings) -> Connection:
     url = settings.broker_url
     if url.startswith(sqlite_queue.ALIAS + "://"):
         sqlite_queue.register()
+        # NORMAL: a commit survives a killed process, not a power cut.  The store (the ledger) is
+        # what must survive power loss; a queued message lost with it is published again from the
+        # store's outbox, and a lost result by the sweep of expired cpu leases.
         return Connection(url, transport_options={
             "polling_interval": settings.broker_polling_interval,
-            "synchronous": settings.store_synchronous.upper(),
+            "synchronous": "NORMAL",
         })
     return Connection(url, connect_timeout=settings.broker_connect_timeout, heartbeat=settings.broker_heartbeat,
                       transport_options={"confirm_publish": True})

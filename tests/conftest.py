@@ -26,3 +26,31 @@ def make_server(tmp_path):
 def server(make_server):
     """A real server on the embedded defaults (fast fsync settings are NOT used: defaults as shipped)."""
     return make_server()
+
+
+def rabbitmq_answers() -> bool:
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["embedded", "rabbitmq"])
+def broker_settings(request):
+    """Settings that put cpu jobs on each broker: the embedded SQLite transport, and RabbitMQ.
+
+    RabbitMQ tests skip only when no broker answers on 127.0.0.1:5672, and never when CI is set.
+    Each test gets its own queue namespace, so leftovers of another test are never consumed.
+    """
+    import os
+    import uuid
+    if request.param == "embedded":
+        return {}
+    if not rabbitmq_answers():
+        if os.environ.get("CI"):
+            pytest.fail("RabbitMQ is not answering on 127.0.0.1:5672 and CI is set: .ci/run should have started it")
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    return {"greenjobs.broker.url": "amqp://guest:guest@127.0.0.1:5672//",
+            "greenjobs.broker.namespace": f"gjtest-{uuid.uuid4().hex[:8]}"}

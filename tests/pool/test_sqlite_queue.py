@@ -1,0 +1,135 @@
+"""The embedded broker (kombu virtual transport over SQLite), with real kombu producers/consumers."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from kombu import Connection, Consumer, Producer, Queue
+
+from pool import sqlite_queue
+
+sqlite_queue.register()
+
+
+@pytest.fixture
+def url(tmp_path):
+    return "embedded:///" + str(tmp_path / "queue.sqlite")
+
+
+def queue(name="jobs"):
+    return Queue(name, routing_key=name, queue_arguments={"x-dead-letter-routing-key": "dead"})
+
+
+def publish(url, bodies, priorities=None, name="jobs"):
+    with Connection(url) as conn:
+        producer = Producer(conn.channel(), serializer="json")
+        queue(name)(producer.channel).declare()
+        Queue("dead", routing_key="dead")(producer.channel).declare()
+        for i, body in enumerate(bodies):
+            producer.publish(body, routing_key=name, priority=(priorities or [0] * len(bodies))[i])
+
+
+def consume(url, count, ack=True, name="jobs"):
+    got = []
+    with Connection(url, transport_options={"polling_interval": 0.001}) as conn:
+        def on_message(body, message):
+            got.append((body, message.delivery_info.get("redelivered")))
+            if ack:
+                message.ack()
+        with Consumer(conn.channel(), [queue(name)], callbacks=[on_message], accept=["json"], prefetch_count=1):
+            for _ in range(count * 20):
+                if len(got) >= count:
+                    break
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+    return got
+
+
+def rows(url):
+    import sqlite3
+    conn = sqlite3.connect(url[len("embedded:///"):])
+    try:
+        return conn.execute("SELECT queue, count(*) FROM messages GROUP BY queue").fetchall()
+    finally:
+        conn.close()
+
+
+def test_priority_then_age(url):
+    publish(url, [{"n": i} for i in range(6)], priorities=[1, 9, 5, 9, 0, 5])
+    assert [b["n"] for b, _ in consume(url, 6)] == [1, 3, 2, 5, 0, 4]
+    assert rows(url) == []
+
+
+def test_ack_deletes_and_nothing_is_delivered_twice_at_depth(url):
+    publish(url, [{"n": i} for i in range(10_000)])
+    got = consume(url, 10_000)
+    assert sorted(b["n"] for b, _ in got) == list(range(10_000))
+    assert rows(url) == []
+
+
+def test_unacked_message_comes_back_on_close(url):
+    publish(url, [{"n": 1}])
+    assert consume(url, 1, ack=False) == [({"n": 1}, False)]
+    assert consume(url, 1) == [({"n": 1}, True)]       # restored, flagged redelivered
+
+
+def test_message_of_a_sigkilled_consumer_is_delivered_again(url, tmp_path):
+    publish(url, [{"n": 7}])
+    script = textwrap.dedent(f"""
+        import os, time
+        from kombu import Connection, Consumer, Queue
+        from pool import sqlite_queue
+        sqlite_queue.register()
+        with Connection({url!r}, transport_options={{"polling_interval": 0.001}}) as conn:
+            def on_message(body, message):
+                print("got", body, flush=True)
+                time.sleep(60)       # never acks: killed here
+            with Consumer(conn.channel(), [Queue("jobs", routing_key="jobs")], callbacks=[on_message],
+                          accept=["json"], prefetch_count=1):
+                conn.drain_events(timeout=30)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert proc.stdout.readline().startswith("got")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert consume(url, 1) == [({"n": 7}, True)]
+
+
+def test_reject_without_requeue_dead_letters_and_pickle_is_never_loaded(url, tmp_path):
+    import pickle
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with Connection(url) as conn:
+        producer = Producer(conn.channel())
+        queue()(producer.channel).declare()
+        Queue("dead", routing_key="dead")(producer.channel).declare()
+        producer.publish(pickle.dumps(Evil()), routing_key="jobs", content_type="application/x-python-serialize",
+                         content_encoding="binary")
+    with Connection(url, transport_options={"polling_interval": 0.001}) as conn:
+        rejected = []
+
+        def bad(message, exc):
+            rejected.append(exc)
+            message.reject(requeue=False)
+        with Consumer(conn.channel(), [queue()], callbacks=[lambda b, m: m.ack()], accept=["json"],
+                      on_decode_error=bad, prefetch_count=1):
+            for _ in range(20):
+                if rejected:
+                    break
+                try:
+                    conn.drain_events(timeout=0.2)
+                except TimeoutError:
+                    pass
+    assert rejected and not marker.exists()
+    assert rows(url) == [("dead", 1)]
