@@ -92,12 +92,70 @@ def w4_echo(srv, n=1000):
     return times[len(times) // 2], times[int(len(times) * 0.99)]
 
 
+POOL_SCRIPT = """
+import hashlib, multiprocessing, os, statistics, sys, time
+def f(args):
+    return hashlib.pbkdf2_hmac("sha256", args[0].encode(), b"y", args[1]).hex()
+def calibrate(target_ms=50.0, n=20000):
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(("x", n))
+        samples.append(time.perf_counter() - t0)
+    return int(n * target_ms / (statistics.median(samples) * 1000))
+if __name__ == "__main__":
+    n = int(sys.argv[1])
+    iterations = calibrate()
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        pool.map(f, [("warm", 1000)] * 4)
+        t0 = time.perf_counter()
+        pool.map(f, [(str(i), iterations) for i in range(n)], chunksize=1)
+        print(iterations, time.perf_counter() - t0)
+"""
+
+
+def w2_cpu(srv, n=200):
+    """W2: n cpu.pbkdf2 jobs of ~50 ms; returns (greenjobs wall s, multiprocessing.Pool wall s, ratio)."""
+    import subprocess
+    # calibration and the limit run in a fresh, unpatched interpreter: multiprocessing hangs under
+    # gevent's patching
+    out = subprocess.run([sys.executable, "-c", POOL_SCRIPT, str(n)], capture_output=True, text=True, check=True)
+    iterations, limit = int(out.stdout.split()[0]), float(out.stdout.split()[1])
+    conn = Conn("127.0.0.1", srv.port)
+    t0 = time.perf_counter()
+    res = conn.json("POST", "/jobs/batch", {"jobs": [{"handler": "cpu.pbkdf2", "kwargs": {
+        "iterations": iterations, "password": str(i)}} for i in range(n)]}, expect=202)
+    info = conn.json("GET", f"/batches/{res['batch']}?wait=600", expect=200)
+    wall = time.perf_counter() - t0
+    assert info["counts"]["succeeded"] == n, info
+    conn.close()
+    return wall, limit, wall / limit
+
+
+def dispatch_latency(srv, n=100):
+    """Idle dispatch: submit a tiny cpu job, then read created_at -> started_at; returns p50, p99 in ms."""
+    from datetime import datetime
+    conn = Conn("127.0.0.1", srv.port)
+    samples = []
+    for _ in range(n):
+        gevent.sleep(0.05)                       # idle between jobs
+        job = conn.json("POST", "/jobs", {"handler": "cpu.pbkdf2", "kwargs": {"iterations": 1}}, expect=202)
+        done = conn.json("GET", f"/jobs/{job['id']}?wait=30", expect=200)
+        created, started = (datetime.fromisoformat(done[k].replace("Z", "+00:00")) for k in ("created_at", "started_at"))
+        samples.append((started - created).total_seconds() * 1000)
+    conn.close()
+    samples.sort()
+    return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
+
+
 WORKLOADS = {
     "W1": ("10,000 x sleep 0.1 s via /jobs/batch (pool 1000)", w1_batch, 1.0, "s"),
     "W1s": ("10,000 x sleep 0.1 s, POST + ?wait per job, 1000 clients", w1_single, 1.0, "s"),
     "W3": ("single POST /jobs, 64 keep-alive clients", w3_single, None, "jobs/s"),
     "W3b": ("POST /jobs/batch of 1000", w3_batch, None, "jobs/s"),
     "W4": ("echo submit+wait round trip p50/p99", w4_echo, None, "ms"),
+    "W2": ("200 x cpu.pbkdf2 ~50 ms: wall / multiprocessing.Pool / ratio", w2_cpu, None, "s"),
+    "D": ("idle cpu dispatch, submit -> worker start p50/p99", dispatch_latency, None, "ms"),
 }
 
 
@@ -107,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W3")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", default="", help="write results to this file")
+    parser.add_argument("--broker", choices=("embedded", "rabbitmq"), default="embedded",
+                        help="where cpu jobs are queued")
     parser.add_argument("--server", choices=("gevent", "waitress"), default="gevent",
                         help="the [server:main] runner: ours (gevent.pywsgi) or waitress under the same patching")
     args = parser.parse_args(argv)
@@ -114,20 +174,24 @@ def main(argv=None) -> int:
     runs = 1 if args.quick else args.runs
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        app = {} if args.broker == "embedded" else {
+            "greenjobs.broker.url": "amqp://guest:guest@127.0.0.1:5672//",
+            "greenjobs.broker.namespace": f"gjbench-{int(time.time())}"}
         if args.server == "waitress":
-            ini = write_ini(Path(tmp), server={"use": "egg:waitress#main", "threads": 1100, "connection_limit": 2000,
-                                               "backlog": 2048}, replace_server=True)
+            ini = write_ini(Path(tmp), app, server={"use": "egg:waitress#main", "threads": 1100,
+                                                    "connection_limit": 2000, "backlog": 2048}, replace_server=True)
         else:
-            ini = write_ini(Path(tmp), server={"max_connections": 20000})
+            ini = write_ini(Path(tmp), app, server={"max_connections": 20000})
         srv = ServerProcess(ini).start()
         try:
             for name in chosen:
                 title, fn, ideal, unit = WORKLOADS[name]
-                kwargs = {"n": 1000} if args.quick and name != "W4" else ({"n": 100} if args.quick else {})
+                kwargs = {"n": {"W4": 100, "W2": 20, "D": 20}.get(name, 1000)} if args.quick else {}
                 values = [fn(srv, **kwargs) for _ in range(runs)]
                 if isinstance(values[0], tuple):
                     med = tuple(statistics.median(v[i] for v in values) for i in range(len(values[0])))
                     shown = " / ".join(f"{m:.2f}" for m in med)
+                    shown = shown if len(shown) < 14 else shown.replace(" ", "")
                 else:
                     med = statistics.median(values)
                     shown = f"{med:.3f}" if unit == "s" else f"{med:,.0f}"

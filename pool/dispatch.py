@@ -129,7 +129,14 @@ class CpuDispatcher:
                     gevent.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
-            self._wake.wait(max(1.0, self.settings.broker_heartbeat / 4 or 1.0))
+            if not self._wake.wait(self.settings.broker_heartbeat / 4 or 1.0):
+                try:                    # idle: read the broker's heartbeats and send ours
+                    self._pub.call(self._tick, self._pub.conn)
+                except Exception as exc:
+                    log.error("publisher connection lost (%s); reconnecting", exc)
+                    self.connected = False
+                    self._pub.close()
+                continue
             self._wake.clear()
             replies = [self._replies.popleft() for _ in range(len(self._replies))]
             jobs = [self._jobs.popleft() for _ in range(min(len(self._jobs), 500))]
@@ -147,6 +154,15 @@ class CpuDispatcher:
                 self.store.mark_published([j.id for j in jobs])
             if self._jobs or self._replies:
                 self._wake.set()
+
+    @staticmethod
+    def _tick(conn) -> None:
+        """(a link's thread) read pending frames (heartbeats) without blocking, then check heartbeats."""
+        try:
+            conn.drain_events(timeout=0)
+        except (socket.timeout, TimeoutError):
+            pass
+        conn.heartbeat_check()
 
     def _declare(self, conn):
         """(publisher thread) declare every queue, return a producer."""
@@ -264,6 +280,9 @@ class CpuDispatcher:
             body["job"], worker, bool(body.get("redelivered")), self.settings.workers_redeliveries,
             lambda holder: owner_is_dead(holder))
         reply = {"corr": body.get("corr"), "go": verdict == "go"}
+        previous = self._running.pop(body["job"], None)     # an earlier attempt whose worker died
+        if previous is not None and previous[2] is not None:
+            previous[2].close()
         if verdict == "go":
             timer = gevent.get_hub().loop.timer(job.timeout) if job.timeout else None
             if timer is not None:

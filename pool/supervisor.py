@@ -39,7 +39,7 @@ class Supervisor:
         return self
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "pool.worker", "--one", self.ini],
+        return subprocess.Popen([sys.executable, "-m", "pool.worker", "--one", "--supervised", self.ini],
                                 env=self.env, stdin=subprocess.DEVNULL)
 
     def _watch(self, slot: int) -> None:

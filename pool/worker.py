@@ -67,6 +67,7 @@ class Worker:
         self._job = None           # (body, message) delivered and not yet handled
         self._replies: dict[str, dict] = {}
         self._progress: dict | None = None
+        self.parent: int | None = None      # the supervisor's pid: we leave when it is gone
 
     # -- broker callbacks (run inside drain_events) ---------------------------------------
     def _on_job(self, body, message):
@@ -115,6 +116,9 @@ class Worker:
         except socket.timeout:
             pass
         self.conn.heartbeat_check()
+        if self.parent is not None and os.getppid() != self.parent:
+            log.warning("worker %s: its supervisor (pid %s) is gone; leaving", self.id, self.parent)
+            self.stopping = True
 
     def _publish(self, body: dict, reply: bool = False) -> None:
         props = {"reply_to": self.reply_to.name} if reply else {}
@@ -180,9 +184,9 @@ class Worker:
         thread = threading.Thread(target=copy_context().run, args=(target,), name=f"job-{job.id}", daemon=True)
         thread.start()
         while thread.is_alive():
-            thread.join(0.05)
+            thread.join(0.05)        # returns as soon as the job ends
             if thread.is_alive():
-                self._drain(0.2)
+                self._drain(0)       # read heartbeats without waiting
             if self._progress is not None:
                 progress, self._progress = self._progress, None
                 self._publish({"type": "progress", "job": job.id, "worker": self.id, "progress": progress})
@@ -199,9 +203,22 @@ class Worker:
         return {"state": "succeeded", "result": box.get("result")}
 
 
-def run_one(ini: str) -> int:
+def _die_with_parent() -> None:
+    """Linux: have the kernel send SIGTERM when the supervisor dies, even by SIGKILL."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)        # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_one(ini: str, supervised: bool = False) -> int:
     settings, registry = load_config(ini)
     worker = Worker(settings, registry)
+    if supervised:
+        worker.parent = os.getppid()
+        _die_with_parent()
 
     def stop(signum, frame):
         worker.stopping = True     # finish the current job, then leave
@@ -215,10 +232,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="greenjobs-worker", description="Run greenjobs CPU worker processes.")
     parser.add_argument("ini", help="the same config.ini the server uses")
     parser.add_argument("--one", action="store_true", help="run one worker in this process (what supervisors start)")
+    parser.add_argument("--supervised", action="store_true", help="leave when the parent process is gone")
     parser.add_argument("--processes", type=int, default=None, help="default: greenjobs.workers.cpu, or the CPU count")
     args = parser.parse_args(argv)
     if args.one:
-        return run_one(args.ini)
+        return run_one(args.ini, supervised=args.supervised)
     from pool.supervisor import Supervisor
     settings, _ = load_config(args.ini)
     count = args.processes or settings.workers_cpu or (os.cpu_count() or 1)
