@@ -72,6 +72,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self.import_errors: dict[str, str] = {}    # module -> why it failed (non-strict loads only)
 
     def add(self, h: Handler) -> None:
         old = self._handlers.get(h.name)
@@ -79,13 +80,21 @@ class Registry:
             raise ConfigurationError(f"two handlers are named {h.name!r}: {old.where} and {h.where}")
         self._handlers[h.name] = h
 
-    def load(self, modules: Iterable[str]) -> "Registry":
-        """Import each module and register every function marked with ``@handler``."""
+    def load(self, modules: Iterable[str], strict: bool = True) -> "Registry":
+        """Import each module and register every function marked with ``@handler``.
+
+        ``strict=False`` (CPU workers) records a module that fails to import in ``import_errors``
+        instead of raising, so the worker lives on and fails only that module's jobs, saying why.
+        """
         for modname in modules:
             try:
                 module = importlib.import_module(modname)
-            except ImportError as exc:
-                raise ConfigurationError(f"greenjobs.handlers: cannot import {modname!r}: {exc}") from exc
+            except Exception as exc:
+                message = f"greenjobs.handlers: cannot import {modname!r}: {type(exc).__name__}: {exc}"
+                if strict:
+                    raise ConfigurationError(message) from exc
+                self.import_errors[modname] = message
+                continue
             for value in vars(module).values():
                 mark = getattr(value, "__dict__", {}).get(_MARK) if callable(value) else None
                 if isinstance(mark, Handler):

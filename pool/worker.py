@@ -53,7 +53,10 @@ def load_config(ini: str):
         logging.basicConfig(level=logging.INFO)
     raw = loader.get_settings("app:main")
     settings = pool.settings.load((handlers.settings.TABLE,), raw, os.path.dirname(ini), strict=False)
-    return settings, Registry().load(settings.handlers)
+    registry = Registry().load(settings.handlers, strict=False)
+    for message in registry.import_errors.values():
+        log.error("%s; jobs of its handlers will fail with this error", message)
+    return settings, registry
 
 
 class Worker:
@@ -165,7 +168,8 @@ class Worker:
         try:
             handler = self.registry.get(job.handler)
         except Exception as exc:
-            return {"state": "failed", "error": error_info("unknown_handler", str(exc)), "retryable": False}
+            why = "; ".join([str(exc)] + list(self.registry.import_errors.values()))
+            return {"state": "failed", "error": error_info("unknown_handler", why), "retryable": False}
         box: dict = {}
 
         def report(job_id, progress):

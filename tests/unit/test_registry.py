@@ -62,3 +62,11 @@ def test_handler_names_are_validated(bad):
 def test_kind_is_validated():
     with pytest.raises(ConfigurationError, match="kind must be 'io' or 'cpu'"):
         handler("x", kind="gpu")
+
+
+def test_non_strict_load_records_import_errors_and_keeps_the_rest():
+    broken = module_with("gj_test_broken_mod")
+    sys.modules.pop(broken)
+    registry = Registry().load(["handlers.builtin", "gj_test_no_such_module_at_all"], strict=False)
+    assert "echo" in registry
+    assert "cannot import 'gj_test_no_such_module_at_all'" in registry.import_errors["gj_test_no_such_module_at_all"]
