@@ -18,7 +18,6 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
-from gevent.pool import Pool  # noqa: E402
 
 from bench.client import Conn  # noqa: E402
 from tests.support import ServerProcess, write_ini  # noqa: E402
@@ -28,7 +27,7 @@ def w1_batch(srv, n=10_000, seconds=0.1):
     """W1: n sleep jobs via /jobs/batch, then one batch long-poll.  Ideal: n / pool * seconds."""
     conn = Conn("127.0.0.1", srv.port)
     t0 = time.perf_counter()
-    ids, batches = [], []
+    batches = []
     for start in range(0, n, 10_000):
         res = conn.json("POST", "/jobs/batch", {"jobs": [{"handler": "sleep", "kwargs": {"seconds": seconds}}
                                                          for _ in range(min(10_000, n - start))]}, expect=202)

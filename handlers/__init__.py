@@ -3,5 +3,7 @@
 Handler modules import only this package and ``pool``'s job model, so CPU worker processes can
 load them without Pyramid.
 """
-from handlers.registry import Handler, Registry, Retry, handler  # noqa: F401
-from pool.context import current_job  # noqa: F401
+from handlers.registry import Handler, Registry, Retry, handler
+from pool.context import current_job
+
+__all__ = ["Handler", "Registry", "Retry", "current_job", "handler"]

@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from pool.errors import ConfigurationError, HandlerNotFound, Retry  # noqa: F401  (Retry is re-exported)
+from pool.errors import ConfigurationError, HandlerNotFound, Retry
+
+__all__ = ["Handler", "Registry", "Retry", "handler"]
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 _MARK = "__greenjobs_handler__"

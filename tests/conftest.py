@@ -1,6 +1,6 @@
 import pytest
 
-from tests.support import ServerProcess, write_ini
+from tests.support import ServerProcess, stop_all, write_ini
 
 
 @pytest.fixture
@@ -15,11 +15,7 @@ def make_server(tmp_path):
         return proc.start() if start else proc
 
     yield make
-    for proc in started:
-        try:
-            proc.stop(timeout=30)
-        except Exception:
-            proc.kill()
+    stop_all(started)
 
 
 @pytest.fixture

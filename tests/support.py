@@ -128,3 +128,12 @@ class ServerProcess:
         response = self.get(f"/jobs/{job_id}?wait={seconds}")
         assert response.status_code == 200, response.text
         return response.json()
+
+
+def stop_all(procs) -> None:
+    """Stop every server (SIGTERM, then SIGKILL if it hangs): the teardown of server fixtures."""
+    for proc in procs:
+        try:
+            proc.stop(timeout=30)
+        except Exception:
+            proc.kill()

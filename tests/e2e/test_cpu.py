@@ -19,7 +19,7 @@ from kombu import Connection, Producer, Queue
 
 from tests.e2e.helpers import (PROBLEM, QUICK_STOP, assert_problem, list_all, media_type, parse_time, submit_batch,
                                wait_batch, wait_job, wait_until)
-from tests.support import free_port
+from tests.support import free_port, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -60,11 +60,7 @@ def cpu_server(make_server, broker_settings):
         return srv
 
     yield make
-    for srv in started:
-        try:
-            srv.stop(timeout=30)
-        except Exception:
-            srv.kill()
+    stop_all(started)
     if "greenjobs.broker.url" in broker_settings:
         ns = namespace(broker_settings)
         try:

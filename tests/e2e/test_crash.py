@@ -13,7 +13,7 @@ import requests
 
 from tests.e2e.helpers import (PROBLEM, QUICK_STOP, list_all, media_type, submit_batch, wait_batch, wait_job,
                                wait_until)
-from tests.support import ServerProcess
+from tests.support import ServerProcess, stop_all
 
 pytestmark = pytest.mark.e2e
 
@@ -29,11 +29,7 @@ def restart():
         return again.start()
 
     yield start_again
-    for proc in started:
-        try:
-            proc.stop(timeout=30)
-        except Exception:
-            proc.kill()
+    stop_all(started)
 
 
 def store_rows(srv: ServerProcess) -> dict[str, tuple]:

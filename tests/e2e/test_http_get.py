@@ -5,16 +5,10 @@ import socket
 
 import pytest
 
-from tests.e2e.helpers import QUICK_STOP, LocalHTTP, wait_job
+from tests.e2e.helpers import QUICK_STOP, wait_job
 
 pytestmark = pytest.mark.e2e
 
-
-@pytest.fixture
-def local_http():
-    server = LocalHTTP()
-    yield server
-    server.close()
 
 
 def test_http_get_to_an_allowed_host(make_server, local_http):

@@ -8,17 +8,11 @@ import threading
 import pytest
 import requests
 
-from tests.e2e.helpers import (QUICK_STOP, LocalHTTP, assert_problem, job_count, list_all, parse_time,
+from tests.e2e.helpers import (QUICK_STOP, assert_problem, job_count, list_all, parse_time,
                                submit_batch, wait_batch, wait_job, wait_until)
 
 pytestmark = pytest.mark.e2e
 
-
-@pytest.fixture
-def local_http():
-    server = LocalHTTP()
-    yield server
-    server.close()
 
 
 def busy(srv) -> int:

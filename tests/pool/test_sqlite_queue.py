@@ -133,3 +133,12 @@ def test_reject_without_requeue_dead_letters_and_pickle_is_never_loaded(url, tmp
                     pass
     assert rejected and not marker.exists()
     assert rows(url) == [("dead", 1)]
+
+
+def test_no_ack_gets_are_not_redelivered(url):
+    publish(url, [{"n": 1}, {"n": 2}])
+    with Connection(url) as conn:
+        q = queue()(conn.channel())
+        assert q.get(no_ack=True).payload == {"n": 1}
+    assert [b for b, _ in consume(url, 1)] == [{"n": 2}]
+    assert rows(url) == []
