@@ -149,7 +149,9 @@ class Worker:
             self._on_bad_message(message, exc)
             return
         redelivered = bool(message.delivery_info.get("redelivered"))
+        log.debug("job %s received", job.id)
         answer = self._claim(job, redelivered)
+        log.debug("job %s claim answered", job.id)
         if answer is None:
             log.warning("job %s: no answer to its claim in %s s; giving it back", job.id, CLAIM_TIMEOUT)
             message.requeue()
@@ -160,8 +162,10 @@ class Worker:
             return
         job.attempts = int(answer.get("attempts", job.attempts + 1))
         outcome = self._run(job, answer.get("timeout"))
+        log.debug("job %s ran", job.id)
         self._publish({"type": "result", "job": job.id, "worker": self.id, "attempt": job.attempts, **outcome})
         message.ack()
+        log.debug("job %s acked", job.id)
 
     def _run(self, job: Job, timeout: float | None) -> dict:
         """Run the handler in a thread; keep the connection alive meanwhile.  Returns the result message."""
