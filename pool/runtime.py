@@ -115,6 +115,7 @@ class Runtime:
                     last_renew = now
                 tick = now - last_tick >= interval
                 if tick:
+                    self.store.checkpoint()
                     for executor in self.executors.values():
                         executor.record_again()
                     self._adopt()
