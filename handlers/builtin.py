@@ -59,6 +59,12 @@ def flaky(fail_times=1):
     return {"attempt": attempt}
 
 
+def _url_host(url: str) -> str:
+    """The host the request will really go to, parsed by the same parser that makes it (urllib3)."""
+    from urllib3.util import parse_url
+    return (parse_url(url).host or "").lower().strip("[]")
+
+
 def _check_url(args, kwargs):
     url = kwargs.get("url")
     if not isinstance(url, str) or len(url) > 2048:
@@ -66,6 +72,8 @@ def _check_url(args, kwargs):
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("kwargs.url must be an absolute http:// or https:// URL")
+    if "\\" in url or "@" in parts.netloc or any(ord(c) < 33 for c in url):
+        raise ValueError("kwargs.url must not contain user info, backslashes, spaces or control characters")
 
 
 _http = None
@@ -86,7 +94,7 @@ def http_get(url):
 
     Redirects are not followed, so an allowed host cannot bounce a job to a host that is not.
     """
-    host = urlsplit(url).hostname
+    host = _url_host(url)
     allowed = current_job.settings.http_allowed_hosts
     if host not in allowed:
         raise PermissionError(f"host {host!r} is not on greenjobs.http.allowed_hosts ({' '.join(allowed)})")

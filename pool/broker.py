@@ -22,12 +22,13 @@ def connect(settings) -> Connection:
     url = settings.broker_url
     if url.startswith(sqlite_queue.ALIAS + "://"):
         sqlite_queue.register()
-        # NORMAL: a commit survives a killed process, not a power cut.  The store (the ledger) is
-        # what must survive power loss; a queued message lost with it is published again from the
-        # store's outbox, and a lost result by the sweep of expired cpu leases.
+        # The same durability as the store: the outbox flag is cleared once a publish committed,
+        # so the queue must not lose that commit in a power cut the store survives.  A message
+        # reservation lasts longer than any job may run (a dead owner on this host is detected at once).
         return Connection(url, transport_options={
             "polling_interval": settings.broker_polling_interval,
-            "synchronous": "NORMAL",
+            "synchronous": settings.store_synchronous.upper(),
+            "visibility_timeout": settings.job_max_timeout + 3600,
         })
     return Connection(url, connect_timeout=settings.broker_connect_timeout, heartbeat=settings.broker_heartbeat,
                       transport_options={"confirm_publish": True})

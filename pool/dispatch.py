@@ -76,6 +76,7 @@ class CpuDispatcher:
         self._replies: collections.deque = collections.deque()   # (reply_to, body) to publish first
         self._wake = Event()
         self._running: dict[str, tuple[Job, str, object]] = {}   # job id -> (job, worker, timer)
+        self._sending: set[str] = set()                            # ids in the publish under way
         self._pub = _Link(settings, "publisher")
         self._con = _Link(settings, "consumer")
         self._greenlets: list = []
@@ -110,6 +111,20 @@ class CpuDispatcher:
         self._jobs.extend(jobs)
         self._wake.set()
 
+    def republish_outbox(self) -> None:
+        """Publish again every stored job the broker has not confirmed and that is not on its way now
+        (a crash between commit and publish, a broker that lost an unconfirmed message)."""
+        in_flight = {job.id for job in self._jobs} | self._sending
+        after = 0
+        while True:
+            jobs, after = self.store.unpublished(after)
+            fresh = [job for job in jobs if job.id not in in_flight]
+            if fresh:
+                log.info("publishing %d jobs from the outbox", len(fresh))
+                self.publish(fresh)
+            if not jobs:
+                break
+
     def _publish_loop(self) -> None:
         delay = 0.2
         while True:
@@ -120,7 +135,7 @@ class CpuDispatcher:
                     self.connected = True
                     delay = 0.2
                     log.info("connected to the broker for publishing")
-                    self.publish(self.store.unpublished())
+                    self.republish_outbox()
                 except Exception as exc:
                     self._pub.close()
                     if self.connected or delay == 0.2:
@@ -140,15 +155,18 @@ class CpuDispatcher:
             self._wake.clear()
             replies = [self._replies.popleft() for _ in range(len(self._replies))]
             jobs = [self._jobs.popleft() for _ in range(min(len(self._jobs), 500))]
+            self._sending = {job.id for job in jobs}
             try:
                 self._pub.call(self._send, replies, jobs)
             except Exception as exc:
+                self._sending = set()
                 log.error("publishing failed (%s); reconnecting", exc)
                 self._replies.extendleft(reversed(replies))
                 self._jobs.extendleft(reversed(jobs))
                 self.connected = False
                 self._pub.close()
                 continue
+            self._sending = set()
             if jobs:
                 self.published += len(jobs)
                 self.store.mark_published([j.id for j in jobs])
@@ -204,6 +222,7 @@ class CpuDispatcher:
     # -- consuming worker messages ---------------------------------------------------------
     def _consume_loop(self) -> None:
         acks: list = []
+        requeues: list = []
         delay = 0.2
         while True:
             if self._con.conn is None:
@@ -219,17 +238,21 @@ class CpuDispatcher:
                     delay = min(delay * 2, 10.0)
                     continue
             try:
-                batch = self._con.call(self._ack_and_drain, acks)
-                acks = []
+                batch = self._con.call(self._ack_and_drain, acks, requeues)
             except Exception as exc:
                 log.error("consuming failed (%s); reconnecting", exc)
-                acks = []           # unacked messages are redelivered; handling them twice is harmless
-                self._con.close()
+                self._con.close()   # unacked messages are redelivered; handling them twice is harmless
                 continue
+            finally:
+                acks, requeues = [], []
             if batch:
                 handlers = [gevent.spawn(self._handle, body) for body, _ in batch]
                 gevent.joinall(handlers)
-                acks = [message for body, message in batch]
+                # a message whose handling failed (store unavailable) goes back to the queue
+                acks = [message for (body, message), g in zip(batch, handlers) if g.successful()]
+                requeues = [message for (body, message), g in zip(batch, handlers) if not g.successful()]
+                if requeues:
+                    gevent.sleep(0.5)
 
     def _subscribe(self, conn):
         """(consumer thread) consume the control queue, collecting messages into the inbox."""
@@ -243,10 +266,12 @@ class CpuDispatcher:
         consumer.consume()
         return consumer
 
-    def _ack_and_drain(self, acks) -> list:
-        """(consumer thread) ack what was handled, then wait briefly for more messages."""
+    def _ack_and_drain(self, acks, requeues) -> list:
+        """(consumer thread) ack what was handled, requeue what failed, then wait briefly for more."""
         for message in acks:
             message.ack()
+        for message in requeues:
+            message.requeue()
         conn = self._con.conn
         conn.heartbeat_check()
         try:
@@ -270,8 +295,9 @@ class CpuDispatcher:
                 self._on_result(body)
             elif kind == "progress" and isinstance(body.get("progress"), dict):
                 self.store.set_progress(body["job"], body["progress"])
-        except Exception:
-            log.exception("could not handle a %s message for job %s", body.get("type"), body.get("job"))
+        except Exception as exc:
+            log.error("could not handle a %s message for job %s (%s); it goes back to the queue",
+                      body.get("type"), body.get("job"), exc)
             raise
 
     def _on_claim(self, body) -> None:
@@ -280,9 +306,10 @@ class CpuDispatcher:
             body["job"], worker, bool(body.get("redelivered")), self.settings.workers_redeliveries,
             lambda holder: owner_is_dead(holder))
         reply = {"corr": body.get("corr"), "go": verdict == "go"}
-        previous = self._running.pop(body["job"], None)     # an earlier attempt whose worker died
-        if previous is not None and previous[2] is not None:
-            previous[2].close()
+        if verdict in ("go", "lost"):
+            previous = self._running.pop(body["job"], None)     # an earlier attempt whose worker died
+            if previous is not None and previous[2] is not None:
+                previous[2].close()
         if verdict == "go":
             timer = gevent.get_hub().loop.timer(job.timeout) if job.timeout else None
             if timer is not None:
@@ -299,26 +326,27 @@ class CpuDispatcher:
 
     def _on_result(self, body) -> None:
         job_id, worker = body["job"], str(body.get("worker"))
-        entry = self._running.pop(job_id, None)
-        if entry is not None:
+        entry = self._running.get(job_id)
+        if entry is not None and entry[1] == worker:
             job, _, timer = entry
-            if timer is not None:
-                timer.close()
         else:
-            job = self.store.get(job_id)      # claimed before this server (re)started
+            job, timer = self.store.get(job_id), None     # claimed before a restart, or a stale attempt
             if job is None:
                 return
         state = body.get("state")
         error = body.get("error") if isinstance(body.get("error"), dict) else None
         if state == SUCCEEDED:
             self._finish(job, worker, SUCCEEDED, body.get("result"), None)
-            return
-        error = error or error_info("exception", "the worker reported a failure without details")
-        when = retry_at(job, bool(body.get("retryable")), body.get("delay"), self.backoff)
-        if when is not None and self.store.retry(job, worker, when, error):
-            self.wake_at(when)
-            return
-        self._finish(job, worker, FAILED, None, error)
+        else:
+            error = error or error_info("exception", "the worker reported a failure without details")
+            when = retry_at(job, bool(body.get("retryable")), body.get("delay"), self.backoff)
+            if when is not None and self.store.retry(job, worker, when, error):
+                self.wake_at(when)
+            else:
+                self._finish(job, worker, FAILED, None, error)
+        if timer is not None:           # recorded (a store failure raised above and keeps it)
+            timer.close()
+            self._running.pop(job_id, None)
 
     def _finish(self, job: Job, worker: str, state: str, result, error) -> bool:
         text = None if result is None else json.dumps(result, separators=(",", ":"), allow_nan=False)
@@ -337,8 +365,8 @@ class CpuDispatcher:
         when = retry_at(job, True, None, self.backoff)
         if when is not None and self.store.retry(job, worker, when, error):
             self.wake_at(when)
-        else:
-            self._finish(job, worker, FAILED, None, error)
+        elif not self._finish(job, worker, FAILED, None, error):
+            return                  # the result won the race: nothing to stop
         self._kill(worker)
 
     def cancel(self, job_id: str) -> Job | None:

@@ -213,7 +213,13 @@ class GreenletExecutor:
         state, result_json, error = run.outcome
         job = run.job
         try:
-            if run.claimed is not None and not run.claimed.get():
+            try:
+                claimed = True if run.claimed is None else run.claimed.get()
+            except Exception:
+                # the optimistic claim's commit failed: queue it again, and keep this outcome for later
+                run.claimed = self.store.claim(job, self.owner, bump=False)
+                raise
+            if not claimed:
                 log.info("job %s (%s): cancelled or taken over before its claim committed; outcome %s dropped",
                          job.id, job.handler, state)
             elif (retry_at := self._retry_at(run)) is not None:
@@ -252,7 +258,7 @@ class GreenletExecutor:
         if run is None:
             return None
         if not self._interrupt(run, CANCELLED, error_info("cancelled", "cancelled by request")):
-            run.done.wait()
+            run.done.wait(10.0)     # it is finishing; if the store is stuck, the caller falls back to it
         return run.job
 
     def drop_pending(self, job_id: str) -> Job | None:

@@ -20,4 +20,6 @@ def retry_at(job, retryable: bool, delay: float | None, backoff: Callable[[int],
     """The time of the next attempt, or None when the job has used its ``max_retries``."""
     if not retryable or job.attempts > job.max_retries:
         return None
-    return time.time() + (backoff(job.attempts) if delay is None else max(0.0, float(delay)))
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= 366 * 86400:
+        delay = None                # not a usable number of seconds: the backoff decides
+    return time.time() + (backoff(job.attempts) if delay is None else float(delay))

@@ -49,6 +49,7 @@ class Runtime:
                                  backoff=self.backoff, wake_at=self.wake_at, supervisor=self.supervisor)
         self.accepting = False
         self._maintenance = None
+        self._recorder = None
         self._wake = gevent.event.Event()
         self._next_wake = math.inf
         self.started_at = time.time()
@@ -108,6 +109,7 @@ class Runtime:
         while True:
             self._wake.wait(max(0.0, min(interval, self._next_wake - time.time())))
             self._wake.clear()
+            tick = False
             try:
                 now = time.monotonic()
                 if now - last_renew >= self.settings.store_lease_seconds / 3:
@@ -115,11 +117,11 @@ class Runtime:
                     last_renew = now
                 tick = now - last_tick >= interval
                 if tick:
-                    self.store.checkpoint()
-                    for executor in self.executors.values():
-                        executor.record_again()
+                    if self._recorder is None or self._recorder.dead:
+                        self._recorder = gevent.spawn(self._record_again)
                     self._adopt()
                     self.cpu.publish(self.store.requeue_stale_cpu())
+                    self.cpu.republish_outbox()
                     last_tick = now
                 if tick or self._next_wake <= time.time():
                     self._next_wake = math.inf
@@ -127,6 +129,15 @@ class Runtime:
             except Exception:
                 log.exception("maintenance pass failed; retrying")
                 gevent.sleep(interval)
+            if tick:
+                try:
+                    self.store.checkpoint()
+                except Exception as exc:
+                    log.warning("WAL checkpoint failed: %s", exc)
+
+    def _record_again(self) -> None:
+        for executor in self.executors.values():
+            executor.record_again()
 
     def _adopt(self) -> None:
         dead = [owner for owner, _ in self.store.owners(self.owner) if owner_is_dead(owner, self.owner)]

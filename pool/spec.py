@@ -37,8 +37,9 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
     priority = data.get("priority", 0)
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
         raise InvalidJobParams(f"{where}priority", "must be an integer from 0 (lowest) to 9 (highest)")
-    timeout = data.get("timeout", handler.timeout)
-    if timeout is not None and (not _is_number(timeout) or not 0 < timeout <= settings.job_max_timeout):
+    # every job has a timeout: it bounds a cpu job's hard limit and its lease in the store
+    timeout = data.get("timeout", handler.timeout or settings.job_max_timeout)
+    if not _is_number(timeout) or not 0 < timeout <= settings.job_max_timeout:
         raise InvalidJobParams(f"{where}timeout", f"must be a number of seconds in (0, {settings.job_max_timeout}]")
     max_retries = data.get("max_retries", handler.max_retries)
     if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 100:
@@ -59,7 +60,7 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
         except (ValueError, TypeError) as exc:
             raise InvalidJobParams(f"{where}{str(exc).split(' ', 1)[0]}", str(exc).split(" ", 1)[-1]) from None
     return Job(id=new_id(), handler=handler.name, kind=handler.kind, state=QUEUED, args=args, kwargs=kwargs,
-               priority=priority, timeout=None if timeout is None else float(timeout), max_retries=max_retries,
+               priority=priority, timeout=float(timeout), max_retries=max_retries,
                run_at=run_at)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 import gevent
 from gevent.event import AsyncResult, Event
+from gevent.lock import BoundedSemaphore
 from gevent.threadpool import ThreadPool
 
 from pool.errors import StoreUnavailable
@@ -120,6 +121,7 @@ class Store:
         self._writer_pool = ThreadPool(1)
         self._reader_pool = ThreadPool(readers)
         self._readers: list[sqlite3.Connection] = []
+        self._reader_slots = BoundedSemaphore(readers)
         self._writer: sqlite3.Connection | None = None
         self._committer = None
         self.healthy = True
@@ -271,15 +273,18 @@ class Store:
 
     # -- reads -----------------------------------------------------------------------
     def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        conn = self._readers.pop() if self._readers else None
-        try:
-            if conn is None:
-                conn = self._reader_pool.apply(self._connect)
-            result = self._reader_pool.apply(fn, (conn,) + args)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"the job store cannot be read: {exc}") from exc
-        self._readers.append(conn)
-        return result
+        """Run ``fn(conn, *args)`` in a reader thread; at most ``readers`` connections ever exist."""
+        with self._reader_slots:
+            conn = self._readers.pop() if self._readers else None
+            try:
+                if conn is None:
+                    conn = self._reader_pool.apply(self._connect)
+                return self._reader_pool.apply(fn, (conn,) + args)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"the job store cannot be read: {exc}") from exc
+            finally:
+                if conn is not None:
+                    self._readers.append(conn)
 
     @staticmethod
     def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
@@ -365,16 +370,16 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self._write(op)
 
-    def claim(self, job: Job, owner: str) -> AsyncResult:
+    def claim(self, job: Job, owner: str, bump: bool = True) -> AsyncResult:
         """queued -> running for ``owner``, bumping attempts; the job object is updated at once.
 
         Returns an AsyncResult that becomes False if someone else moved the job first: the
         executor starts the handler without waiting for this commit, and checks it before
         recording the outcome.
         """
-        now = time.time()
-        job.state, job.attempts, job.started_at = RUNNING, job.attempts + 1, now
-
+        now = time.time() if bump else (job.started_at or time.time())
+        if bump:
+            job.state, job.attempts, job.started_at = RUNNING, job.attempts + 1, now
         return self._swap(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
             " lease_expires = ? WHERE id = ? AND state = 'queued' AND lease_owner = ?",
@@ -486,10 +491,13 @@ class Store:
         return self._write(op)
 
     # -- cpu jobs: the outbox and the claims of worker processes ------------------------
-    def unpublished(self, limit: int = 10000) -> list[Job]:
-        """Queued cpu jobs not yet confirmed by the broker (after a crash between commit and publish)."""
-        return self._read(lambda conn: [row_to_job(r) for r in conn.execute(
-            f"SELECT {COLUMNS} FROM jobs WHERE outbox = 1 AND state = 'queued' ORDER BY seq LIMIT ?", (limit,))])
+    def unpublished(self, after_seq: int = 0, limit: int = 5000) -> tuple[list[Job], int]:
+        """Queued cpu jobs not yet confirmed by the broker, a page after ``after_seq``; returns (jobs, last seq)."""
+        def query(conn):
+            rows = conn.execute(f"SELECT seq, {COLUMNS} FROM jobs WHERE outbox = 1 AND state = 'queued' AND seq > ?"
+                                " ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+            return [row_to_job(r[1:]) for r in rows], (rows[-1][0] if rows else 0)
+        return self._read(query)
 
     def mark_published(self, ids: list[str]) -> None:
         """The broker confirmed these; fire and forget (a lost mark only means a harmless republish)."""

@@ -12,6 +12,7 @@ the message is acked: a worker killed mid-job means the job is delivered again.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import logging
 import logging.config
@@ -67,14 +68,14 @@ class Worker:
         self.registry = registry
         self.id = owner_id()
         self.stopping = False
-        self._job = None           # (body, message) delivered and not yet handled
+        self._jobs: collections.deque = collections.deque()   # (body, message) delivered, not yet handled
         self._replies: dict[str, dict] = {}
         self._progress: dict | None = None
         self.parent: int | None = None      # the supervisor's pid: we leave when it is gone
 
     # -- broker callbacks (run inside drain_events) ---------------------------------------
     def _on_job(self, body, message):
-        self._job = (body, message)
+        self._jobs.append((body, message))
 
     def _on_reply(self, body, message):
         if isinstance(body, dict) and isinstance(body.get("corr"), str):
@@ -100,18 +101,19 @@ class Worker:
             for queue in (broker.dead_queue(settings), broker.control_queue(settings)):
                 queue(self.producer.channel).declare()
             self.reply_to = broker.reply_queue(settings, self.id)
+            # one job at a time across all our queues: a channel-wide (global) prefetch of 1
+            job_channel.basic_qos(0, 1, True)
             jobs = Consumer(job_channel, [broker.job_queue(settings, n) for n in names], callbacks=[self._on_job],
-                            accept=broker.ACCEPT, on_decode_error=self._on_bad_message, prefetch_count=1)
+                            accept=broker.ACCEPT, on_decode_error=self._on_bad_message)
             replies = Consumer(reply_channel, [self.reply_to], callbacks=[self._on_reply], accept=broker.ACCEPT,
                                on_decode_error=self._on_bad_message)
             with jobs, replies:
                 log.info("worker %s consuming %s", self.id, ", ".join(names))
                 while not self.stopping:
-                    self._drain(1.0)
-                    if self._job is not None:
-                        body, message = self._job
-                        self._job = None
-                        self._handle(body, message)
+                    if not self._jobs:
+                        self._drain(1.0)
+                    if self._jobs:
+                        self._handle(*self._jobs.popleft())
 
     def _drain(self, timeout: float) -> None:
         try:
@@ -204,10 +206,14 @@ class Worker:
             return {"state": "failed", "error": error_info(kind, f"{type(exc).__name__}: {exc}", box["tb"]),
                     "retryable": is_retryable(handler, kind, exc), "delay": getattr(exc, "delay", None)}
         try:
-            json.dumps(box.get("result"), allow_nan=False)
+            size = len(json.dumps(box.get("result"), allow_nan=False))
         except (TypeError, ValueError) as exc:
             return {"state": "failed", "retryable": False,
                     "error": error_info("result_not_json", f"the handler returned a value that is not JSON: {exc}")}
+        limit = self.settings.job_max_result_bytes
+        if size > limit:
+            return {"state": "failed", "retryable": False, "error": error_info(
+                "result_too_large", f"the result is {size} bytes; the limit is greenjobs.job.max_result_bytes={limit}")}
         return {"state": "succeeded", "result": box.get("result")}
 
 

@@ -47,3 +47,11 @@ def inner_timeout():
 def big_result_later():
     gevent.sleep(0.3)
     return "x" * 200_000
+
+
+@handler("test.retry_bad_delay")
+def retry_bad_delay():
+    from handlers import Retry
+    if current_job.attempt == 1:
+        raise Retry("again", delay="soon")
+    return "ok"

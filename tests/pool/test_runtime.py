@@ -176,3 +176,13 @@ def test_outcome_that_could_not_be_stored_is_stored_once_the_store_recovers(make
     rt.store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))  # space again
     done = rt.wait(job.id, 10)
     assert done.state == "succeeded" and rt.store.get(job.id).result == "x" * 200_000
+
+
+def test_a_retry_delay_that_is_not_a_number_falls_back_to_the_backoff(make_runtime):
+    rt = make_runtime(retry__base=0.01)
+    job = submit(rt, "test.retry_bad_delay", max_retries=1)
+    for _ in range(50):
+        done = rt.wait(job.id, 5)
+        if done.terminal:
+            break
+    assert (done.state, done.attempts) == ("succeeded", 2)

@@ -59,3 +59,16 @@ def test_delay_and_run_at_schedule_the_job(ctx):
     job = parse_spec({"handler": "echo", "run_at": "2030-01-01T00:00:00Z"}, *ctx) if False else \
         parse_spec({"handler": "echo", "run_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60))}, *ctx)
     assert job.run_at > time.time() + 50
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254\\@127.0.0.1/", "http://user@127.0.0.1/",
+                                 "http://127.0.0.1/a b", "ftp://127.0.0.1/"])
+def test_http_get_urls_that_could_dodge_the_allow_list_are_refused(ctx, url):
+    with pytest.raises(InvalidJobParams) as info:
+        parse_spec({"handler": "http.get", "kwargs": {"url": url}}, *ctx)
+    assert info.value.field == "kwargs.url"
+
+
+def test_every_job_gets_a_finite_timeout(ctx):
+    with pytest.raises(InvalidJobParams):
+        parse_spec({"handler": "echo", "timeout": None}, *ctx)

@@ -1,0 +1,32 @@
+"""The cpu path's own guarantees on the embedded broker: the outbox, and result limits."""
+import pytest
+
+from pool.job import QUEUED, Job, new_id
+from pool.store import Store
+from tests.e2e.helpers import wait_job
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_job_committed_but_never_published_runs_after_restart(make_server):
+    """A crash between the store commit and the publish: the outbox publishes it at the next start."""
+    srv = make_server(app={"greenjobs.workers.cpu": 1}, start=False)
+    import gevent
+    store = Store(str(srv.ini.parent / "var" / "greenjobs.sqlite")).open()
+    try:
+        job = Job(id=new_id(), handler="cpu.pbkdf2", kind="cpu", state=QUEUED, kwargs={"iterations": 1000},
+                  timeout=60.0)
+        store.insert([job], "a-server-that-crashed:1:x")   # committed, flagged in the outbox, never published
+    finally:
+        store.close()
+        gevent.sleep(0)
+    srv.start()
+    done = wait_job(srv, job.id, 60)
+    assert done["state"] == "succeeded" and done["attempts"] == 1
+
+
+def test_a_cpu_result_over_the_size_limit_fails_the_job(make_server):
+    srv = make_server(app={"greenjobs.workers.cpu": 1, "greenjobs.job.max_result_bytes": 50,
+                           "greenjobs.handlers": "handlers.builtin tests.e2e.cpu_handlers"})
+    done = wait_job(srv, srv.submit("cpu.pbkdf2", kwargs={"iterations": 1000})["id"], 60)
+    assert done["state"] == "failed" and done["error"]["kind"] == "result_too_large"
