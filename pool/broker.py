@@ -17,17 +17,22 @@ from pool import sqlite_queue
 ACCEPT = ["json"]          # never pickle: every consumer accepts JSON only
 
 
-def connect(settings) -> Connection:
-    """A kombu Connection for ``greenjobs.broker.url`` with timeouts, confirms and heartbeats set."""
+def connect(settings, durable: bool = False) -> Connection:
+    """A kombu Connection for ``greenjobs.broker.url`` with timeouts, confirms and heartbeats set.
+
+    On the embedded broker, ``durable`` connections commit as the store does (the server's publisher:
+    the outbox flag is cleared after its commit, so that commit must survive what the store survives).
+    Every other commit there (acks, claims, results, replies) uses NORMAL: one lost in a power cut is
+    repaired by a redelivery the claims make harmless, or by the sweep of expired cpu leases.
+    """
     url = settings.broker_url
     if url.startswith(sqlite_queue.ALIAS + "://"):
         sqlite_queue.register()
-        # The same durability as the store: the outbox flag is cleared once a publish committed,
-        # so the queue must not lose that commit in a power cut the store survives.  A message
-        # reservation lasts longer than any job may run (a dead owner on this host is detected at once).
+        # A message reservation lasts longer than any job may run (a dead owner on this host is
+        # detected at once, from its pid and start time).
         return Connection(url, transport_options={
             "polling_interval": settings.broker_polling_interval,
-            "synchronous": settings.store_synchronous.upper(),
+            "synchronous": settings.store_synchronous.upper() if durable else "NORMAL",
             "visibility_timeout": settings.job_max_timeout + 3600,
         })
     return Connection(url, connect_timeout=settings.broker_connect_timeout, heartbeat=settings.broker_heartbeat,

@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 class _Link:
     """A kombu connection confined to one thread; every call on it goes through :meth:`call`."""
 
-    def __init__(self, settings, name: str):
+    def __init__(self, settings, name: str, durable: bool = False):
         self.settings = settings
         self.name = name
+        self.durable = durable
         self.thread = ThreadPool(1)
         self.conn = None
 
@@ -42,7 +43,7 @@ class _Link:
 
     def open(self) -> None:
         def connect():
-            conn = broker.connect(self.settings)
+            conn = broker.connect(self.settings, durable=self.durable)
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.5, timeout=5)
             return conn
         self.conn = self.call(connect)
@@ -73,11 +74,11 @@ class CpuDispatcher:
         self.wake_at = wake_at
         self.supervisor = supervisor
         self._jobs: collections.deque = collections.deque()      # jobs to publish
-        self._replies: collections.deque = collections.deque()   # (reply_to, body) to publish first
+        self._replies: collections.deque = collections.deque()   # (reply_to, body): claim answers
         self._wake = Event()
         self._running: dict[str, tuple[Job, str, object]] = {}   # job id -> (job, worker, timer)
         self._sending: set[str] = set()                            # ids in the publish under way
-        self._pub = _Link(settings, "publisher")
+        self._pub = _Link(settings, "publisher", durable=True)
         self._con = _Link(settings, "consumer")
         self._greenlets: list = []
         self.connected = False
@@ -153,15 +154,13 @@ class CpuDispatcher:
                     self._pub.close()
                 continue
             self._wake.clear()
-            replies = [self._replies.popleft() for _ in range(len(self._replies))]
             jobs = [self._jobs.popleft() for _ in range(min(len(self._jobs), 500))]
             self._sending = {job.id for job in jobs}
             try:
-                self._pub.call(self._send, replies, jobs)
+                self._pub.call(self._send, jobs)
             except Exception as exc:
                 self._sending = set()
                 log.error("publishing failed (%s); reconnecting", exc)
-                self._replies.extendleft(reversed(replies))
                 self._jobs.extendleft(reversed(jobs))
                 self.connected = False
                 self._pub.close()
@@ -170,7 +169,7 @@ class CpuDispatcher:
             if jobs:
                 self.published += len(jobs)
                 self.store.mark_published([j.id for j in jobs])
-            if self._jobs or self._replies:
+            if self._jobs:
                 self._wake.set()
 
     @staticmethod
@@ -194,18 +193,14 @@ class CpuDispatcher:
         return [broker.dead_queue(self.settings), broker.control_queue(self.settings)] + \
             [broker.job_queue(self.settings, n) for n in names]
 
-    def _send(self, replies, jobs) -> None:
-        """(publisher thread) publish replies, then jobs; on the embedded broker in one transaction."""
+    def _send(self, jobs) -> None:
+        """(publisher thread) publish jobs; on the embedded broker in one (durable) transaction."""
         conn = self._pub.conn
         conn.heartbeat_check()
         db = getattr(conn.transport, "db", None) if isinstance(conn.transport, sqlite_queue.Transport) else None
         if db is not None:
             db.execute("BEGIN IMMEDIATE")
         try:
-            for reply_to, body in replies:
-                self.producer.publish(body, routing_key=reply_to, delivery_mode=1,
-                                      timeout=self.settings.broker_confirm_timeout,
-                                      confirm_timeout=self.settings.broker_confirm_timeout)
             for job in jobs:
                 handler = self.registry.get(job.handler) if job.handler in self.registry else None
                 queue = broker.job_queue(self.settings, handler.queue if handler else "cpu")
@@ -237,10 +232,12 @@ class CpuDispatcher:
                     gevent.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
+            replies = [self._replies.popleft() for _ in range(len(self._replies))]
             try:
-                batch = self._con.call(self._ack_and_drain, acks, requeues)
+                batch = self._con.call(self._ack_and_drain, acks, requeues, replies)
             except Exception as exc:
                 log.error("consuming failed (%s); reconnecting", exc)
+                self._replies.extendleft(reversed(replies))
                 self._con.close()   # unacked messages are redelivered; handling them twice is harmless
                 continue
             finally:
@@ -264,10 +261,19 @@ class CpuDispatcher:
                             on_decode_error=lambda message, exc: message.reject(requeue=False),
                             prefetch_count=200)
         consumer.consume()
+        self._reply_producer = Producer(conn.channel(), serializer="json")
         return consumer
 
-    def _ack_and_drain(self, acks, requeues) -> list:
-        """(consumer thread) ack what was handled, requeue what failed, then wait briefly for more."""
+    def _ack_and_drain(self, acks, requeues, replies) -> list:
+        """(consumer thread) answer claims, ack what was handled, requeue what failed, wait for more.
+
+        Claim answers go out on this connection, not the publisher's: they are transient, so they
+        need no durable commit, and the worker waiting for one is not held behind a batch of jobs.
+        """
+        for reply_to, body in replies:
+            self._reply_producer.publish(body, routing_key=reply_to, delivery_mode=1,
+                                         timeout=self.settings.broker_confirm_timeout,
+                                         confirm_timeout=self.settings.broker_confirm_timeout)
         for message in acks:
             message.ack()
         for message in requeues:
@@ -321,8 +327,7 @@ class CpuDispatcher:
             if verdict == "lost":
                 self.on_terminal(job)
         reply_to = body.get("reply_to") or f"{self.settings.broker_namespace}.reply.{worker.replace(':', '_')}"
-        self._replies.append((reply_to, reply))
-        self._wake.set()
+        self._replies.append((reply_to, reply))     # sent by the consumer loop right after this batch
 
     def _on_result(self, body) -> None:
         job_id, worker = body["job"], str(body.get("worker"))
