@@ -105,7 +105,7 @@ class Runtime:
     def _maintain(self) -> None:
         """Renew leases, adopt orphaned jobs each ``interval``; promote scheduled jobs when due."""
         interval = min(1.0, self.settings.store_lease_seconds / 3)
-        last_renew = last_tick = time.monotonic()
+        last_renew = last_tick = last_sweep = time.monotonic()
         while True:
             self._wake.wait(max(0.0, min(interval, self._next_wake - time.time())))
             self._wake.clear()
@@ -123,6 +123,11 @@ class Runtime:
                     self.cpu.publish(self.store.requeue_stale_cpu())
                     self.cpu.republish_outbox()
                     last_tick = now
+                if self.settings.store_ttl and now - last_sweep >= 60:
+                    last_sweep = now
+                    deleted = self.store.sweep(time.time() - self.settings.store_ttl)
+                    if deleted:
+                        log.info("deleted %d jobs finished more than %s s ago", deleted, self.settings.store_ttl)
                 if tick or self._next_wake <= time.time():
                     self._next_wake = math.inf
                     self._dispatch(self.store.promote_due(self.owner, ("io", "cpu")))
@@ -238,6 +243,18 @@ class Runtime:
         if not changed:
             raise JobFinished(f"job {job_id} already ended ({job.state}); nothing to cancel")
         self.waiters.finished(job)
+        return job
+
+    def retry(self, job_id: str) -> Job:
+        """Run a failed job again (same id, next attempt).  Raises JobFinished unless it failed."""
+        if not self.accepting:
+            raise ShuttingDown("the server is shutting down and accepts no new jobs; retry shortly")
+        job, changed = self.store.revive(job_id, self.owner)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        if not changed:
+            raise JobFinished(f"job {job_id} is {job.state}; only a failed job can be retried")
+        self._dispatch([job])
         return job
 
     def batch(self, batch_id: str, timeout: float = 0.0) -> dict:

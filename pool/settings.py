@@ -158,6 +158,8 @@ TABLE = (
     Setting("greenjobs.store.url", as_sqlite_url, None, "where the job ledger lives; default %(here)s/var/greenjobs.sqlite"),
     Setting("greenjobs.store.synchronous", as_choice("full", "normal"), "full",
             "full: every commit is fsynced (survives power loss); normal: survives a killed process only"),
+    Setting("greenjobs.store.ttl", as_float(0.0, 10 * 366 * 86400.0), 7 * 86400.0,
+            "seconds a finished job (and its result) is kept; 0 keeps them forever"),
     Setting("greenjobs.store.lease_seconds", as_float(1.0, 3600.0), 30.0,
             "how long a runner's claim on a job lasts without renewal before another runner may take it"),
     Setting("greenjobs.workers.cpu", as_int(0, 1024), default_cpu_count(),

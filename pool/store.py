@@ -433,6 +433,38 @@ class Store:
             return (row_to_job(row) if row else None), False
         return self._write(op)
 
+    def revive(self, job_id: str, owner: str) -> tuple[Job | None, bool]:
+        """failed -> queued (same id; its next start is a new attempt).  Returns (job as it is now, changed).
+
+        An io job is leased to ``owner``, who runs it; a cpu job is flagged for the outbox.
+        """
+        now = time.time()
+
+        def op(conn):
+            row = conn.execute(
+                "UPDATE jobs SET state = 'queued', finished_at = NULL, result = NULL, run_at = NULL,"
+                " lease_owner = CASE kind WHEN 'io' THEN ? END, lease_expires = CASE kind WHEN 'io' THEN ? END,"
+                f" outbox = (kind = 'cpu') WHERE id = ? AND state = 'failed' RETURNING {COLUMNS}",
+                (owner, now + self.lease_seconds, job_id)).fetchone()
+            if row is not None:
+                return row_to_job(row), True
+            row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return (row_to_job(row) if row else None), False
+        return self._write(op)
+
+    def sweep(self, finished_before: float, limit: int = 2000) -> int:
+        """Delete up to ``limit`` terminal jobs (oldest first) that finished before ``finished_before``."""
+        def op(conn):
+            deleted = 0
+            for state in ("succeeded", "failed", "cancelled"):
+                deleted += conn.execute(
+                    "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state = ? ORDER BY seq LIMIT ?)"
+                    " AND finished_at < ?", (state, limit, finished_before)).rowcount
+            conn.execute("DELETE FROM batches WHERE created_at < ? AND NOT EXISTS"
+                         " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)", (finished_before,))
+            return deleted
+        return self._write(op)
+
     def requeue(self, jobs: Iterable[Job], owner: str) -> int:
         """Give running jobs back (running -> queued, unleased), undoing the interrupted attempt."""
         ids = [(j.id, owner) for j in jobs]

@@ -66,6 +66,10 @@ DOCUMENT = {
             "delete": {"summary": "Cancel a job", "parameters": [_id],
                        "responses": {"200": _job, **_errors(404, 409, 503)}},
         },
+        "/jobs/{id}/retry": {
+            "post": {"summary": "Run a failed job again (same id, next attempt)", "parameters": [_id],
+                     "responses": {"202": _job, **_errors(404, 409, 503)}},
+        },
         "/batches/{id}": {
             "get": {"summary": "Counts per state of a batch; with ?wait=S until all are terminal", "parameters": [_id, _wait],
                     "responses": {"200": {"description": "counts", "content": {"application/json": {"schema": {

@@ -4,6 +4,7 @@ ROUTES = (
     ("jobs", "/jobs"),
     ("jobs_batch", "/jobs/batch"),
     ("job", "/jobs/{id}"),
+    ("job_retry", "/jobs/{id}/retry"),
     ("batch", "/batches/{id}"),
     ("handlers", "/handlers"),
     ("health", "/health"),

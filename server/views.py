@@ -83,6 +83,14 @@ def cancel_job(request):
     return _runtime(request).cancel(request.matchdict["id"]).public()
 
 
+@view_config(route_name="job_retry", request_method="POST", renderer="json")
+def retry_job(request):
+    job = _runtime(request).retry(request.matchdict["id"])
+    request.response.status_code = 202
+    request.response.headers["Location"] = f"/jobs/{job.id}"
+    return job.public()
+
+
 @view_config(route_name="jobs", request_method="GET", renderer="json")
 def list_jobs(request):
     state = request.GET.get("state")

@@ -139,3 +139,16 @@ def test_openapi_matches_the_real_routes(app):
             served |= {(routes[view["route_name"]], m) for m in methods}
     documented = {(path, method.upper()) for path, ops in doc["paths"].items() for method in ops}
     assert served == documented
+
+
+def test_retry_revives_a_failed_job_and_refuses_others(app):
+    failed = post(app, {"handler": "fail", "kwargs": {"message": "boom"}}).json
+    assert app.get(f"/jobs/{failed['id']}?wait=2").json["state"] == "failed"
+    revived = app.post(f"/jobs/{failed['id']}/retry", status=202)
+    assert revived.json["id"] == failed["id"] and revived.json["state"] in ("queued", "running", "failed")
+    again = app.get(f"/jobs/{failed['id']}?wait=2").json
+    assert again["state"] == "failed" and again["attempts"] == 2 and len(again["errors"]) == 2
+    ok = post(app, {"handler": "echo"}).json
+    app.get(f"/jobs/{ok['id']}?wait=2")
+    assert_problem(app.post(f"/jobs/{ok['id']}/retry", status=409), 409, "only a failed job")
+    assert_problem(app.post("/jobs/nope/retry", status=404), 404)

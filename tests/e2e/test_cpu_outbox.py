@@ -30,3 +30,13 @@ def test_a_cpu_result_over_the_size_limit_fails_the_job(make_server):
                            "greenjobs.handlers": "handlers.builtin tests.e2e.cpu_handlers"})
     done = wait_job(srv, srv.submit("cpu.pbkdf2", kwargs={"iterations": 1000})["id"], 60)
     assert done["state"] == "failed" and done["error"]["kind"] == "result_too_large"
+
+
+def test_retry_of_a_failed_cpu_job_runs_it_again_on_a_worker(make_server):
+    srv = make_server(app={"greenjobs.workers.cpu": 1})
+    job = wait_job(srv, srv.submit("cpu.spin", kwargs={"seconds": 5}, timeout=0.5)["id"], 60)
+    assert job["state"] == "failed" and job["error"]["kind"] == "timeout"
+    response = srv.post(f"/jobs/{job['id']}/retry", None)
+    assert response.status_code == 202, response.text
+    again = wait_job(srv, job["id"], 60)
+    assert again["state"] == "failed" and again["attempts"] == 2 and len(again["errors"]) == 2

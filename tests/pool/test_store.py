@@ -152,3 +152,14 @@ def test_grouped_swaps_report_each_rows_own_result(store):
     outcomes = [r.get() for r in results]
     assert outcomes == [i != 17 for i in range(50)]
     assert store.get(jobs[16].id).state == "running" and store.get(jobs[17].id).state == "cancelled"
+
+
+def test_sweep_deletes_only_old_terminal_jobs(store):
+    old, recent, active = job(), job(), job()
+    store.insert([old, recent, active], "me")
+    for j in (old, recent):
+        store.claim(j, "me").get()
+        store.finish(j, "me", "succeeded", "1", None)
+    store._write(lambda conn: conn.execute("UPDATE jobs SET finished_at = 1 WHERE id = ?", (old.id,)))
+    assert store.sweep(time.time() - 3600) == 1
+    assert store.get(old.id) is None and store.get(recent.id) is not None and store.get(active.id) is not None
