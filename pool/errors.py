@@ -29,6 +29,10 @@ class InvalidJobParams(GreenjobsError):
         super().__init__(f"{field}: {message}")
 
 
+class IdempotencyConflict(GreenjobsError):
+    """An Idempotency-Key was reused with a different request body."""
+
+
 class JobNotFound(GreenjobsError):
     """No job (or batch) with that id exists in the store."""
 

@@ -164,6 +164,19 @@ class Runtime:
     # -- the API -----------------------------------------------------------------------
     def submit(self, jobs: list[Job], batch_id: str | None = None) -> list[Job]:
         """Store ``jobs`` durably (all or nothing), then start or queue them.  Returns them in order."""
+        self._submit(jobs, batch_id)
+        return jobs
+
+    def submit_once(self, job: Job, key: str, fingerprint: str) -> tuple[Job, bool]:
+        """Submit under an Idempotency-Key: (the job, True) the first time; (the original job, False)
+        when the key was already used with the same request within greenjobs.api.idempotency_ttl.
+        Raises IdempotencyConflict when it was used with a different request."""
+        existing = self._submit([job], None, (key, fingerprint))
+        if existing is None:
+            return job, True
+        return self.get(existing), False
+
+    def _submit(self, jobs: list[Job], batch_id: str | None, idempotency: tuple[str, str] | None = None) -> str | None:
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new jobs; retry shortly")
         now = time.time()
@@ -189,17 +202,22 @@ class Runtime:
                     job.state = QUEUED
             for job in by_kind.get("cpu", ()):
                 job.state = QUEUED
-            self.store.insert(jobs, self.owner, batch_id)
+            existing = self.store.insert(jobs, self.owner, batch_id, idempotency,
+                                         self.settings.api_idempotency_ttl)
         except BaseException:
             if started:
                 self.executors["io"].unreserve(started)
             raise
+        if existing is not None:        # a repeat of an earlier request: nothing was stored or started
+            if started:
+                self.executors["io"].unreserve(started)
+            return existing
         if io_jobs:
             self.executors["io"].launch(io_jobs[:started])
             self.executors["io"].enqueue(io_jobs[started:])
         if "cpu" in by_kind:
             self.cpu.publish(by_kind["cpu"])
-        return jobs
+        return None
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)

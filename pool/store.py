@@ -23,7 +23,7 @@ from gevent.event import AsyncResult, Event
 from gevent.lock import BoundedSemaphore
 from gevent.threadpool import ThreadPool
 
-from pool.errors import StoreUnavailable
+from pool.errors import IdempotencyConflict, StoreUnavailable
 from pool.job import QUEUED, RUNNING, Job
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NU
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE state = 'scheduled';
 CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs(seq) WHERE outbox = 1;
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, total INTEGER NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, job_id TEXT NOT NULL,
+                                        created_at REAL NOT NULL);
 """
 
 COLUMNS = ("id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts, "
@@ -349,8 +351,15 @@ class Store:
             return False
 
     # -- writes ----------------------------------------------------------------------
-    def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None) -> None:
-        """Store new jobs in one transaction (all or nothing).  Active ones are leased to ``owner``."""
+    def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
+               idempotency: tuple[str, str] | None = None, idempotency_ttl: float = 86400.0) -> str | None:
+        """Store new jobs in one transaction (all or nothing).  Active io jobs are leased to ``owner``.
+
+        With ``idempotency`` = (key, fingerprint) and one job: if the key was stored within
+        ``idempotency_ttl`` seconds, nothing is inserted and the original job's id is returned (or
+        IdempotencyConflict raised if the fingerprint differs); the key is stored with the job
+        otherwise, in the same transaction, so concurrent repeats and crashes cannot make two jobs.
+        """
         now = time.time()
         expires = now + self.lease_seconds
         rows = []
@@ -362,13 +371,29 @@ class Store:
                          expires if leased else None, outbox, j.created_at, j.started_at))
 
         def op(conn):
+            if idempotency is not None:
+                key, fingerprint = idempotency
+                row = conn.execute("SELECT fingerprint, job_id FROM idempotency WHERE key = ? AND created_at > ?",
+                                   (key, now - idempotency_ttl)).fetchone()
+                if row is not None:      # (raising here would fail the whole group commit)
+                    return row[1], row[0] == fingerprint
+                conn.execute("INSERT OR REPLACE INTO idempotency (key, fingerprint, job_id, created_at)"
+                             " VALUES (?, ?, ?, ?)", (key, fingerprint, jobs[0].id, now))
             if batch_id is not None:
                 conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(rows), now))
             conn.executemany(
                 "INSERT INTO jobs (id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at,"
                 " attempts, batch_id, lease_owner, lease_expires, outbox, created_at, started_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        self._write(op)
+            return None
+        existing = self._write(op)
+        if existing is None:
+            return None
+        job_id, same = existing
+        if not same:
+            raise IdempotencyConflict(f"the Idempotency-Key {idempotency[0]!r} was used for a different request"
+                                      f" (job {job_id}); use a new key for a new job")
+        return job_id
 
     def claim(self, job: Job, owner: str, bump: bool = True) -> AsyncResult:
         """queued -> running for ``owner``, bumping attempts; the job object is updated at once.
@@ -462,6 +487,7 @@ class Store:
                     " AND finished_at < ?", (state, limit, finished_before)).rowcount
             conn.execute("DELETE FROM batches WHERE created_at < ? AND NOT EXISTS"
                          " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)", (finished_before,))
+            conn.execute("DELETE FROM idempotency WHERE created_at < ?", (finished_before,))
             return deleted
         return self._write(op)
 

@@ -39,7 +39,11 @@ DOCUMENT = {
         "/jobs": {
             "post": {"summary": "Submit a job", "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}},
-                     "responses": {"202": _job, **_errors(400, 408, 413, 415, 422, 429, 503)}},
+                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                     "schema": {"type": "string", "maxLength": 255},
+                                     "description": "repeat-safe submission: the same key and body within "
+                                                    "greenjobs.api.idempotency_ttl returns the original job (200)"}],
+                     "responses": {"202": _job, "200": _job, **_errors(400, 408, 413, 415, 422, 429, 503)}},
             "get": {"summary": "List jobs, newest first", "parameters": [
                 {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
                 {"name": "handler", "in": "query", "schema": {"type": "string"}},

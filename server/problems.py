@@ -28,6 +28,7 @@ class Problem(Exception):
 STATUS = {
     errors.HandlerNotFound: (422, "Unknown handler"),
     errors.InvalidJobParams: (422, "Invalid job"),
+    errors.IdempotencyConflict: (422, "Idempotency-Key reused"),
     errors.JobNotFound: (404, "Not found"),
     errors.JobFinished: (409, "Job already finished"),
     errors.IllegalTransition: (409, "Illegal state change"),

@@ -14,6 +14,8 @@ TABLE = (
     Setting("greenjobs.api.max_wait", as_float(0.0, 3600.0), 60.0, "longest ?wait= a request may hold, in seconds"),
     Setting("greenjobs.api.read_timeout", as_float(0.1, 3600.0), 30.0, "seconds a client has to send a request body"),
     Setting("greenjobs.api.max_page", as_int(1, 10_000), 500, "largest ?limit= of GET /jobs"),
+    Setting("greenjobs.api.idempotency_ttl", as_float(1.0, 366 * 86400.0), 86400.0,
+            "seconds an Idempotency-Key is remembered"),
 )
 
 

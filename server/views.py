@@ -1,6 +1,8 @@
 """HTTP views: thin translations between JSON and the runtime."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 
 from pyramid.view import view_config
@@ -39,12 +41,29 @@ def _wait(request) -> float:
     return value or 0.0
 
 
+def _idempotency_key(request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise Problem(400, "Invalid Idempotency-Key", "the Idempotency-Key header must be 1-255 printable ASCII characters")
+    return key
+
+
 @view_config(route_name="jobs", request_method="POST", renderer="json")
 def submit(request):
     settings = _settings(request)
+    key = _idempotency_key(request)
     body = read_json(request, settings.api_max_body, settings.api_read_timeout)
     job = parse_spec(body, request.registry.greenjobs_handlers, settings)
-    _runtime(request).submit([job])
+    if key is not None:
+        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        job, created = _runtime(request).submit_once(job, key, fingerprint)
+        if not created:         # a repeat: the original job, not a second one
+            request.response.headers["Location"] = f"/jobs/{job.id}"
+            return job.public()
+    else:
+        _runtime(request).submit([job])
     request.response.status_code = 202
     request.response.headers["Location"] = f"/jobs/{job.id}"
     return job.public()

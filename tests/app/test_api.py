@@ -152,3 +152,16 @@ def test_retry_revives_a_failed_job_and_refuses_others(app):
     app.get(f"/jobs/{ok['id']}?wait=2")
     assert_problem(app.post(f"/jobs/{ok['id']}/retry", status=409), 409, "only a failed job")
     assert_problem(app.post("/jobs/nope/retry", status=404), 404)
+
+
+def test_idempotency_key_returns_the_original_job(app):
+    body = {"handler": "sleep", "kwargs": {"seconds": 0.01}}
+    first = post(app, body, headers={"Idempotency-Key": "order-42"})
+    again = post(app, body, status=200, headers={"Idempotency-Key": "order-42"})
+    assert again.json["id"] == first.json["id"]
+    assert count(app) == 1
+    other = post(app, {"handler": "sleep", "kwargs": {"seconds": 0.02}}, status=422,
+                 headers={"Idempotency-Key": "order-42"})
+    assert_problem(other, 422, "different request")
+    assert_problem(post(app, body, status=400, headers={"Idempotency-Key": "x" * 300}), 400, "Idempotency-Key")
+    assert count(app) == 1
