@@ -83,7 +83,21 @@ class Server(WSGIServer):
         super().handle(sock, address)
 
 
+def raise_open_files_limit(wanted: int) -> None:
+    """Long-polls are connections: lift the soft limit on open files toward ``wanted`` (up to the hard one)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("raised the open-files limit from %s to %s", soft, target)
+    except (ImportError, ValueError, OSError) as exc:
+        log.warning("could not raise the open-files limit: %s", exc)
+
+
 def serve_forever(app, options) -> None:
+    raise_open_files_limit(options.max_connections + 1024)
     handler = type("Handler", (LimitedHandler,), {"idle_timeout": options.idle_timeout,
                                                   "header_timeout": options.header_timeout,
                                                   "max_header_bytes": options.max_header_bytes})

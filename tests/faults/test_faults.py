@@ -97,3 +97,31 @@ def _try_post(session, url):
         return session.post(url + "/jobs", json={"handler": "fault.io", "kwargs": {"seconds": 0.1}}, timeout=10)
     except requests.RequestException:
         return None                                # refused at the socket: not accepted, not counted
+
+
+def test_a_full_store_answers_503_never_500_and_recovers_by_itself(make_server):
+    srv = make_server(app={**APP, "pyramid.includes": "tests.faults.store_probe"}, name="full")
+    ledger = Ledger(srv.ini.parent)
+    ledger.accept(srv.post("/jobs/batch", {"jobs": [{"handler": "fault.io", "kwargs": {"seconds": 0.5}}] * 50}))
+    assert srv.get("/_test/store_limit?pages=0").status_code == 200          # the disk is now "full"
+    pad = "x" * 20000                                                        # needs new pages
+    statuses = []
+    with ThreadPoolExecutor(16) as pool:
+        for response in pool.map(lambda i: srv.post("/jobs", {"handler": "echo", "kwargs": {"pad": pad, "i": i}}),
+                                 range(64)):
+            statuses.append(response.status_code)
+            ledger.accept(response)
+            if response.status_code == 503:
+                assert response.headers.get("Retry-After") and "store" in response.json()["detail"]
+    assert 500 not in statuses and 503 in statuses, statuses
+    health = srv.get("/health")
+    assert health.status_code == 503 and health.json()["store"]["ok"] is False
+    assert srv.get("/_test/store_limit?pages=1073741823").status_code == 200   # space again
+    wait_until(lambda: srv.post("/jobs", {"handler": "echo", "kwargs": {"pad": pad}}).status_code == 202, 30,
+               interval=0.5, message="submissions accepted again")
+    wait_until(lambda: srv.get("/health").status_code == 200, 30, message="healthy again")
+    wait_until(lambda: all_terminal(srv, ledger), 60, interval=0.5, message="every accepted job terminal")
+    report = ledger.report(final_states(srv))
+    assert not report["stuck"] and not report["unexpected"], report
+    stored = final_states(srv)
+    assert all(j in stored for j in ledger.accepted)                          # nothing half-written or lost
