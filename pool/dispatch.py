@@ -82,6 +82,7 @@ class CpuDispatcher:
         self._con = _Link(settings, "consumer")
         self._greenlets: list = []
         self.connected = False
+        self._first_attempt = Event()    # set once the publisher tried to connect for the first time
         self.published = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -102,6 +103,8 @@ class CpuDispatcher:
                 "worker_restarts": self.supervisor.restarts if self.supervisor else None}
 
     def check_available(self) -> None:
+        if not self.connected:      # just started? the first connection attempt decides
+            self._first_attempt.wait(self.settings.broker_connect_timeout + 1)
         if not self.connected:
             raise QueueUnavailable("the CPU job broker is not reachable right now; retry shortly "
                                    f"({self.settings.broker_url.split('@')[-1]})")
@@ -134,6 +137,7 @@ class CpuDispatcher:
                     self._pub.open()
                     self.producer = self._pub.call(self._declare, self._pub.conn)
                     self.connected = True
+                    self._first_attempt.set()
                     delay = 0.2
                     log.info("connected to the broker for publishing")
                     self.republish_outbox()
@@ -142,6 +146,7 @@ class CpuDispatcher:
                     if self.connected or delay == 0.2:
                         log.error("broker unreachable (%s); retrying with backoff", exc)
                     self.connected = False
+                    self._first_attempt.set()
                     gevent.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
