@@ -111,14 +111,18 @@ def test_job_cancelled_while_queued_never_runs_even_when_its_slot_frees_at_once(
             thread.start()
         for thread in threads:
             thread.join(40)
-        assert codes == {"queued": 200, "blocker": 200}, codes
+        # X may legitimately win the race: dequeued by the freed slot, run and finished before its
+        # DELETE arrives, which then answers 409.  What may never happen is checked below.
+        assert codes["blocker"] == 200 and codes["queued"] in (200, 409), codes
         wait_until(lambda: busy(srv) == 0, 15, message="slot free after the round")
-        rounds.append((k, srv.get(f"/jobs/{queued['id']}").json()))
+        job = srv.get(f"/jobs/{queued['id']}").json()
+        assert (codes["queued"] == 200) == (job["state"] == "cancelled"), (codes, job["state"])
+        rounds.append((k, job))
 
     # (a handler that did start has already had its answer from the local server: the slot
     # it held is only given back once the handler returns)
     cancelled_while_queued = [k for k, job in rounds if job["state"] == "cancelled" and job["attempts"] == 0]
-    assert all(job["state"] == "cancelled" for _, job in rounds), [job["state"] for _, job in rounds]
+    assert all(job["state"] in ("cancelled", "succeeded") for _, job in rounds), [job["state"] for _, job in rounds]
     ran_anyway = [k for k in cancelled_while_queued if f"/round/{k}" in local_http.hits]
     assert not ran_anyway, (f"{len(ran_anyway)} of {len(cancelled_while_queued)} jobs cancelled while queued "
                             f"(attempts 0, started_at null) still ran their handler: rounds {ran_anyway}")
