@@ -343,27 +343,26 @@ class CpuDispatcher:
             job, timer = self.store.get(job_id), None     # claimed before a restart, or a stale attempt
             if job is None:
                 return
-        state = body.get("state")
-        error = body.get("error") if isinstance(body.get("error"), dict) else None
-        if state == SUCCEEDED:
-            self._finish(job, worker, SUCCEEDED, body.get("result"), None)
+        if body.get("state") == SUCCEEDED:
+            self._conclude(job, worker, SUCCEEDED, body.get("result"), None)
         else:
-            error = error or error_info("exception", "the worker reported a failure without details")
-            when = retry_at(job, bool(body.get("retryable")), body.get("delay"), self.backoff)
-            if when is not None and self.store.retry(job, worker, when, error):
-                self.wake_at(when)
-            else:
-                self._finish(job, worker, FAILED, None, error)
+            error = body.get("error") if isinstance(body.get("error"), dict) else \
+                error_info("exception", "the worker reported a failure without details")
+            self._conclude(job, worker, FAILED, None, error,
+                           retry_at(job, bool(body.get("retryable")), body.get("delay"), self.backoff))
         if timer is not None:           # recorded (a store failure raised above and keeps it)
             timer.close()
             self._running.pop(job_id, None)
 
-    def _finish(self, job: Job, worker: str, state: str, result, error) -> bool:
+    def _conclude(self, job: Job, worker: str, state: str, result, error, when: float | None = None) -> bool:
+        """Store an outcome reported for ``worker``'s attempt; False if that attempt no longer holds the job."""
         text = None if result is None else json.dumps(result, separators=(",", ":"), allow_nan=False)
-        if self.store.finish(job, worker, state, text, error):
+        recorded = self.store.conclude(job, worker, state, text, error, when)
+        if recorded == "retried":
+            self.wake_at(when)
+        elif recorded == "finished":
             self.on_terminal(job)
-            return True
-        return False
+        return recorded is not None
 
     def _expire(self, job_id: str) -> None:
         """A cpu job ran past its timeout: record it, then kill its worker process (hard limit)."""
@@ -372,10 +371,7 @@ class CpuDispatcher:
             return
         job, worker, _ = entry
         error = error_info("timeout", f"the job ran longer than its timeout of {job.timeout} s; its worker was killed")
-        when = retry_at(job, True, None, self.backoff)
-        if when is not None and self.store.retry(job, worker, when, error):
-            self.wake_at(when)
-        elif not self._finish(job, worker, FAILED, None, error):
+        if not self._conclude(job, worker, FAILED, None, error, retry_at(job, True, None, self.backoff)):
             return                  # the result won the race: nothing to stop
         self._kill(worker)
 
@@ -387,7 +383,7 @@ class CpuDispatcher:
         job, worker, timer = entry
         if timer is not None:
             timer.close()
-        if not self._finish(job, worker, CANCELLED, None, error_info("cancelled", "cancelled by request")):
+        if not self._conclude(job, worker, CANCELLED, None, error_info("cancelled", "cancelled by request")):
             return None
         self._kill(worker)
         return job

@@ -222,16 +222,19 @@ class GreenletExecutor:
             if not claimed:
                 log.info("job %s (%s): cancelled or taken over before its claim committed; outcome %s dropped",
                          job.id, job.handler, state)
-            elif (retry_at := self._retry_at(run)) is not None:
-                if self.store.retry(job, self.owner, retry_at, error):
+            else:
+                retry_at = self._retry_at(run)
+                recorded = self.store.conclude(job, self.owner, state, result_json, error, retry_at)
+                if recorded == "retried":
                     log.info("job %s (%s): attempt %d failed (%s); retry at %.3f", job.id, job.handler,
                              job.attempts, error["kind"], retry_at)
                     self.on_scheduled(retry_at)
-            elif self.store.finish(job, self.owner, state, result_json, error):
-                self.completed += 1
-                self.on_terminal(job)
-            else:
-                log.warning("job %s (%s): lease lost before it finished; outcome %s dropped", job.id, job.handler, state)
+                elif recorded == "finished":
+                    self.completed += 1
+                    self.on_terminal(job)
+                else:
+                    log.warning("job %s (%s): lease lost before it finished; outcome %s dropped",
+                                job.id, job.handler, state)
         except Exception as exc:
             # The job stays running in the store, leased to us and renewed: keep the outcome and
             # try again from the maintenance loop, or it would be stuck for as long as we live.

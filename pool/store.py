@@ -427,6 +427,15 @@ class Store:
         job.error = error
         return True
 
+    def conclude(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None,
+                 retry_at: float | None = None) -> str | None:
+        """Record an attempt's outcome: "retried" (scheduled for ``retry_at``), "finished" (terminal),
+        or None when the lease was lost.  The one place where the io pool and the cpu dispatcher
+        turn an outcome into a state."""
+        if retry_at is not None:
+            return "retried" if self.retry(job, owner, retry_at, error) else None
+        return "finished" if self.finish(job, owner, state, result_json, error) else None
+
     def retry(self, job: Job, owner: str, run_at: float, error: dict) -> bool:
         """running (leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's error."""
         errors = job.errors + [error]

@@ -75,32 +75,28 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
     raise AssertionError(f"{message} not reached within {timeout} s (last value {last!r})")
 
 
-def wait_batch(srv, batch_id: str, timeout: float = 120.0) -> dict:
-    """Long-poll GET /batches/{id}?wait= until done; returns the final batch body."""
+def _long_poll(srv, path: str, done, timeout: float) -> dict:
+    """GET ``path?wait=`` repeatedly until ``done(body)``; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     body = None
     while time.monotonic() < deadline:
         wait = max(0.1, min(20.0, deadline - time.monotonic()))
-        response = srv.http.get(f"{srv.url}/batches/{batch_id}", params={"wait": wait}, timeout=wait + 30)
+        response = srv.http.get(srv.url + path, params={"wait": wait}, timeout=wait + 30)
         assert response.status_code == 200, response.text[:500]
         body = response.json()
-        if body["done"]:
+        if done(body):
             return body
-    raise AssertionError(f"batch {batch_id} not done within {timeout} s: {body}")
+    raise AssertionError(f"{path} not done within {timeout} s: {body}")
+
+
+def wait_batch(srv, batch_id: str, timeout: float = 120.0) -> dict:
+    """Long-poll GET /batches/{id}?wait= until done; returns the final batch body."""
+    return _long_poll(srv, f"/batches/{batch_id}", lambda body: body["done"], timeout)
 
 
 def wait_job(srv, job_id: str, timeout: float = 60.0) -> dict:
     """Long-poll GET /jobs/{id}?wait= until terminal; returns the job."""
-    deadline = time.monotonic() + timeout
-    job = None
-    while time.monotonic() < deadline:
-        wait = max(0.1, min(20.0, deadline - time.monotonic()))
-        response = srv.http.get(f"{srv.url}/jobs/{job_id}", params={"wait": wait}, timeout=wait + 30)
-        assert response.status_code == 200, response.text[:500]
-        job = response.json()
-        if job["state"] in TERMINAL:
-            return job
-    raise AssertionError(f"job {job_id} not terminal within {timeout} s: {job}")
+    return _long_poll(srv, f"/jobs/{job_id}", lambda job: job["state"] in TERMINAL, timeout)
 
 
 def submit_batch(srv, jobs: list[dict]) -> dict:

@@ -7,6 +7,15 @@ from pool.spec import parse_spec
 from tests.pool import handlers_for_tests
 
 
+def wait_terminal(runtime, job_id, rounds=100):
+    """Wait until the job is terminal, in bounded 10 s long-polls (retries may take several)."""
+    for _ in range(rounds):
+        done = runtime.wait(job_id, 10)
+        if done.terminal:
+            return done
+    return done
+
+
 def submit(runtime, handler, **fields):
     job = parse_spec({"handler": handler, **fields}, runtime.registry, runtime.settings)
     runtime.submit([job])
@@ -139,22 +148,14 @@ def test_job_of_an_unregistered_handler_fails_cleanly(make_runtime):
 
 def test_flaky_job_succeeds_on_the_expected_attempt(make_runtime):
     rt = make_runtime(retry__base=0.05)
-    done = rt.wait(submit(rt, "flaky", kwargs={"fail_times": 2}, max_retries=3).id, 10)
-    for _ in range(100):
-        if done.terminal:
-            break
-        done = rt.wait(done.id, 10)
+    done = wait_terminal(rt, submit(rt, "flaky", kwargs={"fail_times": 2}, max_retries=3).id)
     assert (done.state, done.result, done.attempts) == ("succeeded", {"attempt": 3}, 3)
     assert [e["kind"] for e in done.errors] == ["exception", "exception"]
 
 
 def test_failing_job_ends_failed_after_exactly_max_retries_plus_one_attempts(make_runtime):
     rt = make_runtime(retry__base=0.01)
-    job = submit(rt, "fail", max_retries=2)
-    for _ in range(100):
-        done = rt.wait(job.id, 10)
-        if done.terminal:
-            break
+    done = wait_terminal(rt, submit(rt, "fail", max_retries=2).id)
     assert (done.state, done.attempts, len(done.errors)) == ("failed", 3, 3)
 
 
@@ -180,9 +181,5 @@ def test_outcome_that_could_not_be_stored_is_stored_once_the_store_recovers(make
 
 def test_a_retry_delay_that_is_not_a_number_falls_back_to_the_backoff(make_runtime):
     rt = make_runtime(retry__base=0.01)
-    job = submit(rt, "test.retry_bad_delay", max_retries=1)
-    for _ in range(50):
-        done = rt.wait(job.id, 5)
-        if done.terminal:
-            break
+    done = wait_terminal(rt, submit(rt, "test.retry_bad_delay", max_retries=1).id)
     assert (done.state, done.attempts) == ("succeeded", 2)
