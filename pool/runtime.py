@@ -162,21 +162,14 @@ class Runtime:
                 self.executors[kind].enqueue(jobs)
 
     # -- the API -----------------------------------------------------------------------
-    def submit(self, jobs: list[Job], batch_id: str | None = None) -> list[Job]:
-        """Store ``jobs`` durably (all or nothing), then start or queue them.  Returns them in order."""
-        self._submit(jobs, batch_id)
-        return jobs
+    def submit(self, jobs: list[Job], batch_id: str | None = None,
+               keys: dict[int, tuple[str, str]] | None = None) -> dict[int, str]:
+        """Store ``jobs`` durably (all or nothing), then start or queue them.
 
-    def submit_once(self, job: Job, key: str, fingerprint: str) -> tuple[Job, bool]:
-        """Submit under an Idempotency-Key: (the job, True) the first time; (the original job, False)
-        when the key was already used with the same request within greenjobs.api.idempotency_ttl.
-        Raises IdempotencyConflict when it was used with a different request."""
-        existing = self._submit([job], None, (key, fingerprint))
-        if existing is None:
-            return job, True
-        return self.get(existing), False
-
-    def _submit(self, jobs: list[Job], batch_id: str | None, idempotency: tuple[str, str] | None = None) -> str | None:
+        ``keys`` maps a job's index to its (Idempotency-Key, request fingerprint); the result maps the
+        index of every job that repeats an earlier request to the original job's id (those jobs are
+        neither stored nor started).  Raises IdempotencyConflict if a key came with another request.
+        """
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new jobs; retry shortly")
         now = time.time()
@@ -185,7 +178,6 @@ class Runtime:
             job.batch_id = batch_id
             if job.run_at is not None and job.run_at > now:
                 job.state = SCHEDULED
-                self.wake_at(job.run_at)
             else:
                 job.run_at = None
                 by_kind.setdefault(job.kind, []).append(job)
@@ -202,22 +194,31 @@ class Runtime:
                     job.state = QUEUED
             for job in by_kind.get("cpu", ()):
                 job.state = QUEUED
-            existing = self.store.insert(jobs, self.owner, batch_id, idempotency,
-                                         self.settings.api_idempotency_ttl)
+            repeats = self.store.insert(jobs, self.owner, batch_id, keys, self.settings.api_idempotency_ttl)
         except BaseException:
             if started:
                 self.executors["io"].unreserve(started)
             raise
-        if existing is not None:        # a repeat of an earlier request: nothing was stored or started
-            if started:
-                self.executors["io"].unreserve(started)
-            return existing
+        if repeats:                # repeats of earlier requests were not stored: they must not run
+            skip = {id(jobs[i]) for i in repeats}
+            fresh_started = [j for j in io_jobs[:started] if id(j) not in skip]
+            if len(fresh_started) < started:
+                self.executors["io"].unreserve(started - len(fresh_started))
+            io_later = [j for j in io_jobs[started:] if id(j) not in skip]
+            io_jobs, started = fresh_started + io_later, len(fresh_started)
+            by_kind["cpu"] = [j for j in by_kind.get("cpu", ()) if id(j) not in skip]
+            stored = [j for j in jobs if id(j) not in skip]
+        else:
+            stored = jobs
+        for job in stored:
+            if job.state == SCHEDULED:
+                self.wake_at(job.run_at)
         if io_jobs:
             self.executors["io"].launch(io_jobs[:started])
             self.executors["io"].enqueue(io_jobs[started:])
-        if "cpu" in by_kind:
+        if by_kind.get("cpu"):
             self.cpu.publish(by_kind["cpu"])
-        return None
+        return repeats
 
     def get(self, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -287,6 +288,9 @@ class Runtime:
                 event.clear()
                 gevent.sleep(0.005)   # coalesce a burst of finishing jobs into one re-count
         return self.store.batch_counts(batch_id) if timeout > 0 else counts
+
+    def batch_of(self, job_ids: list[str]) -> str | None:
+        return self.store.batch_of(job_ids) if job_ids else None
 
     def stats(self) -> dict:
         return {"io": self.executors["io"].stats(), "cpu": self.cpu.stats()}

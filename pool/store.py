@@ -327,6 +327,18 @@ class Store:
             return {"total": row[0], "created_at": row[1], "counts": counts}
         return self._read(query)
 
+    def batch_of(self, job_ids: list[str]) -> str | None:
+        """The batch that holds exactly these jobs, or None (they are not one whole batch)."""
+        unique = set(job_ids)
+
+        def query(conn):
+            row = conn.execute("SELECT batch_id FROM jobs WHERE id = ?", (job_ids[0],)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            members = {r[0] for r in conn.execute("SELECT id FROM jobs WHERE batch_id = ?", (row[0],))}
+            return row[0] if members == unique else None
+        return self._read(query)
+
     def batch_active(self, batch_id: str) -> int:
         def query(conn):
             return conn.execute(f"SELECT count(*) FROM jobs WHERE batch_id = ? AND state IN {_ACTIVE_SQL}",
@@ -352,48 +364,57 @@ class Store:
 
     # -- writes ----------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
-               idempotency: tuple[str, str] | None = None, idempotency_ttl: float = 86400.0) -> str | None:
+               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
         """Store new jobs in one transaction (all or nothing).  Active io jobs are leased to ``owner``.
 
-        With ``idempotency`` = (key, fingerprint) and one job: if the key was stored within
-        ``idempotency_ttl`` seconds, nothing is inserted and the original job's id is returned (or
-        IdempotencyConflict raised if the fingerprint differs); the key is stored with the job
-        otherwise, in the same transaction, so concurrent repeats and crashes cannot make two jobs.
+        ``keys`` maps a job's index to its (Idempotency-Key, fingerprint of the request).  A key stored
+        within ``idempotency_ttl`` seconds makes that job a repeat: it is not inserted and the result
+        maps its index to the original job's id; a known key with another fingerprint raises
+        IdempotencyConflict and stores nothing.  New keys are stored with their jobs, in the same
+        transaction, so concurrent repeats and crashes cannot make two jobs.  The batch row (if any)
+        counts only the jobs inserted, and is not written when every job was a repeat.
         """
         now = time.time()
         expires = now + self.lease_seconds
-        rows = []
-        for j in jobs:
+        keys = keys or {}
+
+        def row(j: Job) -> tuple:
             leased = j.state in (QUEUED, RUNNING) and j.kind == "io"     # cpu jobs live in the broker
             outbox = int(j.kind == "cpu" and j.state == QUEUED)            # to publish, until confirmed
-            rows.append((j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args), _dumps(j.kwargs),
-                         j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id, owner if leased else None,
-                         expires if leased else None, outbox, j.created_at, j.started_at))
+            return (j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args), _dumps(j.kwargs),
+                    j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id, owner if leased else None,
+                    expires if leased else None, outbox, j.created_at, j.started_at)
+        rows = {i: row(j) for i, j in enumerate(jobs)}
 
         def op(conn):
-            if idempotency is not None:
-                key, fingerprint = idempotency
-                row = conn.execute("SELECT fingerprint, job_id FROM idempotency WHERE key = ? AND created_at > ?",
-                                   (key, now - idempotency_ttl)).fetchone()
-                if row is not None:      # (raising here would fail the whole group commit)
-                    return row[1], row[0] == fingerprint
-                conn.execute("INSERT OR REPLACE INTO idempotency (key, fingerprint, job_id, created_at)"
-                             " VALUES (?, ?, ?, ?)", (key, fingerprint, jobs[0].id, now))
-            if batch_id is not None:
-                conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(rows), now))
+            repeats, conflict = {}, None
+            for i, (key, fingerprint) in keys.items():
+                found = conn.execute("SELECT fingerprint, job_id FROM idempotency WHERE key = ? AND created_at > ?",
+                                     (key, now - idempotency_ttl)).fetchone()
+                if found is None:
+                    continue
+                if found[0] != fingerprint:
+                    conflict = conflict or (key, found[1])
+                repeats[i] = found[1]
+            if conflict is not None:     # (raising here would fail the whole group commit)
+                return repeats, conflict
+            fresh = [r for i, r in rows.items() if i not in repeats]
+            if keys:
+                conn.executemany("INSERT OR REPLACE INTO idempotency (key, fingerprint, job_id, created_at)"
+                                 " VALUES (?, ?, ?, ?)",
+                                 [(key, fp, jobs[i].id, now) for i, (key, fp) in keys.items() if i not in repeats])
+            if batch_id is not None and fresh:
+                conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(fresh), now))
             conn.executemany(
                 "INSERT INTO jobs (id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at,"
                 " attempts, batch_id, lease_owner, lease_expires, outbox, created_at, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            return None
-        existing = self._write(op)
-        if existing is None:
-            return None
-        job_id, same = existing
-        if not same:
-            raise IdempotencyConflict(f"the Idempotency-Key {idempotency[0]!r} was used for a different request"
-                                      f" (job {job_id}); use a new key for a new job")
-        return job_id
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fresh)
+            return repeats, None
+        repeats, conflict = self._write(op)
+        if conflict is not None:
+            raise IdempotencyConflict(f"the Idempotency-Key {conflict[0]!r} was used for a different request"
+                                      f" (job {conflict[1]}); use a new key for a new job")
+        return repeats
 
     def claim(self, job: Job, owner: str, bump: bool = True) -> AsyncResult:
         """queued -> running for ``owner``, bumping attempts; the job object is updated at once.

@@ -17,6 +17,13 @@ def _errors(*codes: int) -> dict:
     return {str(code): _problem for code in codes}
 
 
+_batch = {"description": "accepted", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {
+        "batch": {"type": ["string", "null"]}, "count": {"type": "integer"},
+        "ids": {"type": "array", "items": {"type": "string"}, "description": "one per item, in order"},
+        "repeated": {"type": "array", "items": {"type": "integer"},
+                     "description": "indexes of items whose idempotency_key named an existing job"}}}}}}
+
 JOB_SPEC = {
     "type": "object", "required": ["handler"], "additionalProperties": False,
     "properties": {
@@ -30,6 +37,11 @@ JOB_SPEC = {
         "run_at": {"type": "string", "format": "date-time"},
     },
 }
+
+BATCH_ITEM = {**JOB_SPEC, "properties": {**JOB_SPEC["properties"], "idempotency_key": {
+    "type": "string", "maxLength": 255,
+    "description": "repeat-safe item: a key known within greenjobs.api.idempotency_ttl maps the item to its "
+                   "original job (listed in `repeated`); the key with another job is a 422"}}}
 
 DOCUMENT = {
     "openapi": "3.1.0",
@@ -58,10 +70,9 @@ DOCUMENT = {
         "/jobs/batch": {
             "post": {"summary": "Submit many jobs at once (all or nothing)", "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"type": "object", "required": ["jobs"], "properties": {
-                    "jobs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/JobSpec"}}}}}}},
-                     "responses": {"202": {"description": "accepted", "content": {"application/json": {"schema": {
-                         "type": "object", "properties": {"batch": {"type": "string"}, "count": {"type": "integer"},
-                                                          "ids": {"type": "array", "items": {"type": "string"}}}}}}},
+                    "jobs": {"type": "array", "minItems": 1, "items": BATCH_ITEM}}}}}},
+                     "responses": {"202": _batch, "200": {**_batch, "description": "every item repeated an earlier "
+                                                          "request: nothing new was stored"},
                                    **_errors(400, 408, 413, 415, 422, 429, 503)}},
         },
         "/jobs/{id}": {

@@ -7,6 +7,7 @@ import math
 
 from pyramid.view import view_config
 
+from pool.errors import InvalidJobParams
 from pool.job import STATES, new_id
 from pool.spec import parse_spec
 from server.body import read_json
@@ -41,29 +42,31 @@ def _wait(request) -> float:
     return value or 0.0
 
 
-def _idempotency_key(request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
-        raise Problem(400, "Invalid Idempotency-Key", "the Idempotency-Key header must be 1-255 printable ASCII characters")
+def _checked_key(key, where: str) -> str:
+    if not isinstance(key, str) or not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise InvalidJobParams(where, "an idempotency key must be 1-255 printable ASCII characters")
     return key
+
+
+def _fingerprint(data) -> str:
+    """What makes two requests under one Idempotency-Key "the same": their canonical JSON."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @view_config(route_name="jobs", request_method="POST", renderer="json")
 def submit(request):
     settings = _settings(request)
-    key = _idempotency_key(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255 and key.isprintable() and key.isascii()):
+        raise Problem(400, "Invalid Idempotency-Key", "the Idempotency-Key header must be 1-255 printable ASCII characters")
     body = read_json(request, settings.api_max_body, settings.api_read_timeout)
     job = parse_spec(body, request.registry.greenjobs_handlers, settings)
-    if key is not None:
-        fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        job, created = _runtime(request).submit_once(job, key, fingerprint)
-        if not created:         # a repeat: the original job, not a second one
-            request.response.headers["Location"] = f"/jobs/{job.id}"
-            return job.public()
-    else:
-        _runtime(request).submit([job])
+    keys = {0: (key, _fingerprint(body))} if key is not None else None
+    repeats = _runtime(request).submit([job], keys=keys)
+    if repeats:                 # a repeat: the original job, not a second one
+        job = _runtime(request).get(repeats[0])
+        request.response.headers["Location"] = f"/jobs/{job.id}"
+        return job.public()
     request.response.status_code = 202
     request.response.headers["Location"] = f"/jobs/{job.id}"
     return job.public()
@@ -71,6 +74,9 @@ def submit(request):
 
 @view_config(route_name="jobs_batch", request_method="POST", renderer="json")
 def submit_batch(request):
+    """All or nothing.  An item's ``idempotency_key`` makes it safe to send again: a known key maps the
+    item to its original job (listed in ``repeated``); when every item repeats one earlier batch, that
+    batch is answered with 200, so a client can simply resend a batch whose response it lost."""
     settings = _settings(request)
     body = read_json(request, settings.api_max_body, settings.api_read_timeout)
     items = body.get("jobs") if isinstance(body, dict) else None
@@ -80,12 +86,39 @@ def submit_batch(request):
         raise Problem(422, "Invalid batch", f"a batch holds at most greenjobs.api.max_batch={settings.api_max_batch}"
                                             f" jobs; this one has {len(items)}; split it")
     registry = request.registry.greenjobs_handlers
-    jobs = [parse_spec(item, registry, settings, where=f"jobs[{i}].") for i, item in enumerate(items)]
+    jobs, keys, same_as = [], {}, {}
+    first_with: dict[str, tuple[int, str]] = {}
+    for i, item in enumerate(items):
+        key = item.pop("idempotency_key", None) if isinstance(item, dict) else None
+        jobs.append(parse_spec(item, registry, settings, where=f"jobs[{i}]."))
+        if key is None:
+            continue
+        key, fingerprint = _checked_key(key, f"jobs[{i}].idempotency_key"), _fingerprint(item)
+        if key in first_with:   # the same key twice in one batch: one job, or a conflict
+            j, earlier = first_with[key]
+            if earlier != fingerprint:
+                raise InvalidJobParams(f"jobs[{i}].idempotency_key", f"also used by jobs[{j}] for a different job")
+            same_as[i] = j
+        else:
+            first_with[key] = (i, fingerprint)
+            keys[i] = (key, fingerprint)
+    unique = [job for i, job in enumerate(jobs) if i not in same_as]
+    position = {id(job): n for n, job in enumerate(unique)}
     batch_id = new_id()
-    _runtime(request).submit(jobs, batch_id)
-    request.response.status_code = 202
-    request.response.headers["Location"] = f"/batches/{batch_id}"
-    return {"batch": batch_id, "count": len(jobs), "ids": [job.id for job in jobs]}
+    repeats = _runtime(request).submit(unique, batch_id, {position[id(jobs[i])]: k for i, k in keys.items()})
+    ids = []
+    for i, job in enumerate(jobs):
+        n = position[id(jobs[same_as.get(i, i)])]
+        ids.append(repeats.get(n, jobs[same_as.get(i, i)].id))
+    repeated = sorted(i for i in range(len(jobs)) if position[id(jobs[same_as.get(i, i)])] in repeats)
+    if len(repeats) == len(unique):     # nothing new: answer with the original batch if there is one
+        batch_id = _runtime(request).batch_of(ids)
+        request.response.status_code = 200
+    else:
+        request.response.status_code = 202
+    if batch_id is not None:
+        request.response.headers["Location"] = f"/batches/{batch_id}"
+    return {"batch": batch_id, "count": len(jobs), "ids": ids, "repeated": repeated}
 
 
 @view_config(route_name="job", request_method="GET", renderer="json")

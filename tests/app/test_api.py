@@ -165,3 +165,44 @@ def test_idempotency_key_returns_the_original_job(app):
     assert_problem(other, 422, "different request")
     assert_problem(post(app, body, status=400, headers={"Idempotency-Key": "x" * 300}), 400, "Idempotency-Key")
     assert count(app) == 1
+
+
+def test_batch_items_with_idempotency_keys_are_repeat_safe(app):
+    items = [{"handler": "echo", "kwargs": {"n": n}, "idempotency_key": f"item-{n}"} for n in range(3)]
+    first = post(app, {"jobs": items}, path="/jobs/batch").json
+    assert first["repeated"] == [] and len(set(first["ids"])) == 3
+    # the whole batch again (a lost response): the original batch, 200, nothing new stored
+    again = post(app, {"jobs": items}, path="/jobs/batch", status=200)
+    assert again.json["ids"] == first["ids"] and again.json["batch"] == first["batch"]
+    assert again.json["repeated"] == [0, 1, 2] and again.headers["Location"].endswith(first["batch"])
+    assert count(app) == 3
+    # a mix: known items map to their jobs, new ones form a new batch of their own
+    mixed = post(app, {"jobs": [items[1], {"handler": "echo", "kwargs": {"n": 9}, "idempotency_key": "item-9"},
+                                {"handler": "echo"}]}, path="/jobs/batch").json
+    assert mixed["ids"][0] == first["ids"][1] and mixed["repeated"] == [0]
+    assert mixed["batch"] != first["batch"] and count(app) == 5
+    assert app.get(f"/batches/{mixed['batch']}?wait=2").json["total"] == 2
+    # the same key and job on a single POST /jobs is the same request too
+    single = post(app, {"handler": "echo", "kwargs": {"n": 2}}, status=200, headers={"Idempotency-Key": "item-2"})
+    assert single.json["id"] == first["ids"][2]
+
+
+def test_batch_idempotency_conflicts_store_nothing(app):
+    post(app, {"jobs": [{"handler": "echo", "kwargs": {"n": 1}, "idempotency_key": "k1"}]}, path="/jobs/batch")
+    # a known key with another job: 422 for the whole batch
+    res = post(app, {"jobs": [{"handler": "echo", "idempotency_key": "new"},
+                              {"handler": "echo", "kwargs": {"n": 2}, "idempotency_key": "k1"}]},
+               path="/jobs/batch", status=422)
+    assert_problem(res, 422, "different request")
+    # one key on two different items of one batch
+    res = post(app, {"jobs": [{"handler": "echo", "kwargs": {"a": 1}, "idempotency_key": "twice"},
+                              {"handler": "echo", "kwargs": {"a": 2}, "idempotency_key": "twice"}]},
+               path="/jobs/batch", status=422)
+    assert_problem(res, 422, "jobs[0]")
+    assert res.json["field"] == "jobs[1].idempotency_key"
+    res = post(app, {"jobs": [{"handler": "echo", "idempotency_key": 7}]}, path="/jobs/batch", status=422)
+    assert res.json["field"] == "jobs[0].idempotency_key"
+    assert count(app) == 1
+    # one key on two identical items: one job, listed twice
+    same = post(app, {"jobs": [{"handler": "echo", "idempotency_key": "dup"}] * 2}, path="/jobs/batch").json
+    assert same["ids"][0] == same["ids"][1] and count(app) == 2
