@@ -1,0 +1,259 @@
+"""The ``greenjobs`` command: submit, follow, cancel and list jobs from a shell.
+
+Job commands print each job as one line of JSON on stdout (for ``jq``); ``ls`` and the bulk
+submission print tables; errors go to stderr. Exit codes, which scripts can rely on:
+
+    0  success
+    1  a job failed or was cancelled (any one of them, for ``wait`` and bulk submissions)
+    2  usage error, or the server rejected the request (unknown handler or job, a bad field, 409)
+    3  the server could not be reached, or failed (5xx, or 429/503 through every retry)
+    4  a wait ran out of time; the jobs are left running
+  130  interrupted (Ctrl-C); submitted jobs keep running
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from greenjobs_client.client import Client
+from greenjobs_client.errors import (
+    ConnectionFailed, GreenjobsClientError, InvalidRequest, JobCancelled, JobFailed, NotFound, Conflict,
+    RequestFailed, WaitTimeout,
+)
+
+OK, JOB_FAILED, USAGE, SERVER, TIMED_OUT, INTERRUPTED = 0, 1, 2, 3, 4, 130
+STATES = ("scheduled", "queued", "running", "succeeded", "failed", "cancelled")
+
+
+class UsageError(Exception):
+    """A bad flag value found after argparse (JSON that does not parse, a missing URL, ...)."""
+
+
+def _json_arg(text: str, flag: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag} must be JSON ({exc}); e.g. {flag} '{{\"n\": 1}}'") from None
+    if not isinstance(value, kind):
+        raise UsageError(f"{flag} must be a JSON {'object' if kind is dict else 'array'}")
+    return value
+
+
+def _print_job(job: dict) -> None:
+    print(json.dumps(job, separators=(",", ":")), flush=True)
+
+
+def _job_outcome(job: dict) -> int:
+    return OK if job["state"] == "succeeded" else JOB_FAILED if job["state"] in ("failed", "cancelled") else OK
+
+
+# -- commands -------------------------------------------------------------------------
+def cmd_submit(client: Client, args) -> int:
+    if args.from_file:
+        if args.handler:
+            raise UsageError("give either HANDLER or --from FILE, not both")
+        return cmd_submit_bulk(client, args)
+    if not args.handler:
+        raise UsageError("submit needs a HANDLER (or --from FILE.jsonl)")
+    job_args = _json_arg(args.args, "--args", list) if args.args else []
+    kwargs = _json_arg(args.kwargs, "--kwargs", dict) if args.kwargs else {}
+    handle = client.submit_with(args.handler, job_args, kwargs, priority=args.priority, timeout=args.job_timeout,
+                                max_retries=args.max_retries, delay=args.delay, run_at=args.run_at,
+                                idempotency_key=args.idempotency_key)
+    if not args.wait:
+        _print_job(handle.last)
+        return OK
+    try:
+        job = handle.wait(args.wait_timeout)
+    except WaitTimeout as exc:
+        _print_job(exc.last)
+        print(f"greenjobs: {exc}", file=sys.stderr)
+        return TIMED_OUT
+    _print_job(job)
+    return _job_outcome(job)
+
+
+def cmd_submit_bulk(client: Client, args) -> int:
+    from greenjobs_client import bulk
+    from greenjobs_client.progress import BulkProgress, summary
+
+    try:
+        if args.from_file == "-":
+            specs = bulk.read_jsonl(sys.stdin)
+        else:
+            with open(args.from_file, encoding="utf-8") as fh:
+                specs = bulk.read_jsonl(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.from_file}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{args.from_file}: {exc}") from None
+    if not specs:
+        raise UsageError(f"{args.from_file} holds no jobs")
+    started = time.monotonic()
+    counts: dict[str, int] = {}
+    code = OK
+    with BulkProgress(len(specs)) as progress:
+        batches = bulk.submit_all(client, specs, args.chunk, progress.submitted)
+        submit_seconds = time.monotonic() - started
+        if args.no_wait:
+            counts = bulk.totals(batch.counts() for batch in batches)
+            progress.counts(counts)
+        else:
+            try:
+                counts = bulk.follow(batches, args.wait_timeout, on_counts=progress.counts)
+            except WaitTimeout as exc:
+                counts, code = exc.last["counts"], TIMED_OUT
+    summary(len(specs), len(batches), counts, submit_seconds, time.monotonic() - started, waited=not args.no_wait)
+    if code == OK and (counts.get("failed") or counts.get("cancelled")):
+        code = JOB_FAILED
+    return code
+
+
+def cmd_status(client: Client, args) -> int:
+    _print_job(client.get(args.id))
+    return OK
+
+
+def cmd_wait(client: Client, args) -> int:
+    deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
+    code = OK
+    for job_id in args.ids:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            job = client.job(job_id).wait(remaining)
+        except WaitTimeout as exc:
+            _print_job(exc.last)
+            print(f"greenjobs: {exc}", file=sys.stderr)
+            code = TIMED_OUT
+            continue
+        _print_job(job)
+        if code == OK:
+            code = _job_outcome(job)
+    return code
+
+
+def cmd_cancel(client: Client, args) -> int:
+    _print_job(client.job(args.id).cancel())
+    return OK
+
+
+def cmd_retry(client: Client, args) -> int:
+    _print_job(client.job(args.id).retry())
+    return OK
+
+
+def cmd_ls(client: Client, args) -> int:
+    jobs = client.jobs(state=args.state, handler=args.handler, limit=args.limit)
+    if args.json:
+        for job in jobs:
+            _print_job(job)
+        return OK
+    from greenjobs_client.progress import job_table
+    job_table(jobs)
+    return OK
+
+
+# -- parsing --------------------------------------------------------------------------
+def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--url", default=default,
+                        help="server URL (default: $GREENJOBS_URL, else http://127.0.0.1:6543)")
+    parser.add_argument("--token", default=default, help="bearer token (default: $GREENJOBS_TOKEN)")
+    parser.add_argument("--timeout", type=float, default=argparse.SUPPRESS if suppress else 10.0,
+                        help="seconds to connect and to get each answer (default 10)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="greenjobs", description="Submit jobs to a greenjobs server and follow them.",
+        epilog="exit codes: 0 ok, 1 a job failed or was cancelled, 2 usage error or request rejected, "
+               "3 server or connection error, 4 wait timed out (jobs left running), 130 interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _connection_flags(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _connection_flags(sub, suppress=True)
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = command("submit", cmd_submit, "submit one job (HANDLER), or many from a JSON Lines file (--from)")
+    sub.add_argument("handler", nargs="?", metavar="HANDLER")
+    sub.add_argument("--args", help="positional arguments as a JSON array")
+    sub.add_argument("--kwargs", help="keyword arguments as a JSON object, e.g. '{\"seconds\": 1}'")
+    sub.add_argument("--priority", type=int, help="0-9, higher runs first")
+    sub.add_argument("--job-timeout", type=float, help="seconds the job may run (default: the handler's)")
+    sub.add_argument("--max-retries", type=int, help="attempts after the first that fail")
+    when = sub.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=float, help="seconds before the job may start")
+    when.add_argument("--run-at", help="ISO 8601 time the job may start, e.g. 2030-01-01T09:00:00Z")
+    sub.add_argument("--idempotency-key", help="repeat-safe key (default: a fresh uuid4 per invocation)")
+    sub.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 if it failed")
+    sub.add_argument("--from", dest="from_file", metavar="FILE",
+                     help="submit every job of a JSON Lines file ('-': stdin), one job object per line, "
+                          "with a live progress bar, then a summary table")
+    sub.add_argument("--chunk", type=int, default=1000, help="jobs per batch request with --from (default 1000)")
+    sub.add_argument("--no-wait", action="store_true", help="with --from: stop once every job is submitted")
+    sub.add_argument("--wait-timeout", type=float, help="seconds to wait at most (default: no limit)")
+
+    sub = command("status", cmd_status, "print a job")
+    sub.add_argument("id", metavar="ID")
+
+    sub = command("wait", cmd_wait, "wait for jobs to end and print them; exit 1 if any failed")
+    sub.add_argument("ids", nargs="+", metavar="ID")
+    sub.add_argument("--wait-timeout", type=float, help="seconds to wait at most for all of them")
+
+    sub = command("cancel", cmd_cancel, "cancel a scheduled, queued or running job")
+    sub.add_argument("id", metavar="ID")
+
+    sub = command("retry", cmd_retry, "run a failed job again")
+    sub.add_argument("id", metavar="ID")
+
+    sub = command("ls", cmd_ls, "list jobs, newest first")
+    sub.add_argument("--state", choices=STATES)
+    sub.add_argument("--handler")
+    sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    url = args.url or os.environ.get("GREENJOBS_URL") or "http://127.0.0.1:6543"
+    token = args.token or os.environ.get("GREENJOBS_TOKEN") or None
+    try:
+        with Client(url, token=token, timeout=args.timeout) as client:
+            return args.func(client, args)
+    except UsageError as exc:
+        parser.error(str(exc))      # exits 2
+    except ValueError as exc:       # a bad --url
+        parser.error(str(exc))
+    except (JobFailed, JobCancelled) as exc:
+        print(f"greenjobs: {exc}", file=sys.stderr)
+        return JOB_FAILED
+    except (InvalidRequest, NotFound, Conflict) as exc:
+        print(f"greenjobs: {exc}", file=sys.stderr)
+        return USAGE
+    except (ConnectionFailed, RequestFailed) as exc:
+        print(f"greenjobs: {exc}", file=sys.stderr)
+        return SERVER
+    except WaitTimeout as exc:
+        print(f"greenjobs: {exc}", file=sys.stderr)
+        return TIMED_OUT
+    except GreenjobsClientError as exc:
+        print(f"greenjobs: {exc}", file=sys.stderr)
+        return SERVER
+    except KeyboardInterrupt:
+        print("greenjobs: interrupted; submitted jobs keep running", file=sys.stderr)
+        return INTERRUPTED
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""``Client``: submit jobs to a greenjobs server and follow them, over its HTTP API.
+
+Every submission carries an idempotency key the client makes (uuid4) unless the caller gives one,
+so a submit sent again after a timeout or a reset connection returns the job the first one made.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from greenjobs_client.handles import Batch, JobHandle
+from greenjobs_client.transport import Transport
+
+OPTIONS = ("priority", "timeout", "max_retries", "delay", "run_at")
+
+
+def job_spec(handler: str, /, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+             priority: int | None = None, timeout: float | None = None, max_retries: int | None = None,
+             delay: float | None = None, run_at: datetime | str | None = None,
+             idempotency_key: str | None = None) -> dict[str, Any]:
+    """One job as the API takes it (for ``submit_many``); options left None take the server's defaults.
+
+    ``priority`` 0-9 (higher first), ``timeout`` seconds, ``delay`` seconds or ``run_at`` (a datetime,
+    naive meaning UTC, or an ISO 8601 string), ``idempotency_key`` to make the item repeat-safe
+    across separate calls.
+    """
+    spec: dict[str, Any] = {"handler": handler}
+    if args:
+        spec["args"] = list(args)
+    if kwargs:
+        spec["kwargs"] = dict(kwargs)
+    if isinstance(run_at, datetime):
+        run_at = run_at.isoformat()
+    for name, value in (("priority", priority), ("timeout", timeout), ("max_retries", max_retries),
+                        ("delay", delay), ("run_at", run_at), ("idempotency_key", idempotency_key)):
+        if value is not None:
+            spec[name] = value
+    return spec
+
+
+class Client:
+    """A connection to one greenjobs server, safe to share between threads (one per process is enough).
+
+    ``timeout``: seconds to connect and to get an answer (a long-poll gets its wait on top).
+    ``retries``/``max_retry_wait``: how often and how long a request is sent again after 429/503
+    (honouring Retry-After) or, when that is safe, a broken connection. ``wait_chunk``: seconds
+    asked per long-poll (the server caps it at greenjobs.api.max_wait). ``headers`` are added to
+    every request; ``token`` is sent as ``Authorization: Bearer``.
+    """
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0, *, retries: int = 5,
+                 max_retry_wait: float = 30.0, wait_chunk: float = 30.0, headers: dict[str, str] | None = None,
+                 pool_maxsize: int = 10):
+        self._transport = Transport(base_url, token, timeout, retries, max_retry_wait, headers, pool_maxsize)
+        self.base_url = self._transport.base_url
+        self.wait_chunk = wait_chunk
+        self._batch_keys: bool | None = None      # does POST /jobs/batch take per-item keys? (asked once)
+
+    def __repr__(self) -> str:
+        return f"<greenjobs Client {self.base_url}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections (the client opens new ones if used again)."""
+        self._transport.close()
+
+    # -- submitting ---------------------------------------------------------------------
+    def submit(self, handler: str, /, *args: Any, **kwargs: Any) -> JobHandle:
+        """Submit ``handler(*args, **kwargs)`` with the server's default options, like Celery's ``delay()``."""
+        return self.submit_with(handler, args, kwargs)
+
+    def submit_with(self, handler: str, /, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+                    priority: int | None = None, timeout: float | None = None, max_retries: int | None = None,
+                    delay: float | None = None, run_at: datetime | str | None = None,
+                    idempotency_key: str | None = None) -> JobHandle:
+        """Submit with options, like Celery's ``apply_async()`` (see ``job_spec`` for each option).
+
+        Sent again after a broken connection under the same ``idempotency_key`` (a uuid4 unless
+        given), so it makes exactly one job. Give your own key (``f"order-{pk}"``) to make
+        submissions from separate calls or processes collapse into one job too.
+        """
+        spec = job_spec(handler, args, kwargs, priority=priority, timeout=timeout, max_retries=max_retries,
+                        delay=delay, run_at=run_at)
+        key = idempotency_key or uuid.uuid4().hex
+        _, job, _ = self._transport.request("POST", "/jobs", spec, headers={"Idempotency-Key": key}, resend=True)
+        return JobHandle(self, job["id"], job)
+
+    def submit_many(self, specs: Iterable[Mapping[str, Any]]) -> Batch:
+        """Submit many jobs in one ``POST /jobs/batch`` (all or nothing); each spec as ``job_spec`` makes it.
+
+        When the server takes per-item idempotency keys, every item gets one (uuid4 unless given) and
+        the batch is sent again after a broken connection; with an older server it is not (that
+        could make every job twice) and ConnectionFailed says so.
+        """
+        items = [dict(spec) for spec in specs]
+        if not items:
+            raise ValueError("submit_many needs at least one job")
+        for i, item in enumerate(items):
+            if not isinstance(item.get("handler"), str):
+                raise ValueError(f"job {i} has no 'handler'; build items with greenjobs_client.job_spec()")
+        keyed = self.batch_keys()
+        if keyed:
+            for item in items:
+                item.setdefault("idempotency_key", uuid.uuid4().hex)
+        elif any("idempotency_key" in item for item in items):
+            raise ValueError(f"the server at {self.base_url} does not take idempotency_key in batch items")
+        _, answer, _ = self._transport.request("POST", "/jobs/batch", {"jobs": items}, resend=keyed)
+        return Batch(self, answer.get("batch"), answer["ids"], answer.get("repeated"))
+
+    def batch_keys(self) -> bool:
+        """Whether the server's ``POST /jobs/batch`` takes ``idempotency_key`` per item (read once from
+        its OpenAPI document)."""
+        if self._batch_keys is None:
+            doc = self._transport.request("GET", "/openapi.json")[1]
+            try:
+                post = doc["paths"]["/jobs/batch"]["post"]
+                items = post["requestBody"]["content"]["application/json"]["schema"]["properties"]["jobs"]["items"]
+                if "$ref" in items:     # "#/components/schemas/Name"
+                    items = doc["components"]["schemas"][items["$ref"].rsplit("/", 1)[-1]]
+                self._batch_keys = "idempotency_key" in items.get("properties", {})
+            except (KeyError, TypeError, AttributeError):
+                self._batch_keys = False
+        return self._batch_keys
+
+    # -- following ----------------------------------------------------------------------
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job (no request is made)."""
+        return JobHandle(self, job_id)
+
+    def batch(self, batch_id: str) -> Batch:
+        """A handle on an existing batch, for its counts and wait (its job ids are not known)."""
+        return Batch(self, batch_id, [])
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job now, as the server shows it; NotFound if there is none."""
+        return self._get_job(job_id)
+
+    def jobs(self, state: str | None = None, handler: str | None = None, page_size: int = 100,
+             limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """Jobs newest first, optionally of one ``state`` and ``handler``, fetched a page at a time;
+        at most ``limit`` of them (None: all)."""
+        after, count = None, 0
+        while True:
+            size = page_size if limit is None else min(page_size, limit - count)
+            if size <= 0:
+                return
+            page = self._transport.request("GET", "/jobs", query={"state": state, "handler": handler,
+                                                                  "limit": size, "after": after})[1]
+            for job in page["jobs"]:
+                yield job
+                count += 1
+            after = page.get("next")
+            if not after:
+                return
+
+    def handlers(self) -> list[dict[str, Any]]:
+        """The handlers the server can run (name, kind, timeout, ...)."""
+        return self._transport.request("GET", "/handlers")[1]["handlers"]
+
+    def health(self) -> dict[str, Any]:
+        """The server's /health answer (raises Unavailable when it reports 503)."""
+        return self._transport.request("GET", "/health")[1]
+
+    def _get_job(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
+        return self._transport.request("GET", f"/jobs/{quote(job_id, safe='')}", query={"wait": wait or None},
+                                       wait=wait)[1]
