@@ -198,6 +198,7 @@ def test_200_pbkdf2_jobs_all_succeed_with_the_right_digest(cpu_server):
 # 2. A worker SIGKILLed mid-job
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.faults
 def test_sigkill_of_a_worker_mid_job_reruns_the_job_and_replaces_the_worker(cpu_server, tmp_path):
     srv = cpu_server(workers=2)
     before = wait_workers(srv, 2)
@@ -419,6 +420,7 @@ def test_health_answers_while_cpu_jobs_and_1000_io_jobs_run(cpu_server):
 # 8. Broker unreachable at start-up
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.faults
 def test_unreachable_broker_answers_503_for_cpu_jobs_and_io_jobs_keep_working(make_server):
     closed = free_port()
     srv = make_server(app={**QUICK_STOP, "greenjobs.workers.cpu": 1,
@@ -450,6 +452,7 @@ def test_unreachable_broker_answers_503_for_cpu_jobs_and_io_jobs_keep_working(ma
 # 9. Poison job
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.faults
 def test_poison_job_ends_worker_lost_and_other_cpu_jobs_succeed(cpu_server):
     srv = cpu_server(workers=2, **{"greenjobs.workers.redeliveries": 1})
     poison = srv.submit("e2ecpu.poison")
@@ -519,6 +522,7 @@ def dead_letters(url: str, queue: str, want: int, timeout: float = 30.0) -> list
     return got
 
 
+@pytest.mark.faults
 def test_garbage_and_pickle_messages_on_the_job_queue_are_dead_lettered(cpu_server, broker_settings, tmp_path):
     srv = cpu_server(workers=2)
     pids = wait_workers(srv, 2)
@@ -553,6 +557,7 @@ def test_garbage_and_pickle_messages_on_the_job_queue_are_dead_lettered(cpu_serv
     assert dead_letters(url, f"{ns}.dead", 1, timeout=1.0) == [], "more dead letters than messages sent"
 
 
+@pytest.mark.faults
 def test_pickle_message_on_the_control_queue_is_dead_lettered(cpu_server, broker_settings, tmp_path):
     """The server's own consumer (worker -> server messages) refuses pickle as well."""
     srv = cpu_server(workers=1)

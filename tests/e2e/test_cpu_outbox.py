@@ -8,6 +8,7 @@ from tests.e2e.helpers import wait_job
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.faults
 def test_a_job_committed_but_never_published_runs_after_restart(make_server):
     """A crash between the store commit and the publish: the outbox publishes it at the next start."""
     srv = make_server(app={"greenjobs.workers.cpu": 1}, start=False)

@@ -5,6 +5,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.faults
 def test_fifty_concurrent_submissions_with_one_key_make_exactly_one_job(make_server):
     srv = make_server()
     body = {"handler": "sleep", "kwargs": {"seconds": 0.2}}
@@ -21,6 +22,7 @@ def test_fifty_concurrent_submissions_with_one_key_make_exactly_one_job(make_ser
     assert len(srv.get("/jobs?handler=sleep&limit=100").json()["jobs"]) == 1
 
 
+@pytest.mark.faults
 def test_the_key_survives_a_crash(make_server):
     srv = make_server()
     first = srv.post("/jobs", {"handler": "echo", "kwargs": {"n": 1}}, headers={"Idempotency-Key": "k1"})

@@ -32,3 +32,40 @@ def fault_cpu(seconds=0.2):
         pass
     _record("done")
     return {"spun": seconds}
+
+
+@handler("fault.swallow", timeout=60)
+def fault_swallow(seconds=30.0):
+    """A badly written handler: a bare ``except:`` swallows the timeout (and any kill), then goes on."""
+    import gevent
+    _record("start")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            gevent.sleep(0.05)
+        except:  # noqa: E722 (the point of the test)
+            pass
+    _record("done")
+    return {"swallowed": True}
+
+
+@handler("fault.flaky", max_retries=3)
+def fault_flaky(fail_times=2):
+    """Fails while the attempt is at most ``fail_times``, then succeeds."""
+    _record("start")
+    if current_job.attempt <= fail_times:
+        _record("failed")
+        raise RuntimeError(f"attempt {current_job.attempt} fails on purpose")
+    _record("done")
+    return {"attempt": current_job.attempt}
+
+
+@handler("fault.gate", kind="cpu", timeout=120)
+def fault_gate(path, limit=60.0):
+    """A cpu job that waits (in its worker) until ``path`` exists: running until the test says."""
+    _record("start")
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    _record("done")
+    return {"waited": True}
