@@ -18,6 +18,7 @@ that matters; the server makes one job per key.
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -29,6 +30,7 @@ from django.db import transaction
 
 from greenjobs_client.client import Client
 from greenjobs_client.handles import JobHandle
+from greenjobs_client.transport import encode
 
 _client: Client | None = None
 _lock = threading.Lock()
@@ -71,10 +73,11 @@ def submit_on_commit(handler: str, /, args: Iterable[Any] = (), kwargs: Mapping[
     """Submit ``handler(*args, **kwargs)`` once the transaction on ``using`` commits; nothing if it rolls back.
 
     ``options`` are those of ``Client.submit_with`` (priority, delay, idempotency_key, ...);
-    ``on_submitted`` receives the job handle. The arguments are copied now, so later changes to
-    the objects passed do not change the job.
+    ``on_submitted`` receives the job handle. The arguments are checked and copied now, so a
+    non-JSON value raises TypeError before the commit and later changes to them do not reach the job.
     """
-    args, kwargs = list(args), dict(kwargs or {})
+    # a deep copy, and a non-JSON argument fails here, inside the transaction, not after the commit
+    args, kwargs = json.loads(encode(list(args))), json.loads(encode(dict(kwargs or {})))
 
     def send() -> None:
         handle = get_client().submit_with(handler, args, kwargs, **options)

@@ -45,7 +45,7 @@ class BulkProgress:
 def summary(total: int, batches: int, counts: dict[str, int], submit_seconds: float, seconds: float,
             waited: bool = True, console: Console | None = None) -> None:
     """The closing table: jobs per state, how long submitting and the whole run took."""
-    console = console or Console()
+    console = console or _wide_console()
     table = Table(title=f"greenjobs: {total:,} jobs in {batches} batch{'es' if batches != 1 else ''}",
                   title_justify="left")
     table.add_column("state")
@@ -73,4 +73,10 @@ def job_table(jobs: Iterable[dict[str, Any]], console: Console | None = None) ->
         error = job.get("error") or {}
         table.add_row(job["id"], job["handler"], job["state"], str(job.get("attempts", "")),
                       job.get("created_at") or "", f"{error.get('kind')}: {error.get('message')}" if error else "")
-    (console or Console()).print(table)
+    (console or _wide_console()).print(table)
+
+
+def _wide_console() -> Console:
+    """Stdout; when it is not a terminal (a pipe, a file), wide enough that ids and errors stay on one line."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)

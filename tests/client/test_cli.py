@@ -1,0 +1,146 @@
+"""The ``greenjobs`` console script against a real server: output, exit codes, bulk submission."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.client.conftest import jobs_with
+
+pytestmark = pytest.mark.e2e
+
+GREENJOBS = Path(sys.executable).with_name("greenjobs")     # installed by `pip install -e .`
+
+
+def run(*argv, url=None, env=None, stdin=None):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("GREENJOBS_")}
+    environment.update(env or {})
+    if url:
+        environment["GREENJOBS_URL"] = url
+    return subprocess.run([str(GREENJOBS), *argv], capture_output=True, text=True, env=environment, input=stdin,
+                          timeout=120)
+
+
+def lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_the_console_script_is_installed_and_documents_exit_codes():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "exit codes" in out.stdout and "4 wait timed out" in out.stdout
+
+
+def test_submit_prints_the_job_and_wait_prints_its_result(server, marker):
+    out = run("submit", "echo", "--kwargs", json.dumps({"marker": marker}), "--wait", url=server.url)
+    assert out.returncode == 0, out.stderr
+    [job] = lines(out.stdout)
+    assert job["state"] == "succeeded" and job["result"] == {"marker": marker}
+
+    out = run("submit", "echo", "--args", "[]", "--kwargs", "{}", "--priority", "3", url=server.url)
+    assert out.returncode == 0 and lines(out.stdout)[0]["priority"] == 3
+
+
+def test_url_and_token_flags_win_over_the_environment(server, proxy):
+    out = run("--url", proxy.url, "--token", "t0k", "submit", "echo", url="http://127.0.0.1:9")
+    assert out.returncode == 0, out.stderr
+    assert proxy.seen("POST", "/jobs")[0].headers["authorization"] == "Bearer t0k"
+    out = run("submit", "echo", url=proxy.url, env={"GREENJOBS_TOKEN": "from-env"})
+    assert out.returncode == 0 and proxy.seen("POST", "/jobs")[1].headers["authorization"] == "Bearer from-env"
+
+
+def test_a_failed_job_exits_1_and_shows_the_remote_error(server):
+    out = run("submit", "fail", "--kwargs", '{"message": "broken on purpose"}', "--wait", url=server.url)
+    assert out.returncode == 1
+    [job] = lines(out.stdout)
+    assert job["state"] == "failed" and "broken on purpose" in job["error"]["message"]
+
+
+def test_a_wait_that_runs_out_exits_4_and_leaves_the_job_running(server, client):
+    out = run("submit", "sleep", "--kwargs", '{"seconds": 2}', "--wait", "--wait-timeout", "0.2", url=server.url)
+    assert out.returncode == 4
+    [job] = lines(out.stdout)
+    assert job["state"] in ("queued", "running")
+    assert client.job(job["id"]).result(30) == {"slept": 2}
+
+
+def test_status_wait_cancel_retry_and_ls(server, client):
+    quick = client.submit("echo", n=1)
+    failing = client.submit("flaky", fail_times=1)
+    slow = client.submit("sleep", seconds=30)
+
+    out = run("wait", quick.id, failing.id, url=server.url)
+    assert out.returncode == 1      # one of them failed
+    assert [job["state"] for job in lines(out.stdout)] == ["succeeded", "failed"]
+
+    out = run("status", quick.id, url=server.url)
+    assert out.returncode == 0 and lines(out.stdout)[0]["result"] == {"n": 1}
+
+    out = run("ls", "--state", "failed", "--handler", "flaky", "--json", url=server.url)
+    assert out.returncode == 0 and failing.id in [job["id"] for job in lines(out.stdout)]
+    out = run("ls", "--state", "failed", "--limit", "5", url=server.url)
+    assert out.returncode == 0 and "flaky" in out.stdout and "exception" in out.stdout
+
+    out = run("retry", failing.id, url=server.url)
+    assert out.returncode == 0 and lines(out.stdout)[0]["id"] == failing.id
+    assert run("wait", failing.id, url=server.url).returncode == 0
+
+    out = run("cancel", slow.id, url=server.url)
+    assert out.returncode == 0 and lines(out.stdout)[0]["state"] == "cancelled"
+    assert run("wait", slow.id, url=server.url).returncode == 1     # cancelled counts as not done
+
+
+def test_usage_errors_and_rejected_requests_exit_2(server):
+    assert run("submit", "echo", "--kwargs", "{not json", url=server.url).returncode == 2
+    assert run("submit", url=server.url).returncode == 2
+    assert run("frobnicate", url=server.url).returncode == 2
+    out = run("submit", "no.such.handler", url=server.url)
+    assert out.returncode == 2 and "known handlers" in out.stderr
+    out = run("status", "f" * 32, url=server.url)
+    assert out.returncode == 2 and "no job" in out.stderr
+    out = run("submit", "echo", "--priority", "12", url=server.url)
+    assert out.returncode == 2 and "priority" in out.stderr
+
+
+def test_an_unreachable_server_exits_3():
+    out = run("status", "x", url="http://127.0.0.1:9")
+    assert out.returncode == 3 and "cannot connect" in out.stderr
+
+
+def test_bulk_submit_from_jsonl_shows_progress_and_a_summary(server, client, marker, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    jobs = [{"handler": "echo", "kwargs": {"marker": marker, "n": n}} for n in range(250)]
+    jobs.append({"handler": "fail", "kwargs": {"message": marker}})
+    path.write_text("\n".join(json.dumps(job) for job in jobs) + "\n")
+    out = run("submit", "--from", str(path), "--chunk", "100", url=server.url)
+    assert out.returncode == 1, out.stderr      # one job failed
+    for bar in ("submitted", "running", "done", "failed"):
+        assert bar in out.stderr
+    assert "251/251" in out.stderr and "250/251" in out.stderr     # submitted, done
+    assert "251 jobs in 3 batches" in out.stdout
+    assert [row.split()[:2] for row in out.stdout.splitlines() if "succeeded" in row or "│ failed" in row] \
+        == [["│", "succeeded"], ["│", "failed"]]
+    assert "250" in out.stdout
+    assert len(jobs_with(client, "echo", marker)) == 250
+
+
+def test_bulk_submit_of_jobs_that_all_succeed_exits_0_and_no_wait_returns_at_once(server, client, marker):
+    jsonl = "".join(json.dumps({"handler": "echo", "kwargs": {"marker": marker}}) + "\n" for _ in range(20))
+    out = run("submit", "--from", "-", url=server.url, stdin=jsonl)
+    assert out.returncode == 0, out.stderr
+    out = run("submit", "--from", "-", "--no-wait", url=server.url,
+              stdin=json.dumps({"handler": "echo", "kwargs": {"marker": marker, "late": True}, "delay": 60}))
+    assert out.returncode == 0 and "all ended" not in out.stdout
+    [late] = [job for job in jobs_with(client, "echo", marker) if job["kwargs"].get("late")]
+    assert late["state"] == "scheduled"
+    client.job(late["id"]).cancel()
+
+
+def test_a_bad_line_stops_bulk_submission_before_anything_is_sent(server, client, marker, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps({"handler": "echo", "kwargs": {"marker": marker}}) + "\n{\"kwargs\": {}}\n")
+    out = run("submit", "--from", str(path), url=server.url)
+    assert out.returncode == 2 and "line 2" in out.stderr
+    assert jobs_with(client, "echo", marker) == []
