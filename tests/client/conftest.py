@@ -40,7 +40,3 @@ def marker():
     """A value to put in a job's kwargs, so a test finds its own jobs on the shared server."""
     return uuid.uuid4().hex
 
-
-def jobs_with(client: Client, handler: str, marker: str) -> list[dict]:
-    """Every job of ``handler`` on the server whose kwargs carry ``marker``."""
-    return [job for job in client.jobs(handler=handler, page_size=500) if job["kwargs"].get("marker") == marker]

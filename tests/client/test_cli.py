@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import jobs_with
+from tests.client.helpers import jobs_with
 
 pytestmark = pytest.mark.e2e
 
@@ -49,6 +49,8 @@ def test_url_and_token_flags_win_over_the_environment(server, proxy):
     assert proxy.seen("POST", "/jobs")[0].headers["authorization"] == "Bearer t0k"
     out = run("submit", "echo", url=proxy.url, env={"GREENJOBS_TOKEN": "from-env"})
     assert out.returncode == 0 and proxy.seen("POST", "/jobs")[1].headers["authorization"] == "Bearer from-env"
+    out = run("submit", "echo", "--url", proxy.url, url="http://127.0.0.1:9")     # flags after the command too
+    assert out.returncode == 0 and len(proxy.seen("POST", "/jobs")) == 3
 
 
 def test_a_failed_job_exits_1_and_shows_the_remote_error(server):

@@ -9,7 +9,7 @@ from greenjobs_client import (
     Client, Conflict, IdempotencyConflict, InvalidRequest, JobCancelled, JobFailed, NotFound, UnknownHandler,
     WaitTimeout, job_spec,
 )
-from tests.client.conftest import jobs_with
+from tests.client.helpers import jobs_with
 
 pytestmark = pytest.mark.e2e
 
