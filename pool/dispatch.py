@@ -27,6 +27,10 @@ from pool.retries import retry_at
 
 log = logging.getLogger(__name__)
 
+#: Longest pause between reconnection attempts: cpu submissions answer 503 while the broker is
+#: away, so coming back within two seconds of its return matters more than saving a few refused connects.
+RECONNECT_MAX = 2.0
+
 
 class _Link:
     """A kombu connection confined to one thread; every call on it goes through :meth:`call`."""
@@ -65,8 +69,12 @@ class CpuDispatcher:
     """Publishes cpu jobs, answers worker claims, and turns worker results into store updates."""
 
     def __init__(self, settings, store, registry, on_terminal: Callable[[Job], None],
-                 backoff: Callable[[int], float], wake_at: Callable[[float], None], supervisor=None):
+                 backoff: Callable[[int], float], wake_at: Callable[[float], None], supervisor=None,
+                 emit: Callable[[str, Job], None] = lambda name, job: None,
+                 on_progress: Callable[[str, dict], None] | None = None):
         self.settings = settings
+        self.emit = emit                      # lifecycle events: emit("started", job), emit("retrying", job)
+        self.on_progress = on_progress or store.set_progress
         self.store = store
         self.registry = registry
         self.on_terminal = on_terminal
@@ -148,7 +156,7 @@ class CpuDispatcher:
                     self.connected = False
                     self._first_attempt.set()
                     gevent.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+                    delay = min(delay * 2, RECONNECT_MAX)
                     continue
             if not self._wake.wait(self.settings.broker_heartbeat / 4 or 1.0):
                 try:                    # idle: read the broker's heartbeats and send ours
@@ -235,7 +243,7 @@ class CpuDispatcher:
                     self._con.close()
                     log.debug("consumer cannot connect (%s)", exc)
                     gevent.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+                    delay = min(delay * 2, RECONNECT_MAX)
                     continue
             replies = [self._replies.popleft() for _ in range(len(self._replies))]
             try:
@@ -305,7 +313,7 @@ class CpuDispatcher:
             elif kind == "result":
                 self._on_result(body)
             elif kind == "progress" and isinstance(body.get("progress"), dict):
-                self.store.set_progress(body["job"], body["progress"])
+                self.on_progress(body["job"], body["progress"])
         except Exception as exc:
             log.error("could not handle a %s message for job %s (%s); it goes back to the queue",
                       body.get("type"), body.get("job"), exc)
@@ -327,6 +335,7 @@ class CpuDispatcher:
                 timer.start(lambda: gevent.spawn(self._expire, job.id))
             self._running[job.id] = (job, worker, timer)
             reply.update(attempts=job.attempts, timeout=job.timeout)
+            self.emit("started", job)
         else:
             reply["reason"] = "unknown job" if job is None else f"job is {job.state}"
             if verdict == "lost":
@@ -360,6 +369,7 @@ class CpuDispatcher:
         recorded = self.store.conclude(job, worker, state, text, error, when)
         if recorded == "retried":
             self.wake_at(when)
+            self.emit("retrying", job)
         elif recorded == "finished":
             self.on_terminal(job)
         return recorded is not None
@@ -395,3 +405,7 @@ class CpuDispatcher:
 
     def running(self, job_id: str) -> bool:
         return job_id in self._running
+
+    def running_job(self, job_id: str) -> Job | None:
+        entry = self._running.get(job_id)
+        return entry[0] if entry is not None else None

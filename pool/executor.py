@@ -57,7 +57,9 @@ class GreenletExecutor:
     def __init__(self, kind: str, store, registry, settings, owner: str, size: int, max_pending: int,
                  on_terminal: Callable[[Job], None], invoke: Callable | None = None, max_result_bytes: int = 1 << 20,
                  backoff: Callable[[int], float] = lambda attempt: 1.0,
-                 on_scheduled: Callable[[float], None] = lambda run_at: None):
+                 on_scheduled: Callable[[float], None] = lambda run_at: None,
+                 emit: Callable[[str, Job], None] = lambda name, job: None,
+                 on_progress: Callable[[str, dict], None] | None = None):
         self.kind = kind
         self.store = store
         self.registry = registry
@@ -69,6 +71,8 @@ class GreenletExecutor:
         self.on_terminal = on_terminal
         self.backoff = backoff              # attempt number -> seconds before the retry
         self.on_scheduled = on_scheduled    # called with the run_at of a retry
+        self.emit = emit                    # lifecycle events: emit("started", job), emit("retrying", job)
+        self.on_progress = on_progress or store.set_progress
         self.invoke = invoke or (lambda h, job: h.fn(*job.args, **job.kwargs))
         self._busy = 0                      # running + reserved slots
         self._pending: list = []            # heap of (-priority, seq, job)
@@ -129,6 +133,7 @@ class GreenletExecutor:
         job = run.job
         if run.claim:     # optimistic: start now, check the claim's commit before recording the outcome
             run.claimed = self.store.claim(job, self.owner)
+        self.emit("started", job)
         if run.handler is None:   # stored by a server whose config had a handler this one lacks
             self._settle(run, FAILED, None, error_info("unknown_handler", f"handler {job.handler!r} is not "
                                                        f"registered here; known: {', '.join(self.registry.names())}"))
@@ -136,7 +141,7 @@ class GreenletExecutor:
         if job.timeout:
             run.timer = gevent.get_hub().loop.timer(job.timeout)
             run.timer.start(self._expire, run)
-        token = activate(JobContext(job, self.settings, self.store.set_progress))
+        token = activate(JobContext(job, self.settings, self.on_progress))
         try:
             result = self.invoke(run.handler, job)
         except JobInterrupt:
@@ -229,6 +234,7 @@ class GreenletExecutor:
                     log.info("job %s (%s): attempt %d failed (%s); retry at %.3f", job.id, job.handler,
                              job.attempts, error["kind"], retry_at)
                     self.on_scheduled(retry_at)
+                    self.emit("retrying", job)
                 elif recorded == "finished":
                     self.completed += 1
                     self.on_terminal(job)
@@ -254,6 +260,10 @@ class GreenletExecutor:
     # -- control -----------------------------------------------------------------------
     def running(self, job_id: str) -> bool:
         return job_id in self._running
+
+    def running_job(self, job_id: str) -> Job | None:
+        run = self._running.get(job_id)
+        return run.job if run is not None else None
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a job running here; returns the job once its cancelled state is recorded."""

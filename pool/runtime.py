@@ -19,6 +19,9 @@ from pool.dispatch import CpuDispatcher
 from pool.executor import GreenletExecutor
 from pool.job import QUEUED, RUNNING, SCHEDULED, Job
 from pool.owners import owner_id, owner_is_dead
+from pool.events import EventLog
+from pool.metrics import JobMetrics
+from pool.signals import SignalSender
 from pool.store import Store
 from pool.supervisor import Supervisor
 from pool.waiters import Waiters
@@ -36,17 +39,22 @@ class Runtime:
         self.store = Store(settings.store_path, synchronous=settings.store_synchronous,
                            lease_seconds=settings.store_lease_seconds)
         self.waiters = Waiters()
+        self.events = EventLog(settings.events_replay)
+        self.metrics = JobMetrics()
+        self.signals = SignalSender(settings.signals_backlog)
+        self._progress_at: dict[str, float] = {}
         common = dict(store=self.store, registry=registry, settings=settings, owner=self.owner,
-                      on_terminal=self.waiters.finished, max_result_bytes=settings.job_max_result_bytes,
-                      backoff=self.backoff, on_scheduled=self.wake_at)
+                      on_terminal=self._finished, max_result_bytes=settings.job_max_result_bytes,
+                      backoff=self.backoff, on_scheduled=self.wake_at, emit=self.emit, on_progress=self.progress)
         self.executors = {
             "io": GreenletExecutor("io", size=settings.pool_size, max_pending=settings.pool_max_pending, **common),
         }
         # cpu jobs never run here: they go to worker processes over the broker
         self.supervisor = Supervisor(ini, settings.workers_cpu, grace=settings.shutdown_grace) \
             if ini and settings.workers_cpu > 0 else None
-        self.cpu = CpuDispatcher(settings, self.store, registry, on_terminal=self.waiters.finished,
-                                 backoff=self.backoff, wake_at=self.wake_at, supervisor=self.supervisor)
+        self.cpu = CpuDispatcher(settings, self.store, registry, on_terminal=self._finished,
+                                 backoff=self.backoff, wake_at=self.wake_at, supervisor=self.supervisor,
+                                 emit=self.emit, on_progress=self.progress)
         self.accepting = False
         self._maintenance = None
         self._recorder = None
@@ -64,6 +72,31 @@ class Runtime:
         if run_at < self._next_wake:
             self._next_wake = run_at
             self._wake.set()
+
+    # -- events ------------------------------------------------------------------------
+    def emit(self, name: str, job: Job) -> None:
+        """A lifecycle event: into the event stream's ring, the metrics, and the signals' receivers."""
+        self.events.append(name, job)
+        self.metrics.observe(name, job)
+        self.signals.send(name, job)
+
+    def _finished(self, job: Job) -> None:
+        """A job's final state is committed: answer its long-polls, tell everyone else."""
+        self.waiters.finished(job)
+        self._progress_at.pop(job.id, None)
+        self.emit(job.state, job)
+
+    def progress(self, job_id: str, progress: dict) -> None:
+        """A running job reported progress: stored (coalesced), and an event at most every 0.1 s per job."""
+        self.store.set_progress(job_id, progress)
+        job = self.executors["io"].running_job(job_id) or self.cpu.running_job(job_id)
+        if job is None:
+            return
+        job.progress = progress
+        now = time.monotonic()
+        if now - self._progress_at.get(job_id, 0.0) >= 0.1 or progress.get("fraction") == 1:
+            self._progress_at[job_id] = now
+            self.emit("progress", job)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "Runtime":
@@ -98,6 +131,7 @@ class Runtime:
             released = self.store.release(self.owner)
             log.info("shutdown: %d running jobs requeued, %d queued jobs released", requeued, released)
             self.waiters.wake_all()
+            self.events.close()
             gevent.sleep(0.05)      # let woken long-polls read the store before it closes
         finally:
             self.store.close()
@@ -211,6 +245,7 @@ class Runtime:
         else:
             stored = jobs
         for job in stored:
+            self.emit("submitted", job)
             if job.state == SCHEDULED:
                 self.wake_at(job.run_at)
         if io_jobs:
@@ -261,7 +296,7 @@ class Runtime:
             raise JobNotFound(f"no job with id {job_id!r}")
         if not changed:
             raise JobFinished(f"job {job_id} already ended ({job.state}); nothing to cancel")
-        self.waiters.finished(job)
+        self._finished(job)
         return job
 
     def retry(self, job_id: str) -> Job:
@@ -273,6 +308,7 @@ class Runtime:
             raise JobNotFound(f"no job with id {job_id!r}")
         if not changed:
             raise JobFinished(f"job {job_id} is {job.state}; only a failed job can be retried")
+        self.emit("retrying", job)
         self._dispatch([job])
         return job
 

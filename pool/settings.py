@@ -73,6 +73,24 @@ def as_words(text: str) -> tuple[str, ...]:
 as_words.expects = "a list of words separated by spaces"  # type: ignore[attr-defined]
 
 
+SIGNAL_NAMES = ("submitted", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+
+
+def as_receivers(text: str) -> tuple[tuple[str, str], ...]:
+    """``failed:myapp.hooks.alert succeeded:myapp.hooks.count`` -> ((signal, dotted path), ...)."""
+    entries = []
+    for word in as_words(text):
+        name, _, path = word.partition(":")
+        if name not in SIGNAL_NAMES or not path or "." not in path:
+            raise ValueError
+        entries.append((name, path))
+    return tuple(entries)
+
+
+as_receivers.expects = ("SIGNAL:module.function entries, SIGNAL one of "  # type: ignore[attr-defined]
+                        + ", ".join(SIGNAL_NAMES))
+
+
 def as_choice(*choices: str) -> Callable[[str], str]:
     def convert(text: str) -> str:
         value = str(text).strip().lower()
@@ -184,6 +202,13 @@ TABLE = (
     Setting("greenjobs.retry.max", as_float(0.0, 86400.0), 300.0, "seconds: the longest wait before a retry"),
     Setting("greenjobs.shutdown.grace", as_float(0.0, 3600.0), 10.0,
             "seconds running jobs get to finish on SIGTERM before they are requeued"),
+    Setting("greenjobs.events.replay", as_int(100, 1_000_000), 10_000,
+            "recent lifecycle events kept for GET /events (Last-Event-ID resumes within them)"),
+    Setting("greenjobs.events.heartbeat", as_float(0.5, 3600.0), 15.0,
+            "seconds between heartbeat comments on an idle event stream"),
+    Setting("greenjobs.signals", as_receivers, (), "signal receivers to connect: SIGNAL:module.function ..."),
+    Setting("greenjobs.signals.backlog", as_int(1, 10_000_000), 10_000,
+            "signal receiver calls that may wait at once; past it, calls are dropped and counted"),
 )
 
 

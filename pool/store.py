@@ -59,6 +59,7 @@ CREATE INDEX IF NOT EXISTS jobs_handler ON jobs(handler, seq);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE state = 'scheduled';
 CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs(seq) WHERE outbox = 1;
+CREATE INDEX IF NOT EXISTS jobs_active ON jobs(state, handler) WHERE state IN ('scheduled', 'queued', 'running');
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, total INTEGER NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, job_id TEXT NOT NULL,
                                         created_at REAL NOT NULL);
@@ -326,6 +327,13 @@ class Store:
                                        (batch_id,)).fetchall())
             return {"total": row[0], "created_at": row[1], "counts": counts}
         return self._read(query)
+
+    def active_counts(self) -> list[tuple[str, str, int]]:
+        """(handler, state, count) of scheduled, queued and running jobs: reads only the partial index
+        of active jobs, so the cost does not grow with the finished jobs kept."""
+        return self._read(lambda conn: conn.execute(
+            "SELECT handler, state, count(*) FROM jobs INDEXED BY jobs_active"
+            " WHERE state IN ('scheduled', 'queued', 'running') GROUP BY handler, state").fetchall())
 
     def batch_of(self, job_ids: list[str]) -> str | None:
         """The batch that holds exactly these jobs, or None (they are not one whole batch)."""

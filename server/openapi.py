@@ -96,6 +96,22 @@ DOCUMENT = {
         "/health": {"get": {"summary": "Pool and store health",
                             "responses": {"200": {"description": "healthy"}, "503": {"description": "unhealthy"}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/events": {"get": {
+            "summary": "Job lifecycle events as Server-Sent Events (submitted, started, progress, retrying, "
+                       "succeeded, failed, cancelled); ids increase monotonically",
+            "parameters": [
+                {"name": "handler", "in": "query", "schema": {"type": "string"}, "description": "comma-separated"},
+                {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated"},
+                {"name": "event", "in": "query", "schema": {"type": "string"}, "description": "comma-separated"},
+                {"name": "job", "in": "query", "schema": {"type": "string"}, "description": "comma-separated ids"},
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+                 "description": "resume after this event (within greenjobs.events.replay events); a `reset` "
+                                "event says when some were missed"}],
+            "responses": {"200": {"description": "an endless text/event-stream; a `dropped` event ends a stream "
+                                                 "that fell behind", "content": {"text/event-stream": {}}},
+                          **_errors(400)}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
+                             "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
     },
     "components": {"schemas": {
         "JobSpec": JOB_SPEC,

@@ -9,6 +9,8 @@ ROUTES = (
     ("handlers", "/handlers"),
     ("health", "/health"),
     ("openapi", "/openapi.json"),
+    ("events", "/events"),
+    ("metrics", "/metrics"),
 )
 
 

@@ -10,6 +10,7 @@ import os
 from pyramid.config import Configurator
 
 from handlers.registry import Registry
+from pool import signals
 from pool.runtime import Runtime
 from server import settings as settings_module
 from server.lifecycle import ServerStopping
@@ -22,6 +23,7 @@ def make_app(global_config, **raw_settings):
     here = global_config.get("here") or os.getcwd()
     settings = settings_module.load(raw_settings, here)
     registry = Registry().load(settings.handlers)
+    signals.connect_listed(settings.signals)
     with Configurator(settings=raw_settings) as config:
         config.include(includeme)
         config.registry.greenjobs_settings = settings
@@ -29,6 +31,7 @@ def make_app(global_config, **raw_settings):
         runtime = Runtime(settings, registry, ini=global_config.get("__file__"))
         config.registry.greenjobs_runtime = runtime
         config.add_subscriber(lambda event: runtime.shutdown(event.grace), ServerStopping)
+        config.include("server.metrics")        # needs the runtime
         app = config.make_wsgi_app()
     runtime.start()
     return app
@@ -38,4 +41,5 @@ def includeme(config) -> None:
     config.include("server.routes")
     config.include("server.problems")
     config.scan("server.views")
+    config.scan("server.streams")
     config.scan("server.openapi")

@@ -1,0 +1,96 @@
+"""Job lifecycle events, kept in one bounded ring that every event-stream subscriber reads.
+
+Emitting is O(1) whatever the number of subscribers: an event is appended to the ring and one
+gevent Event wakes the readers, each of which keeps only its own cursor.  The JSON of an event
+is encoded once, by the first reader that needs it.  A reader that falls further behind than the
+ring holds (a slow client) is told so and dropped, so memory never grows with slow subscribers.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import time
+
+from gevent.event import Event
+
+from pool.job import Job, iso
+
+#: The lifecycle events, in the order one job meets them.
+NAMES = ("submitted", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+
+
+class JobEvent:
+    """One event: a small summary of the job at that moment (clients GET the job for the rest)."""
+
+    __slots__ = ("id", "name", "job_id", "handler", "state", "data", "_sse")
+
+    def __init__(self, event_id: int, name: str, job: Job):
+        self.id = event_id
+        self.name = name
+        self.job_id = job.id
+        self.handler = job.handler
+        self.state = job.state
+        self.data = {"id": event_id, "event": name, "job": job.id, "handler": job.handler, "kind": job.kind,
+                     "state": job.state, "attempts": job.attempts, "batch": job.batch_id, "at": iso(time.time())}
+        if name == "progress":
+            self.data["progress"] = job.progress
+        elif name in ("retrying", "failed", "cancelled") and job.error:
+            self.data["error"] = {"kind": job.error.get("kind"), "message": job.error.get("message")}
+        if name == "retrying":
+            self.data["run_at"] = iso(job.run_at)
+        self._sse: bytes | None = None
+
+    def sse(self) -> bytes:
+        """The event as a Server-Sent Events frame (encoded once, shared by every subscriber)."""
+        if self._sse is None:
+            self._sse = (f"id: {self.id}\nevent: {self.name}\ndata: "
+                         f"{json.dumps(self.data, separators=(',', ':'))}\n\n").encode()
+        return self._sse
+
+
+class EventLog:
+    """The ring of recent events.  Ids increase monotonically, also across restarts (they start
+    from the clock in microseconds), so a client's Last-Event-ID stays meaningful."""
+
+    def __init__(self, size: int = 10_000):
+        self.size = size
+        self._ring: collections.deque[JobEvent] = collections.deque(maxlen=size)
+        self._next = int(time.time() * 1_000_000)
+        self._wake = Event()
+        self.subscribers = 0
+        self.dropped = 0
+        self.closed = False
+
+    def append(self, name: str, job: Job) -> JobEvent:
+        event = JobEvent(self._next, name, job)
+        self._next += 1
+        self._ring.append(event)
+        if self.subscribers:
+            wake, self._wake = self._wake, Event()
+            wake.set()
+        return event
+
+    @property
+    def last_id(self) -> int:
+        return self._next - 1
+
+    def since(self, after: int) -> tuple[list[JobEvent], bool]:
+        """Events with id > ``after``, and whether some were already gone from the ring (a gap)."""
+        ring = self._ring
+        if not ring or after >= ring[-1].id:
+            return [], False
+        first = ring[0].id
+        if after < first - 1:
+            return list(ring), True
+        start = after - first + 1          # ids are consecutive within the ring
+        return [ring[i] for i in range(start, len(ring))], False
+
+    def watch(self) -> Event:
+        """An Event that is set by the next append.  Take it *before* reading :meth:`since`, then
+        wait on it if nothing was new: an append in between sets it, so no wake-up is lost."""
+        return self._wake
+
+    def close(self) -> None:
+        """Wake every reader for good (server shutdown): their streams end."""
+        self.closed = True
+        self._wake.set()

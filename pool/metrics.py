@@ -1,0 +1,116 @@
+"""Prometheus metrics.  Jobs pay a few dictionary updates per lifecycle event; a scrape reads
+those totals and the live gauges, and counts active jobs through a partial index (cached for a
+second), so its cost does not grow with the number of finished jobs kept in the store."""
+from __future__ import annotations
+
+import bisect
+import collections
+import time
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
+
+
+class _Histogram:
+    __slots__ = ("counts", "total")
+
+    def __init__(self):
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class JobMetrics:
+    """Totals kept from the lifecycle events of this server process."""
+
+    def __init__(self):
+        self.events: collections.Counter = collections.Counter()     # (event, handler) -> n
+        self.duration: dict[str, _Histogram] = collections.defaultdict(_Histogram)
+        self.queue_wait: dict[str, _Histogram] = collections.defaultdict(_Histogram)
+
+    def observe(self, name: str, job) -> None:
+        self.events[(name, job.handler)] += 1
+        if name == "started" and job.started_at is not None:
+            self.queue_wait[job.handler].observe(max(0.0, job.started_at - (job.run_at or job.created_at)))
+        elif name in ("succeeded", "failed") and job.started_at is not None:
+            self.duration[job.handler].observe(max(0.0, (job.finished_at or time.time()) - job.started_at))
+
+
+class Collector:
+    """A prometheus_client collector over the runtime: registered on a registry of the app's own."""
+
+    def __init__(self, runtime, cache_seconds: float = 1.0):
+        self.runtime = runtime
+        self.cache_seconds = cache_seconds
+        self._active: tuple[float, list] = (0.0, [])
+
+    def _active_counts(self) -> list[tuple[str, str, int]]:
+        at, rows = self._active
+        if time.monotonic() - at > self.cache_seconds:
+            rows = self.runtime.store.active_counts()
+            self._active = (time.monotonic(), rows)
+        return rows
+
+    def collect(self):
+        rt = self.runtime
+        m = rt.metrics
+        events = {"submitted": "greenjobs_jobs_submitted", "started": "greenjobs_jobs_started",
+                  "retrying": "greenjobs_jobs_retried"}
+        for name, metric in events.items():
+            family = CounterMetricFamily(metric, f"jobs {name} (this server process)", labels=["handler"])
+            for (event, handler), n in sorted(m.events.items()):
+                if event == name:
+                    family.add_metric([handler], n)
+            yield family
+        finished = CounterMetricFamily("greenjobs_jobs_finished", "jobs that reached a final state",
+                                       labels=["handler", "state"])
+        for (event, handler), n in sorted(m.events.items()):
+            if event in ("succeeded", "failed", "cancelled"):
+                finished.add_metric([handler, event], n)
+        yield finished
+        for metric, source, text in (("greenjobs_job_duration_seconds", m.duration, "run time of a job's last attempt"),
+                                     ("greenjobs_job_queue_wait_seconds", m.queue_wait,
+                                      "from submission (or run_at) to the start of an attempt")):
+            family = HistogramMetricFamily(metric, text, labels=["handler"])
+            for handler, hist in sorted(source.items()):
+                family.add_metric([handler], hist.cumulative(), hist.total)
+            yield family
+        jobs = GaugeMetricFamily("greenjobs_jobs", "active jobs in the store by handler and state",
+                                 labels=["handler", "state"])
+        for handler, state, n in self._active_counts():
+            jobs.add_metric([handler, state], n)
+        yield jobs
+        io = rt.executors["io"].stats()
+        for key, text in (("size", "greenlets the io pool may run at once"), ("busy", "io jobs running"),
+                          ("pending", "io jobs waiting for a slot")):
+            yield GaugeMetricFamily(f"greenjobs_pool_{key}", text, value=io[key])
+        cpu = rt.cpu.stats()
+        yield GaugeMetricFamily("greenjobs_cpu_running", "cpu jobs running on workers", value=cpu["running"])
+        yield GaugeMetricFamily("greenjobs_cpu_to_publish", "cpu jobs waiting to be published", value=cpu["to_publish"])
+        yield GaugeMetricFamily("greenjobs_workers_alive", "worker processes alive (supervised by this server)",
+                                value=cpu["workers"] or 0)
+        yield CounterMetricFamily("greenjobs_worker_restarts", "worker processes restarted",
+                                  value=cpu["worker_restarts"] or 0)
+        yield GaugeMetricFamily("greenjobs_broker_connected", "1 when the cpu job broker is connected",
+                                value=int(bool(cpu["broker_connected"])))
+        yield GaugeMetricFamily("greenjobs_event_subscribers", "open event streams (GET /events)",
+                                value=rt.events.subscribers)
+        yield CounterMetricFamily("greenjobs_event_subscribers_dropped", "event streams dropped for falling behind",
+                                  value=rt.events.dropped)
+        yield GaugeMetricFamily("greenjobs_waiters", "parked long-polls", value=rt.waiters.count())
+        yield CounterMetricFamily("greenjobs_signal_calls_dropped", "signal receiver calls dropped (backlog full)",
+                                  value=rt.signals.dropped)
+        yield CounterMetricFamily("greenjobs_signal_receiver_errors", "signal receiver calls that raised",
+                                  value=rt.signals.failed)
+        yield GaugeMetricFamily("greenjobs_store_ok", "1 when the store accepts writes", value=int(rt.store.healthy))

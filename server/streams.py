@@ -1,0 +1,91 @@
+"""``GET /events``: the job lifecycle as Server-Sent Events.
+
+Each subscriber is one greenlet reading the shared event ring (pool/events.py) with its own
+cursor: it sleeps until something is appended, sends the events its filters match in one write,
+and sends a heartbeat comment when idle so proxies keep the connection open.  A subscriber that
+falls behind the ring (its client reads too slowly) gets a final ``dropped`` event and is closed;
+it may reconnect with Last-Event-ID and is then told with a ``reset`` event if it missed some.
+"""
+from __future__ import annotations
+
+import json
+
+from pyramid.response import Response
+from pyramid.view import view_config
+
+from pool.events import NAMES
+from pool.job import STATES
+from server.problems import Problem
+
+MAX_CHUNK = 1000          # events per write, so one busy stream cannot hog the hub
+
+
+def _words(request, name: str, allowed=None) -> frozenset[str]:
+    values = frozenset(w for v in request.GET.getall(name) for w in v.split(",") if w)
+    if allowed is not None and values - set(allowed):
+        raise Problem(400, "Invalid filter", f"{name} must be among {', '.join(allowed)}; "
+                                             f"got {', '.join(sorted(values - set(allowed)))}")
+    if len(values) > 100:
+        raise Problem(400, "Invalid filter", f"at most 100 values for {name}")
+    return values
+
+
+def _last_event_id(request) -> int | None:
+    text = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
+    if text is None or text == "":
+        return None
+    if not text.isdigit() or len(text) > 20:
+        raise Problem(400, "Invalid Last-Event-ID", "Last-Event-ID must be the decimal id of an event")
+    return int(text)
+
+
+@view_config(route_name="events", request_method="GET", permission="read")
+def events(request):
+    handlers = _words(request, "handler")
+    states = _words(request, "state", STATES)
+    names = _words(request, "event", NAMES)
+    jobs = _words(request, "job")
+    last = _last_event_id(request)
+    runtime = request.registry.greenjobs_runtime
+    log, heartbeat = runtime.events, request.registry.greenjobs_settings.events_heartbeat
+
+    def wanted(event) -> bool:
+        return ((not handlers or event.handler in handlers) and (not states or event.state in states)
+                and (not names or event.name in names) and (not jobs or event.job_id in jobs))
+
+    def stream():
+        log.subscribers += 1
+        try:
+            cursor = log.last_id if last is None else last
+            head = b"retry: 2000\n\n"
+            if last is not None and log.since(last)[1]:
+                head += _control("reset", "events after Last-Event-ID are gone from the replay window; "
+                                          "re-read the jobs you follow")
+            yield head
+            while not log.closed:
+                wake = log.watch()               # before reading, so no append slips between
+                new, gap = log.since(cursor)
+                if gap:
+                    log.dropped += 1
+                    yield _control("dropped", "this stream fell behind the replay window; reconnect")
+                    return
+                if new:
+                    new = new[:MAX_CHUNK]
+                    cursor = new[-1].id
+                    chunk = b"".join(e.sse() for e in new if wanted(e))
+                    if chunk:
+                        yield chunk
+                    continue
+                if not wake.wait(heartbeat):
+                    yield b": heartbeat\n\n"
+        finally:
+            log.subscribers -= 1
+
+    response = Response(app_iter=stream(), content_type="text/event-stream", charset="utf-8")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"      # tell nginx not to buffer the stream
+    return response
+
+
+def _control(name: str, message: str) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'message': message})}\n\n".encode()
