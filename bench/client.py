@@ -47,3 +47,26 @@ class Conn:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def post_rate(port: int, path: str, body, n: int, clients: int = 64, expect: int = 202) -> float:
+    """Requests/s of ``n`` POSTs of ``body`` from ``clients`` keep-alive connections (W3, W6).
+
+    Needs a gevent-patched process: each connection is a greenlet.
+    """
+    import time
+
+    import gevent
+
+    def worker(count):
+        conn = Conn("127.0.0.1", port)
+        for _ in range(count):
+            status, payload = conn.request("POST", path, body)
+            if status != expect:
+                raise RuntimeError(f"POST {path}: {status} {payload[:300]!r}")
+        conn.close()
+
+    per = max(1, n // clients)
+    t0 = time.perf_counter()
+    gevent.joinall([gevent.spawn(worker, per) for _ in range(clients)], raise_error=True)
+    return per * clients / (time.perf_counter() - t0)
