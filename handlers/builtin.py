@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from urllib.parse import urlsplit
 
 from handlers.registry import handler
 from pool.context import current_job
+from pool.urls import check_allowed, check_url
 
 MAX_HTTP_BODY = 16 * 1024 * 1024
 
@@ -59,21 +59,8 @@ def flaky(fail_times=1):
     return {"attempt": attempt}
 
 
-def _url_host(url: str) -> str:
-    """The host the request will really go to, parsed by the same parser that makes it (urllib3)."""
-    from urllib3.util import parse_url
-    return (parse_url(url).host or "").lower().strip("[]")
-
-
 def _check_url(args, kwargs):
-    url = kwargs.get("url")
-    if not isinstance(url, str) or len(url) > 2048:
-        raise ValueError("kwargs.url must be a string of at most 2048 characters")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("kwargs.url must be an absolute http:// or https:// URL")
-    if "\\" in url or "@" in parts.netloc or any(ord(c) < 33 for c in url):
-        raise ValueError("kwargs.url must not contain user info, backslashes, spaces or control characters")
+    check_url(kwargs.get("url"), "kwargs.url")
 
 
 _http = None
@@ -94,10 +81,7 @@ def http_get(url):
 
     Redirects are not followed, so an allowed host cannot bounce a job to a host that is not.
     """
-    host = _url_host(url)
-    allowed = current_job.settings.http_allowed_hosts
-    if host not in allowed:
-        raise PermissionError(f"host {host!r} is not on greenjobs.http.allowed_hosts ({' '.join(allowed)})")
+    check_allowed(url, current_job.settings.http_allowed_hosts)
     started = time.perf_counter()
     response = _http_pool().request("GET", url, redirect=False, preload_content=False,
                                     timeout=current_job.job.timeout or 30.0)

@@ -80,6 +80,8 @@ class Job:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    callback_url: str | None = None     # POSTed to (signed) when the job ends
+    callback: dict | None = None        # {url, delivery (job id), state, attempts: [...]}
 
     @property
     def terminal(self) -> bool:
@@ -112,6 +114,8 @@ class Job:
             "created_at": iso(self.created_at),
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
+            "callback_url": self.callback_url,
+            "callback": self.callback,
         }
 
     def message(self) -> dict:

@@ -14,17 +14,18 @@ from typing import Iterable
 import gevent
 import gevent.event
 
-from pool.errors import JobFinished, JobNotFound, ShuttingDown
 from pool.dispatch import CpuDispatcher
+from pool.errors import JobFinished, JobNotFound, ShuttingDown
+from pool.events import EventLog
 from pool.executor import GreenletExecutor
 from pool.job import QUEUED, RUNNING, SCHEDULED, Job
-from pool.owners import owner_id, owner_is_dead
-from pool.events import EventLog
 from pool.metrics import JobMetrics
+from pool.owners import owner_id, owner_is_dead
 from pool.signals import SignalSender
 from pool.store import Store
 from pool.supervisor import Supervisor
 from pool.waiters import Waiters
+from pool.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class Runtime:
         self.metrics = JobMetrics()
         self.signals = SignalSender(settings.signals_backlog)
         self._progress_at: dict[str, float] = {}
+        self.webhooks = Webhooks(settings, self.store)
+        registry.add(self.webhooks.handler())
         common = dict(store=self.store, registry=registry, settings=settings, owner=self.owner,
                       on_terminal=self._finished, max_result_bytes=settings.job_max_result_bytes,
                       backoff=self.backoff, on_scheduled=self.wake_at, emit=self.emit, on_progress=self.progress)
@@ -85,6 +88,18 @@ class Runtime:
         self.waiters.finished(job)
         self._progress_at.pop(job.id, None)
         self.emit(job.state, job)
+        if job.callback_url is not None:
+            gevent.spawn(self._send_callback, job)
+
+    def _send_callback(self, job: Job) -> None:
+        """Store and start the webhook delivery of a finished job (the maintenance loop repairs a miss)."""
+        try:
+            delivery = self.webhooks.delivery_for(job, self.owner)
+        except Exception as exc:
+            log.warning("job %s: could not store its webhook delivery yet (%s); will retry", job.id, exc)
+            return
+        if delivery is not None:
+            self.executors["io"].enqueue([delivery])
 
     def progress(self, job_id: str, progress: dict) -> None:
         """A running job reported progress: stored (coalesced), and an event at most every 0.1 s per job."""
@@ -156,6 +171,8 @@ class Runtime:
                     self._adopt()
                     self.cpu.publish(self.store.requeue_stale_cpu())
                     self.cpu.republish_outbox()
+                    for job in self.store.callbacks_due():
+                        self._send_callback(job)
                     last_tick = now
                 if self.settings.store_ttl and now - last_sweep >= 60:
                     last_sweep = now

@@ -7,8 +7,10 @@ from typing import Any
 
 from pool.errors import InvalidJobParams
 from pool.job import QUEUED, Job, new_id
+from pool.urls import check_allowed, check_url
 
-FIELDS = ("handler", "args", "kwargs", "priority", "timeout", "max_retries", "delay", "run_at")
+FIELDS = ("handler", "args", "kwargs", "priority", "timeout", "max_retries", "delay", "run_at", "callback_url")
+RESERVED = "greenjobs."      # handler names the server uses itself (webhook deliveries)
 MAX_DELAY = 366 * 86400.0
 
 
@@ -26,6 +28,8 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
     name = data.get("handler")
     if not isinstance(name, str):
         raise InvalidJobParams(f"{where}handler", "required, the name of a registered handler (see GET /handlers)")
+    if name.startswith(RESERVED):
+        raise InvalidJobParams(f"{where}handler", f"handlers named {RESERVED}* are internal and cannot be submitted")
     handler = registry.get(name)    # HandlerNotFound lists the known ones
 
     args = data.get("args", [])
@@ -54,6 +58,16 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
         run_at = time.time() + delay if delay > 0 else None
     elif "run_at" in data:
         run_at = _parse_time(data["run_at"], f"{where}run_at")
+    callback_url = data.get("callback_url")
+    if callback_url is not None:
+        try:
+            check_url(callback_url, f"{where}callback_url")
+            check_allowed(callback_url, settings.http_allowed_hosts)
+        except (ValueError, PermissionError) as exc:
+            raise InvalidJobParams(f"{where}callback_url", str(exc).removeprefix(f"{where}callback_url ")) from None
+        if not settings.webhooks_secret:
+            raise InvalidJobParams(f"{where}callback_url", "webhooks are off: set greenjobs.webhooks.secret in the "
+                                                          "ini file to sign them")
     if handler.validate is not None:
         try:
             handler.validate(args, kwargs)
@@ -61,7 +75,7 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
             raise InvalidJobParams(f"{where}{str(exc).split(' ', 1)[0]}", str(exc).split(" ", 1)[-1]) from None
     return Job(id=new_id(), handler=handler.name, kind=handler.kind, state=QUEUED, args=args, kwargs=kwargs,
                priority=priority, timeout=float(timeout), max_retries=max_retries,
-               run_at=run_at)
+               run_at=run_at, callback_url=callback_url)
 
 
 def _parse_time(value: Any, field: str) -> float:

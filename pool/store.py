@@ -52,21 +52,30 @@ CREATE TABLE IF NOT EXISTS jobs (
     outbox INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    callback_url TEXT,
+    callback TEXT
 );
+"""
+
+#: Columns added after the first release: an older store gets them at open (ALTER TABLE ... ADD COLUMN).
+ADDED_COLUMNS = (("callback_url", "TEXT"), ("callback", "TEXT"))
+
+INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE INDEX IF NOT EXISTS jobs_handler ON jobs(handler, seq);
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs(batch_id) WHERE batch_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(run_at) WHERE state = 'scheduled';
 CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs(seq) WHERE outbox = 1;
 CREATE INDEX IF NOT EXISTS jobs_active ON jobs(state, handler) WHERE state IN ('scheduled', 'queued', 'running');
+CREATE INDEX IF NOT EXISTS jobs_callback_due ON jobs(seq) WHERE callback_url IS NOT NULL AND callback IS NULL;
 CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, total INTEGER NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, job_id TEXT NOT NULL,
                                         created_at REAL NOT NULL);
 """
 
 COLUMNS = ("id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts, "
-           "result, error, errors, progress, batch_id, created_at, started_at, finished_at")
+           "result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback")
 _ACTIVE_SQL = "('scheduled', 'queued', 'running')"
 
 
@@ -76,12 +85,13 @@ def _loads(text: str | None) -> Any:
 
 def row_to_job(row: tuple) -> Job:
     (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
-     result, error, errors, progress, batch_id, created_at, started_at, finished_at) = row
+     result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback) = row
     return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
                kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
                attempts=attempts, result=_loads(result), error=_loads(error), errors=_loads(errors) or [],
                progress=_loads(progress),
-               batch_id=batch_id, created_at=created_at, started_at=started_at, finished_at=finished_at)
+               batch_id=batch_id, created_at=created_at, started_at=started_at, finished_at=finished_at,
+               callback_url=callback_url, callback=_loads(callback))
 
 
 def _dumps(value: Any) -> str:
@@ -154,6 +164,11 @@ class Store:
         # run from a reader connection instead (see checkpoint()).
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.executescript(SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        for name, sqltype in ADDED_COLUMNS:
+            if name not in have:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {sqltype}")
+        conn.executescript(INDEXES)
         return conn
 
     def checkpoint(self) -> None:
@@ -391,7 +406,7 @@ class Store:
             outbox = int(j.kind == "cpu" and j.state == QUEUED)            # to publish, until confirmed
             return (j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args), _dumps(j.kwargs),
                     j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id, owner if leased else None,
-                    expires if leased else None, outbox, j.created_at, j.started_at)
+                    expires if leased else None, outbox, j.created_at, j.started_at, j.callback_url)
         rows = {i: row(j) for i, j in enumerate(jobs)}
 
         def op(conn):
@@ -415,14 +430,51 @@ class Store:
                 conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(fresh), now))
             conn.executemany(
                 "INSERT INTO jobs (id, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at,"
-                " attempts, batch_id, lease_owner, lease_expires, outbox, created_at, started_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fresh)
+                " attempts, batch_id, lease_owner, lease_expires, outbox, created_at, started_at, callback_url)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fresh)
             return repeats, None
         repeats, conflict = self._write(op)
         if conflict is not None:
             raise IdempotencyConflict(f"the Idempotency-Key {conflict[0]!r} was used for a different request"
                                       f" (job {conflict[1]}); use a new key for a new job")
         return repeats
+
+    # -- webhooks ----------------------------------------------------------------------
+    def add_delivery(self, job_id: str, delivery: Job, url: str, owner: str) -> bool:
+        """Attach the webhook delivery job ``delivery`` to finished job ``job_id`` and store it, in one
+        transaction; False (nothing stored) if the job already has one."""
+        callback = _dumps({"url": url, "delivery": delivery.id, "state": "pending", "attempts": []})
+
+        def op(conn):
+            if conn.execute("UPDATE jobs SET callback = ? WHERE id = ? AND callback IS NULL",
+                            (callback, job_id)).rowcount != 1:
+                return False
+            conn.execute("INSERT INTO jobs (id, handler, kind, state, priority, args, kwargs, timeout, max_retries,"
+                         " attempts, lease_owner, lease_expires, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                         (delivery.id, delivery.handler, delivery.kind, delivery.state, delivery.priority,
+                          _dumps(delivery.args), _dumps(delivery.kwargs), delivery.timeout, delivery.max_retries,
+                          owner, time.time() + self.lease_seconds, delivery.created_at))
+            return True
+        return self._write(op)
+
+    def record_delivery(self, job_id: str, attempt: dict, state: str, keep: int = 20) -> None:
+        """Append a webhook delivery attempt (the last ``keep``) and the delivery state to the job."""
+        def op(conn):
+            row = conn.execute("SELECT callback FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row[0] is None:
+                return
+            callback = json.loads(row[0])
+            callback["attempts"] = (callback.get("attempts", []) + [attempt])[-keep:]
+            callback["state"] = state
+            conn.execute("UPDATE jobs SET callback = ? WHERE id = ?", (_dumps(callback), job_id))
+        self._write(op)
+
+    def callbacks_due(self, limit: int = 500) -> list[Job]:
+        """Finished jobs with a callback_url but no delivery yet (a crash came between the two)."""
+        return self._read(lambda conn: [row_to_job(r) for r in conn.execute(
+            f"SELECT {COLUMNS} FROM jobs INDEXED BY jobs_callback_due WHERE callback_url IS NOT NULL"
+            " AND callback IS NULL AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY seq LIMIT ?",
+            (limit,)).fetchall()])
 
     def claim(self, job: Job, owner: str, bump: bool = True) -> AsyncResult:
         """queued -> running for ``owner``, bumping attempts; the job object is updated at once.

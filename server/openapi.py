@@ -1,6 +1,9 @@
 """GET /openapi.json: an OpenAPI 3.1 description of the real routes (a test walks both)."""
 from __future__ import annotations
 
+import copy
+
+from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
 from pool.job import STATES
@@ -35,6 +38,9 @@ JOB_SPEC = {
         "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
         "delay": {"type": "number", "minimum": 0, "description": "seconds before the job may start"},
         "run_at": {"type": "string", "format": "date-time"},
+        "callback_url": {"type": "string", "format": "uri", "maxLength": 2048,
+                         "description": "POSTed the finished job, signed (X-Greenjobs-Signature: sha256=HMAC of "
+                                        "'<X-Greenjobs-Timestamp>.<body>'); host on greenjobs.http.allowed_hosts"},
     },
 }
 
@@ -42,6 +48,16 @@ BATCH_ITEM = {**JOB_SPEC, "properties": {**JOB_SPEC["properties"], "idempotency_
     "type": "string", "maxLength": 255,
     "description": "repeat-safe item: a key known within greenjobs.api.idempotency_ttl maps the item to its "
                    "original job (listed in `repeated`); the key with another job is a 422"}}}
+
+_token = {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}
+_session = {"description": "the caller's access", "content": {"application/json": {"schema": {
+    "type": "object", "properties": {
+        "auth": {"type": "string", "enum": ["on", "off"]}, "authenticated": {"type": "boolean"},
+        "via": {"type": ["string", "null"], "enum": ["bearer", "session", None]},
+        "roles": {"type": "array", "items": {"type": "string"}},
+        "permissions": {"type": "array", "items": {"type": "string"}},
+        "csrf_token": {"type": ["string", "null"],
+                       "description": "send it as X-CSRF-Token on POST/PUT/PATCH/DELETE made with the session cookie"}}}}}}
 
 DOCUMENT = {
     "openapi": "3.1.0",
@@ -96,6 +112,15 @@ DOCUMENT = {
         "/health": {"get": {"summary": "Pool and store health",
                             "responses": {"200": {"description": "healthy"}, "503": {"description": "unhealthy"}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/session": {
+            "get": {"summary": "Who this request is (auth on/off, roles, the session's CSRF token)",
+                    "responses": {"200": _session}},
+            "post": {"summary": "Dashboard sign-in: exchange a token for an HttpOnly, SameSite=Strict session cookie",
+                     "requestBody": {"required": True, "content": {
+                         "application/json": {"schema": _token}, "application/x-www-form-urlencoded": {"schema": _token}}},
+                     "responses": {"200": _session, **_errors(400, 401, 409, 415)}},
+            "delete": {"summary": "Sign out (send X-CSRF-Token)", "responses": {"200": _session, **_errors(403)}},
+        },
         "/events": {"get": {
             "summary": "Job lifecycle events as Server-Sent Events (submitted, started, progress, retrying, "
                        "succeeded, failed, cancelled); ids increase monotonically",
@@ -113,7 +138,13 @@ DOCUMENT = {
         "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
                              "responses": {"200": {"description": "metrics", "content": {"text/plain": {}}}}}},
     },
-    "components": {"schemas": {
+    "components": {"securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "a token from greenjobs.auth.tokens; roles: read (GETs), submit (POST /jobs, "
+                                  "/jobs/batch), admin (everything, cancel and retry included)"},
+        "session": {"type": "apiKey", "in": "cookie", "name": "greenjobs_session",
+                    "description": "set by POST /session; unsafe methods also need the X-CSRF-Token header"},
+    }, "schemas": {
         "JobSpec": JOB_SPEC,
         "Job": {"type": "object", "properties": {
             "id": {"type": "string"}, "handler": {"type": "string"}, "kind": {"type": "string", "enum": ["io", "cpu"]},
@@ -124,13 +155,46 @@ DOCUMENT = {
             "run_at": {"type": ["string", "null"], "format": "date-time"},
             "created_at": {"type": "string", "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
-            "finished_at": {"type": ["string", "null"], "format": "date-time"}}},
+            "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "callback_url": {"type": ["string", "null"]},
+            "callback": {"type": ["object", "null"], "description": "webhook delivery: url, delivery (job id), "
+                                                                  "state (pending, retrying, delivered, failed), attempts"}}},
         "Problem": {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                                      "status": {"type": "integer"}, "detail": {"type": "string"}}},
     }},
 }
 
 
-@view_config(route_name="openapi", request_method="GET", renderer="json")
+def with_security(document: dict, registry) -> dict:
+    """The document plus each operation's permission, read from the views themselves (so they cannot drift).
+
+    Access control off still documents the permissions a token would need once it is on.
+    """
+    from pyramid.interfaces import IRoutesMapper
+    document = copy.deepcopy(document)
+    patterns = {route.name: route.pattern for route in registry.getUtility(IRoutesMapper).get_routes()}
+    for item in registry.introspector.get_category("views"):
+        view = item["introspectable"]
+        methods = view["request_methods"]
+        operations = document["paths"].get(patterns.get(view["route_name"]), {})
+        for method in (methods,) if isinstance(methods, str) else methods or ():
+            operation = operations.get(method.lower())
+            if operation is None:
+                continue
+            permission = next((r["value"] for r in item["related"] if r.category_name == "permissions"),
+                              "admin")      # no permission given: server.security's default
+            if permission == NO_PERMISSION_REQUIRED:
+                operation["security"] = []
+            else:
+                operation["security"] = [{"bearer": []}, {"session": []}]
+                operation["x-permission"] = permission
+                operation["responses"].update(_errors(401, 403))
+    return document
+
+
+@view_config(route_name="openapi", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def openapi(request):
-    return DOCUMENT
+    document = getattr(request.registry, "greenjobs_openapi", None)
+    if document is None:
+        document = request.registry.greenjobs_openapi = with_security(DOCUMENT, request.registry)
+    return document
