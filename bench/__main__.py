@@ -1,7 +1,9 @@
-"""``python -m bench [--quick] [--only W1,W3]``: greenjobs measured on the fixed workloads.
+"""``python -m bench [--quick] [--only W1,W3] [--peers celery,dramatiq] [--runs N] [--json F]``.
 
-It starts the server itself from a copy of config.ini on a free port, runs each workload three
-times (once with --quick), and prints medians with min-max and the ratio to the ideal.
+Measures greenjobs, its peers (Celery, Dramatiq, Huey, RQ) and the machine's limits on issue 6's
+workloads in one run, and prints one Markdown table (and writes JSON). It starts everything it
+measures: greenjobs from a copy of config.ini on a free port (embedded broker, and RabbitMQ for the
+cpu workloads), each peer's workers, the floors and the hello-world ceilings; then stops them.
 """
 from __future__ import annotations
 
@@ -10,198 +12,239 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import datetime  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import gevent  # noqa: E402
+from bench import report, workloads as wl  # noqa: E402
+from bench.peers import BROKERS, NAMES as PEERS  # noqa: E402
+from tests.support import ServerProcess, free_port, write_ini  # noqa: E402
 
-from bench.client import Conn  # noqa: E402
-from tests.support import ServerProcess, write_ini  # noqa: E402
-
-
-def w1_batch(srv, n=10_000, seconds=0.1):
-    """W1: n sleep jobs via /jobs/batch, then one batch long-poll.  Ideal: n / pool * seconds."""
-    conn = Conn("127.0.0.1", srv.port)
-    t0 = time.perf_counter()
-    batches = []
-    for start in range(0, n, 10_000):
-        res = conn.json("POST", "/jobs/batch", {"jobs": [{"handler": "sleep", "kwargs": {"seconds": seconds}}
-                                                         for _ in range(min(10_000, n - start))]}, expect=202)
-        batches.append(res["batch"])
-    for b in batches:
-        info = conn.json("GET", f"/batches/{b}?wait=600", expect=200)
-        assert info["done"] and info["counts"]["succeeded"] == info["total"], info
-    conn.close()
-    return time.perf_counter() - t0
+ALL = ("W1", "W1b", "W2", "W3", "W4", "W5", "W6")
+EXTRA = ("W1s", "D")                      # greenjobs-only variants, run when named in --only
+FULL = {"W1": 10_000, "W1s": 10_000, "W1b": 10_000, "W2": 200, "W3": 10_000, "W4": 1000, "W5": 10_000,
+        "W6": 10_000, "D": 100}
+QUICK = {"W1": 1000, "W1s": 1000, "W1b": 1000, "W2": 20, "W3": 1000, "W4": 100, "W5": 1000, "W6": 1000, "D": 20}
+UNITS = {"wall": "s", "peak_rss": "MB", "rss_per_job": "KB", "single": "jobs/s", "batch": "jobs/s",
+         "drain": "jobs/s"}
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+PEER_PACKAGES = {"celery": "celery", "dramatiq": "dramatiq", "huey": "huey", "rq": "rq"}
 
 
-def w1_single(srv, n=10_000, seconds=0.1, clients=1000):
-    """W1 via single POSTs and per-job ?wait long-polls from ``clients`` keep-alive connections."""
-    def worker(count):
-        conn = Conn("127.0.0.1", srv.port)
-        for _ in range(count):
-            job = conn.json("POST", "/jobs", {"handler": "sleep", "kwargs": {"seconds": seconds}}, expect=202)
-            done = conn.json("GET", f"/jobs/{job['id']}?wait=600", expect=200)
-            assert done["state"] == "succeeded", done
-        conn.close()
-    t0 = time.perf_counter()
-    gevent.joinall([gevent.spawn(worker, n // clients) for _ in range(clients)], raise_error=True)
-    return time.perf_counter() - t0
+def answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
-def w3_single(srv, n=10_000, clients=64):
-    """W3: jobs/s accepted by single POST /jobs over ``clients`` keep-alive connections."""
-    def worker(count):
-        conn = Conn("127.0.0.1", srv.port)
-        for _ in range(count):
-            conn.json("POST", "/jobs", {"handler": "echo"}, expect=202)
-        conn.close()
-    t0 = time.perf_counter()
-    gevent.joinall([gevent.spawn(worker, n // clients) for _ in range(clients)], raise_error=True)
-    return (n // clients * clients) / (time.perf_counter() - t0)
+class Run:
+    """Collects rows; ``measure`` repeats a workload and records one row per metric it returns."""
+
+    def __init__(self, runs: int, sizes: dict):
+        self.runs, self.sizes, self.rows = runs, sizes, []
+
+    def measure(self, workload: str, system: str, config: str, fn, *args, units=None) -> None:
+        samples = []
+        try:
+            for _ in range(self.runs):
+                samples.append(fn(*args))
+        except Exception as exc:
+            traceback.print_exc()
+            self.rows.append(report.row(workload, "-", system, config, "", [], self.sizes[workload],
+                                        error=f"{type(exc).__name__}: {exc}"[:300]))
+            return
+        for metric in samples[0]:
+            unit = (units or {}).get(metric) or UNITS.get(metric, "ms")
+            self.rows.append(report.row(workload, metric, system, config, unit, [s[metric] for s in samples],
+                                        self.sizes[workload]))
+        print(f"  {workload:4} {system:10} " + ", ".join(
+            f"{m}={samples[-1][m]:.4g}" for m in samples[-1]), file=sys.stderr, flush=True)
 
 
-def w3_batch(srv, n=10_000, size=1000):
-    """W3: jobs/s accepted (durably) by /jobs/batch of ``size``."""
-    conn = Conn("127.0.0.1", srv.port)
-    body = {"jobs": [{"handler": "echo"} for _ in range(size)]}
-    t0 = time.perf_counter()
-    for _ in range(n // size):
-        conn.json("POST", "/jobs/batch", body, expect=202)
-    rate = n / (time.perf_counter() - t0)
-    conn.close()
-    return rate
+def limits(run: Run, chosen, sizes, iterations, url) -> None:
+    if "W1" in chosen:
+        run.measure("W1", "limit", "bare gevent.pool.Pool(1000) of gevent.sleep(0.1)",
+                    lambda: {"wall": (f := wl.floor("sleep", sizes["W1"]))["wall"], "peak_rss": f["peak_rss_mb"]})
+    if "W1b" in chosen:
+        run.measure("W1b", "limit", "bare gevent.pool.Pool(1000) + one urllib3 PoolManager",
+                    lambda: {"wall": (f := wl.floor("get", sizes["W1b"], url))["wall"], "peak_rss": f["peak_rss_mb"]})
+    if "W2" in chosen:
+        run.measure("W2", "limit", f"multiprocessing.Pool({os.cpu_count()}).map, chunksize 1",
+                    lambda: {"wall": wl.floor("pbkdf2", sizes["W2"], iterations)["wall"]})
+    if "W6" in chosen:
+        run.measure("W6", "ceiling", "hello world, 64 keep-alive clients (W3's client)", lambda: {
+            "pywsgi hello": wl.ceiling("pywsgi", sizes["W6"]),
+            "waitress hello": wl.ceiling("waitress", sizes["W6"]),
+            "pyramid hello": wl.ceiling("pyramid", sizes["W6"])},
+            units={m: "req/s" for m in ("pywsgi hello", "waitress hello", "pyramid hello")})
 
 
-def w4_echo(srv, n=1000):
-    """W4: sequential submit-then-wait of echo; returns p50, p99 in ms."""
-    conn = Conn("127.0.0.1", srv.port)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        job = conn.json("POST", "/jobs", {"handler": "echo"}, expect=202)
-        conn.json("GET", f"/jobs/{job['id']}?wait=10", expect=200)
-        times.append((time.perf_counter() - t0) * 1000)
-    conn.close()
-    times.sort()
-    return times[len(times) // 2], times[int(len(times) * 0.99)]
+def greenjobs(run: Run, chosen, sizes, iterations, url, folder: Path, args) -> None:
+    server = {"max_connections": 20000}
+    replace = False
+    runner = "gevent.pywsgi"
+    if args.server == "waitress":
+        server, replace, runner = {"use": "egg:waitress#main", "threads": 1100, "connection_limit": 2000,
+                                   "backlog": 2048}, True, "waitress threads=1100"
+    plan = [("embedded", {}, [w for w in chosen if w != "W6"])]
+    cpu_chosen = [w for w in chosen if w in ("W2", "W4")]
+    if args.broker in ("rabbitmq", "both") and cpu_chosen:
+        if answers("127.0.0.1", 5672):
+            plan.append(("RabbitMQ", {"greenjobs.broker.url": RABBITMQ,
+                                      "greenjobs.broker.namespace": f"gjbench-{int(time.time())}"}, cpu_chosen))
+        else:
+            for w in cpu_chosen:
+                run.rows.append(report.row(w, "-", "greenjobs", f"{runner}, RabbitMQ", "", [], sizes[w],
+                                           note="skipped: nothing answers on 127.0.0.1:5672"))
+    if args.broker == "rabbitmq":
+        plan[0] = ("embedded", {}, [w for w in plan[0][2] if w not in cpu_chosen])
+    for broker, app, todo in plan:
+        if not todo:
+            continue
+        config = f"{runner}, pool 1000, {broker} broker, {os.cpu_count()} cpu workers, store sync=full"
+        ini = write_ini(folder / f"greenjobs-{broker}", app, server=server, replace_server=replace)
+        try:
+            srv = ServerProcess(ini).start()
+        except Exception as exc:
+            for w in todo:
+                run.rows.append(report.row(w, "-", "greenjobs", config, "", [], sizes[w],
+                                           error=f"server did not start: {str(exc)[-300:]}"))
+            continue
+        try:
+            for w in todo:
+                if w == "W1":
+                    run.measure(w, "greenjobs", config + ", /jobs/batch", wl.w1, srv, sizes[w])
+                elif w == "W1s":
+                    run.measure(w, "greenjobs", config + ", POST + ?wait per job", wl.w1_single, srv, sizes[w])
+                elif w == "W1b":
+                    run.measure(w, "greenjobs", config + ", http.get via /jobs/batch", wl.w1b, srv, sizes[w], url)
+                elif w == "W2":
+                    run.measure(w, "greenjobs", config, wl.w2, srv, sizes[w], iterations)
+                elif w == "W3":
+                    run.measure(w, "greenjobs", config, wl.w3, srv, sizes[w])
+                elif w == "W4":
+                    kinds = ("echo", "cpu") if broker == "embedded" else ("cpu",)
+                    run.measure(w, "greenjobs", config, wl.w4, srv, sizes[w], kinds)
+                elif w == "W5":
+                    run.measure(w, "greenjobs", config + f", W1 ({sizes['W1']}) + W2 ({sizes['W2']}) at once",
+                                wl.w5, srv, sizes["W1"], sizes["W2"], iterations)
+                elif w == "D":
+                    run.measure(w, "greenjobs", config, wl.dispatch, srv, sizes[w])
+        finally:
+            srv.stop()
 
 
-POOL_SCRIPT = """
-import hashlib, multiprocessing, os, statistics, sys, time
-def f(args):
-    return hashlib.pbkdf2_hmac("sha256", args[0].encode(), b"y", args[1]).hex()
-def calibrate(target_ms=50.0, n=20000):
-    samples = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        f(("x", n))
-        samples.append(time.perf_counter() - t0)
-    return int(n * target_ms / (statistics.median(samples) * 1000))
-if __name__ == "__main__":
-    n = int(sys.argv[1])
-    iterations = calibrate()
-    with multiprocessing.Pool(os.cpu_count()) as pool:
-        pool.map(f, [("warm", 1000)] * 4)
-        t0 = time.perf_counter()
-        pool.map(f, [(str(i), iterations) for i in range(n)], chunksize=1)
-        print(iterations, time.perf_counter() - t0)
-"""
+def peers(run: Run, chosen, names, iterations, url, folder: Path, args) -> None:
+    todo = [w for w in chosen if w in ("W1", "W1b", "W2", "W3", "W4")]
+    if not todo:
+        return
+    for name in names:
+        broker, host, port = BROKERS[name]
+        skip = None
+        if importlib.util.find_spec(PEER_PACKAGES[name]) is None:
+            skip = f"skipped: {name} not installed (pip install -e '.[bench]')"
+        elif not answers(host, port):
+            skip = f"skipped: {broker} does not answer on {host}:{port}"
+        if skip:
+            run.rows.append(report.row("*", "-", name, "", "", [], 0, note=skip))
+            print(f"  {name}: {skip}", file=sys.stderr, flush=True)
+            continue
+        cmd = [sys.executable, "-m", "bench.peers", name, "--only", ",".join(todo), "--runs", str(run.runs),
+               "--iterations", str(iterations), "--url", url or "http://127.0.0.1:1/", "--logs", str(folder / name)]
+        if args.quick:
+            cmd.append("--quick")
+        print(f"  {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, env=wl._env(), cwd=wl.ROOT, timeout=3600)
+            rows = json.loads(out.stdout.strip().splitlines()[-1])
+        except Exception as exc:
+            tail = getattr(locals().get("out"), "stderr", "")[-500:]
+            run.rows.append(report.row("*", "-", name, "", "", [], 0, error=f"{type(exc).__name__}: {exc} {tail}"[:400]))
+            continue
+        sys.stderr.write("".join(line + "\n" for line in out.stderr.splitlines()[-20:] if "Error" in line))
+        run.rows.extend(rows)
 
 
-def w2_cpu(srv, n=200):
-    """W2: n cpu.pbkdf2 jobs of ~50 ms; returns (greenjobs wall s, multiprocessing.Pool wall s, ratio)."""
-    import subprocess
-    # calibration and the limit run in a fresh, unpatched interpreter: multiprocessing hangs under
-    # gevent's patching
-    out = subprocess.run([sys.executable, "-c", POOL_SCRIPT, str(n)], capture_output=True, text=True, check=True)
-    iterations, limit = int(out.stdout.split()[0]), float(out.stdout.split()[1])
-    conn = Conn("127.0.0.1", srv.port)
-    t0 = time.perf_counter()
-    res = conn.json("POST", "/jobs/batch", {"jobs": [{"handler": "cpu.pbkdf2", "kwargs": {
-        "iterations": iterations, "password": str(i)}} for i in range(n)]}, expect=202)
-    info = conn.json("GET", f"/batches/{res['batch']}?wait=600", expect=200)
-    wall = time.perf_counter() - t0
-    assert info["counts"]["succeeded"] == n, info
-    conn.close()
-    return wall, limit, wall / limit
-
-
-def dispatch_latency(srv, n=100):
-    """Idle dispatch: submit a tiny cpu job, then read created_at -> started_at; returns p50, p99 in ms."""
-    from datetime import datetime
-    conn = Conn("127.0.0.1", srv.port)
-    samples = []
-    for _ in range(n):
-        gevent.sleep(0.05)                       # idle between jobs
-        job = conn.json("POST", "/jobs", {"handler": "cpu.pbkdf2", "kwargs": {"iterations": 1}}, expect=202)
-        done = conn.json("GET", f"/jobs/{job['id']}?wait=30", expect=200)
-        created, started = (datetime.fromisoformat(done[k].replace("Z", "+00:00")) for k in ("created_at", "started_at"))
-        samples.append((started - created).total_seconds() * 1000)
-    conn.close()
-    samples.sort()
-    return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
-
-
-WORKLOADS = {
-    "W1": ("10,000 x sleep 0.1 s via /jobs/batch (pool 1000)", w1_batch, 1.0, "s"),
-    "W1s": ("10,000 x sleep 0.1 s, POST + ?wait per job, 1000 clients", w1_single, 1.0, "s"),
-    "W3": ("single POST /jobs, 64 keep-alive clients", w3_single, None, "jobs/s"),
-    "W3b": ("POST /jobs/batch of 1000", w3_batch, None, "jobs/s"),
-    "W4": ("echo submit+wait round trip p50/p99", w4_echo, None, "ms"),
-    "W2": ("200 x cpu.pbkdf2 ~50 ms: wall / multiprocessing.Pool / ratio", w2_cpu, None, "s"),
-    "D": ("idle cpu dispatch, submit -> worker start p50/p99", dispatch_latency, None, "ms"),
-}
+def machine() -> dict:
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    except OSError:
+        pass
+    versions = {}
+    from importlib.metadata import PackageNotFoundError, version
+    for pkg in ("gevent", "greenlet", "pyramid", "waitress", "kombu", "urllib3", "celery", "dramatiq", "huey", "rq",
+                "redis"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "versions": versions}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--quick", action="store_true", help="small N, one run (for CI)")
-    parser.add_argument("--only", default="", help="comma-separated workloads, e.g. W1,W3")
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--quick", action="store_true", help="small N, one run, no peers unless --peers (for CI)")
+    parser.add_argument("--only", default="", help=f"comma-separated workloads of {','.join(ALL + EXTRA)}")
+    parser.add_argument("--peers", default=None, help=f"comma-separated of {','.join(PEERS)}, or 'none' "
+                                                      "(default: all, none with --quick)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", default="", help="write results to this file")
-    parser.add_argument("--broker", choices=("embedded", "rabbitmq"), default="embedded",
-                        help="where cpu jobs are queued")
+    parser.add_argument("--broker", choices=("embedded", "rabbitmq", "both"), default="both",
+                        help="greenjobs' cpu workloads (W2, W4 cpu) on the embedded broker, RabbitMQ, or both")
     parser.add_argument("--server", choices=("gevent", "waitress"), default="gevent",
-                        help="the [server:main] runner: ours (gevent.pywsgi) or waitress under the same patching")
+                        help="greenjobs' [server:main] runner: ours (gevent.pywsgi) or waitress under the same patching")
     args = parser.parse_args(argv)
-    chosen = [w for w in (args.only.split(",") if args.only else WORKLOADS) if w]
-    runs = 1 if args.quick else args.runs
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        app = {} if args.broker == "embedded" else {
-            "greenjobs.broker.url": "amqp://guest:guest@127.0.0.1:5672//",
-            "greenjobs.broker.namespace": f"gjbench-{int(time.time())}"}
-        if args.server == "waitress":
-            ini = write_ini(Path(tmp), app, server={"use": "egg:waitress#main", "threads": 1100,
-                                                    "connection_limit": 2000, "backlog": 2048}, replace_server=True)
-        else:
-            ini = write_ini(Path(tmp), app, server={"max_connections": 20000})
-        srv = ServerProcess(ini).start()
+    chosen = [w for w in (args.only.split(",") if args.only else ALL) if w]
+    unknown = [w for w in chosen if w not in ALL + EXTRA]
+    if unknown:
+        parser.error(f"unknown workload {', '.join(unknown)}; known: {', '.join(ALL + EXTRA)}")
+    names = [] if (args.peers or ("" if args.quick else ",".join(PEERS))) in ("", "none") else \
+        (args.peers or ",".join(PEERS)).split(",")
+    if any(n not in PEERS for n in names):
+        parser.error(f"unknown peer in {args.peers!r}; known: {', '.join(PEERS)}")
+    sizes = QUICK if args.quick else FULL
+    run = Run(1 if args.quick else args.runs, sizes)
+    started = time.time()
+    iterations = 0
+    if {"W2", "W5"} & set(chosen):
+        iterations = wl.floor("calibrate", 0)["iterations"]
+        print(f"  cpu.pbkdf2 calibrated to {iterations} iterations (~50 ms)", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="gjbench-") as tmp:
+        slow, url = None, ""
+        if "W1b" in chosen:
+            port = free_port()
+            slow, url = wl.start_module("bench.slow_server", port, port=port), f"http://127.0.0.1:{port}/"
         try:
-            for name in chosen:
-                title, fn, ideal, unit = WORKLOADS[name]
-                kwargs = {"n": {"W4": 100, "W2": 20, "D": 20}.get(name, 1000)} if args.quick else {}
-                values = [fn(srv, **kwargs) for _ in range(runs)]
-                if isinstance(values[0], tuple):
-                    med = tuple(statistics.median(v[i] for v in values) for i in range(len(values[0])))
-                    shown = " / ".join(f"{m:.2f}" for m in med)
-                    shown = shown if len(shown) < 14 else shown.replace(" ", "")
-                else:
-                    med = statistics.median(values)
-                    shown = f"{med:.3f}" if unit == "s" else f"{med:,.0f}"
-                ratio = f"{med / (ideal * (kwargs.get('n', 10000) / 10000)):.2f}x ideal" if ideal else ""
-                print(f"{name:4} {title:58} {shown:>14} {unit:7} {ratio}", flush=True)
-                results.append({"workload": name, "title": title, "median": med, "runs": values, "unit": unit})
+            limits(run, chosen, sizes, iterations, url)
+            greenjobs(run, chosen, sizes, iterations, url, Path(tmp), args)
+            peers(run, chosen, names, iterations, url, Path(tmp), args)
         finally:
-            srv.stop()
+            if slow is not None:
+                slow.terminate()
+                slow.wait(10)
+    order = {w: i for i, w in enumerate(ALL + EXTRA + ("*",))}
+    systems = {s: i for i, s in enumerate(("limit", "ceiling", "greenjobs", *PEERS))}
+    rows = sorted(report.finish(run.rows), key=lambda r: (order[r["workload"]], systems.get(r["system"], 9)))
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": machine(), "runs": run.runs, "pbkdf2_iterations": iterations,
+            "seconds": round(time.time() - started, 1)}
+    print(report.table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0
+        report.write_json(args.json, meta, rows)
+    return 1 if any(r["error"] for r in rows) else 0
 
 
 if __name__ == "__main__":
