@@ -43,3 +43,4 @@ def includeme(config) -> None:
     config.scan("server.views")
     config.scan("server.streams")
     config.scan("server.openapi")
+    config.include("server.dashboard")

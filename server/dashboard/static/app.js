@@ -1,0 +1,1145 @@
+// greenjobs dashboard: plain JavaScript, no framework, no build step.
+//
+// Everything a job holds (args, kwargs, results, errors, progress messages, handler names) is
+// untrusted.  The DOM is built with createElement and textContent only; no HTML string ever
+// holds job data, and the page's Content-Security-Policy forbids inline script besides.
+//
+// Live updates: one EventSource on /events feeds the overview's rates, the job lists and the
+// header; the job detail page opens its own /events?job=<id>.  Events are applied in batches
+// (at most every 150 ms), so a burst of thousands of jobs costs a few DOM updates, not thousands.
+"use strict";
+
+(() => {
+  const STATES = ["scheduled", "queued", "running", "succeeded", "failed", "cancelled"];
+  const ACTIVE = new Set(["scheduled", "queued", "running"]);
+  const EVENTS = ["submitted", "started", "progress", "retrying", "succeeded", "failed", "cancelled"];
+  const RATE_WINDOW = 10;        // seconds the overview's rates are averaged over
+  const SPARK_SECONDS = 60;      // seconds the overview's chart shows
+  const REFRESH_MS = 2000;       // /health and /metrics polling on the overview
+  const FLUSH_MS = 150;          // events are applied to the page at most this often
+  const PAGE_SIZES = [25, 50, 100, 200];
+
+  // ---------------------------------------------------------------- DOM helpers (no innerHTML)
+
+  /** h("a", {href: "#/x", class: "c"}, "text", child) — attributes via setAttribute, text via text nodes. */
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") el.className = value;
+      else if (key === "text") el.textContent = value;
+      else if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+      else if (key in el && typeof value !== "string") el[key] = value;    // checked, disabled, value, max
+      else el.setAttribute(key, value === true ? "" : String(value));
+    }
+    put(el, children);
+    return el;
+  }
+
+  function put(el, children) {
+    for (const child of children.flat(Infinity)) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function clear(el) {
+    while (el.firstChild) el.removeChild(el.firstChild);
+    return el;
+  }
+
+  const jobHref = (id) => "#/jobs/" + encodeURIComponent(id);
+
+  function stateBadge(state) {
+    const known = STATES.includes(state) ? state : "unknown";
+    return h("span", {class: "badge state-" + known, "data-state": String(state)}, String(state));
+  }
+
+  function fmtTime(iso) {
+    if (!iso) return "—";
+    const d = new Date(iso);
+    if (isNaN(d)) return String(iso);
+    const today = new Date().toDateString() === d.toDateString();
+    return today ? d.toLocaleTimeString() : d.toLocaleString();
+  }
+
+  function timeCell(iso) {
+    return h("time", {datetime: iso || null, title: iso || null}, fmtTime(iso));
+  }
+
+  function fmtDuration(seconds) {
+    if (seconds === null || seconds === undefined || !isFinite(seconds)) return "—";
+    if (seconds < 1) return (seconds * 1000).toFixed(0) + " ms";
+    if (seconds < 120) return seconds.toFixed(seconds < 10 ? 2 : 1) + " s";
+    const m = Math.floor(seconds / 60);
+    return m < 120 ? `${m} min ${Math.round(seconds % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
+  }
+
+  function fmtRate(value) {
+    if (value >= 100) return value.toFixed(0);
+    if (value >= 10) return value.toFixed(1);
+    return value.toFixed(2);
+  }
+
+  function fmtNumber(n) {
+    return (n === null || n === undefined) ? "—" : Number(n).toLocaleString();
+  }
+
+  /** Pretty JSON as coloured spans, every value a text node: safe for any untrusted value. */
+  function jsonView(value) {
+    const pre = h("pre", {class: "json"});
+    const walk = (v, indent) => {
+      const pad = "  ".repeat(indent);
+      if (v === null) return h("span", {class: "j-null"}, "null");
+      if (typeof v === "string") return h("span", {class: "j-str"}, JSON.stringify(v));
+      if (typeof v === "number") return h("span", {class: "j-num"}, String(v));
+      if (typeof v === "boolean") return h("span", {class: "j-bool"}, String(v));
+      const isArray = Array.isArray(v);
+      const keys = isArray ? v.map((_, i) => i) : Object.keys(v);
+      if (!keys.length) return document.createTextNode(isArray ? "[]" : "{}");
+      const frag = document.createDocumentFragment();
+      frag.append(isArray ? "[\n" : "{\n");
+      keys.forEach((key, i) => {
+        frag.append(pad + "  ");
+        if (!isArray) put(frag, [h("span", {class: "j-key"}, JSON.stringify(String(key))), ": "]);
+        frag.append(walk(v[key], indent + 1));
+        frag.append(i < keys.length - 1 ? ",\n" : "\n");
+      });
+      frag.append(pad + (isArray ? "]" : "}"));
+      return frag;
+    };
+    pre.append(walk(value, 0));
+    return pre;
+  }
+
+  function progressBar(progress, compact) {
+    const fraction = progress && typeof progress.fraction === "number" ? progress.fraction : null;
+    const bar = h("progress", {class: compact ? "bar compact" : "bar", max: 1});
+    if (fraction !== null) bar.value = Math.max(0, Math.min(1, fraction));
+    const label = fraction === null ? "" : Math.round(fraction * 100) + "%";
+    bar.setAttribute("aria-label", label || "no progress reported");
+    return {bar, fraction, label};
+  }
+
+  // ---------------------------------------------------------------- flash messages
+
+  let flashTimer = null;
+
+  function flash(message, kind = "info") {
+    const box = document.getElementById("flash");
+    clear(box).append(h("span", null, message));
+    box.dataset.kind = kind;
+    box.hidden = false;
+    clearTimeout(flashTimer);
+    flashTimer = setTimeout(() => { box.hidden = true; }, kind === "error" ? 8000 : 4000);
+  }
+
+  // ---------------------------------------------------------------- HTTP API and session
+
+  class ApiError extends Error {
+    constructor(status, problem) {
+      const detail = problem && typeof problem === "object" ? (problem.detail || problem.title) : null;
+      super(detail || `HTTP ${status}`);
+      this.status = status;
+      this.problem = problem;
+    }
+  }
+
+  const session = {auth: "off", authenticated: false, roles: [], permissions: null, csrf: null};
+
+  const can = (permission) => session.auth !== "on" ||
+    (session.authenticated && (session.permissions || []).includes(permission));
+
+  async function request(method, path, body, accept = "application/json") {
+    const headers = {"Accept": accept};
+    const init = {method, headers, credentials: "same-origin", cache: "no-store"};
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    // Pyramid checks the CSRF token on every unsafe request signed in with the session cookie.
+    if (method !== "GET" && method !== "HEAD" && session.csrf) headers["X-CSRF-Token"] = session.csrf;
+    const response = await fetch(path, init);
+    const text = await response.text();
+    let data = text;
+    if ((response.headers.get("Content-Type") || "").includes("json")) {
+      try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+    }
+    if (!response.ok) {
+      if (response.status === 401 && session.auth === "on" && path !== "/session") {
+        showSignIn("Your session has ended; sign in again.");
+      }
+      throw new ApiError(response.status, data);
+    }
+    return data;
+  }
+
+  const api = {
+    get: (path) => request("GET", path),
+    post: (path, body) => request("POST", path, body),
+    del: (path) => request("DELETE", path),
+    text: (path) => request("GET", path, undefined, "text/plain"),
+  };
+
+  function applySession(state) {
+    session.auth = state.auth === "on" ? "on" : "off";
+    session.authenticated = !!state.authenticated;
+    session.roles = Array.isArray(state.roles) ? state.roles : [];
+    session.permissions = Array.isArray(state.permissions) ? state.permissions : null;
+    if (session.permissions === null) {       // older servers: derive from the roles
+      const grants = {read: ["read"], submit: ["submit"], admin: ["read", "submit", "admin"]};
+      session.permissions = [...new Set(session.roles.flatMap((r) => grants[r] || []))];
+    }
+    session.csrf = state.csrf_token || null;
+    const who = document.getElementById("who");
+    const signout = document.getElementById("signout");
+    if (session.auth === "on" && session.authenticated) {
+      who.textContent = "signed in · " + session.roles.join(", ");
+      signout.hidden = state.via === "bearer";
+    } else {
+      who.textContent = session.auth === "off" ? "access control off" : "";
+      signout.hidden = true;
+    }
+  }
+
+  async function loadSession() {
+    try {
+      applySession(await api.get("/session"));
+    } catch (error) {
+      // A server without access control (no /session route) permits everything.
+      if (error.status === 404) {
+        console.info("greenjobs: no /session on this server; treating access control as off");
+        applySession({auth: "off"});
+      } else {
+        throw error;
+      }
+    }
+  }
+
+  function showSignIn(message) {
+    live.close();
+    if (current) { current.stop(); current = null; }
+    document.getElementById("view").hidden = true;
+    const error = document.getElementById("signin-error");
+    error.textContent = message || "";
+    error.hidden = !message;
+    document.getElementById("signin").hidden = false;
+    document.getElementById("token").focus();
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const input = document.getElementById("token");
+    const error = document.getElementById("signin-error");
+    try {
+      applySession(await api.post("/session", {token: input.value}));
+      input.value = "";
+      document.getElementById("signin").hidden = true;
+      document.getElementById("view").hidden = false;
+      start();
+    } catch (e) {
+      error.textContent = e.status === 401 ? "That token is not valid." : e.message;
+      error.hidden = false;
+      input.select();
+    }
+  }
+
+  async function signOut() {
+    try { applySession(await api.del("/session")); } catch (e) { flash(e.message, "error"); }
+    await loadSession().catch(() => {});
+    if (session.auth === "on" && !session.authenticated) showSignIn();
+  }
+
+  // ---------------------------------------------------------------- live events
+
+  /** Events per second by name, in one-second buckets, from what the unfiltered stream delivers. */
+  const rates = {
+    buckets: new Map(),
+    since: Date.now() / 1000,
+    record(name) {
+      const second = Math.floor(Date.now() / 1000);
+      let bucket = this.buckets.get(second);
+      if (!bucket) {
+        bucket = {};
+        this.buckets.set(second, bucket);
+        for (const key of this.buckets.keys()) if (key < second - SPARK_SECONDS - 2) this.buckets.delete(key);
+      }
+      bucket[name] = (bucket[name] || 0) + 1;
+    },
+    rate(name) {
+      const now = Date.now() / 1000;
+      let n = 0;
+      for (const [second, bucket] of this.buckets) if (second > now - RATE_WINDOW) n += bucket[name] || 0;
+      return n / Math.max(1, Math.min(RATE_WINDOW, now - this.since));
+    },
+    series(name) {
+      const now = Math.floor(Date.now() / 1000);
+      const out = [];
+      for (let s = now - SPARK_SECONDS + 1; s <= now; s++) out.push((this.buckets.get(s) || {})[name] || 0);
+      return out;
+    },
+    reset() { this.buckets.clear(); this.since = Date.now() / 1000; },
+  };
+
+  /** One EventSource with batching, reconnection after a hard failure, and reset handling. */
+  class Stream {
+    constructor(url, {onEvents, onReset, onStatus, onReceive}) {
+      this.url = url;
+      this.onReceive = onReceive || null;
+      this.onEvents = onEvents;
+      this.onReset = onReset;
+      this.onStatus = onStatus || (() => {});
+      this.pending = [];
+      this.timer = null;
+      this.retry = null;
+      this.closed = false;
+      this.open();
+    }
+
+    open() {
+      if (this.closed) return;
+      const source = this.source = new EventSource(this.url, {withCredentials: true});
+      const receive = (message) => {
+        let data;
+        try { data = JSON.parse(message.data); } catch (_) { return; }
+        if (!data || typeof data !== "object") return;
+        if (this.onReceive) this.onReceive(data);
+        this.pending.push(data);
+        if (this.timer === null) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
+      };
+      for (const name of EVENTS) source.addEventListener(name, receive);
+      // The server lost events we missed (replay window passed): whatever we show may be stale.
+      source.addEventListener("reset", () => this.onReset && this.onReset());
+      source.addEventListener("dropped", () => this.onStatus("connecting"));
+      source.onopen = () => this.onStatus("on");
+      source.onerror = () => {
+        if (source.readyState === EventSource.CLOSED) {
+          // A refused stream (401, 503) is not retried by the browser: try again ourselves.
+          this.onStatus("off");
+          clearTimeout(this.retry);
+          this.retry = setTimeout(() => { this.onReset && this.onReset(); this.open(); }, 3000);
+        } else {
+          this.onStatus("connecting");
+        }
+      };
+    }
+
+    flush() {
+      this.timer = null;
+      const batch = this.pending;
+      this.pending = [];
+      if (batch.length && !this.closed) this.onEvents(batch);
+    }
+
+    close() {
+      this.closed = true;
+      clearTimeout(this.timer);
+      clearTimeout(this.retry);
+      if (this.source) this.source.close();
+    }
+  }
+
+  /** The page-wide stream: every event, for rates, the job lists and the recent-events feed. */
+  const live = {
+    stream: null,
+    open() {
+      if (this.stream) return;
+      rates.reset();
+      this.stream = new Stream("/events", {
+        onEvents: (batch) => { if (current && current.onEvents) current.onEvents(batch); },
+        onReset: () => { if (current && current.refresh) current.refresh(); },
+        onStatus: (state) => setLive(state),
+        // Rates are counted on arrival, not on flush, so a batch never smears them over time.
+        onReceive: (data) => rates.record(data.event),
+      });
+    },
+    close() {
+      if (this.stream) this.stream.close();
+      this.stream = null;
+      setLive("off");
+    },
+  };
+
+  function setLive(state) {
+    const el = document.getElementById("live");
+    el.dataset.state = state;
+    el.textContent = {on: "live", connecting: "reconnecting…", off: "offline"}[state] || state;
+  }
+
+  // ---------------------------------------------------------------- shared page pieces
+
+  let handlersCache = null;
+
+  async function handlerNames() {
+    if (handlersCache === null) {
+      try {
+        const data = await api.get("/handlers");
+        handlersCache = (data.handlers || []).map((x) => String(x.name)).sort();
+      } catch (_) {
+        handlersCache = [];
+      }
+    }
+    return handlersCache;
+  }
+
+  function select(name, label, options, value, onchange) {
+    const el = h("select", {name, id: "filter-" + name, onchange});
+    for (const [optValue, optLabel] of options) {
+      el.append(h("option", {value: optValue, selected: optValue === value}, optLabel));
+    }
+    return h("label", {class: "field"}, h("span", null, label), el);
+  }
+
+  function hashWith(base, params) {
+    const query = new URLSearchParams();
+    for (const [key, value] of Object.entries(params)) if (value) query.set(key, value);
+    const text = query.toString();
+    return base + (text ? "?" + text : "");
+  }
+
+  function pageHeader(title, subtitle, ...extra) {
+    return h("div", {class: "page-head"},
+      h("div", null, h("h1", null, title), subtitle ? h("p", {class: "muted"}, subtitle) : null),
+      h("div", {class: "page-actions"}, extra));
+  }
+
+  function card(title, body, cls) {
+    return h("section", {class: "card " + (cls || "")}, title ? h("h2", null, title) : null, body);
+  }
+
+  function stat(label, value, id, hint) {
+    return h("div", {class: "stat"},
+      h("div", {class: "stat-value", id: id || null}, value),
+      h("div", {class: "stat-label"}, label, hint ? h("span", {class: "muted"}, " " + hint) : null));
+  }
+
+  // Cursor paging: the API pages forward only ("next" = the last id shown), so the way back is a stack.
+  const pageStacks = new Map();
+
+  function pager(key, params, next, base) {
+    const stack = pageStacks.get(key) || [];
+    const newer = h("a", {class: "button", href: "#", "aria-disabled": params.after ? null : "true"}, "← Newer");
+    newer.addEventListener("click", (e) => {
+      e.preventDefault();
+      if (!params.after) return;
+      const previous = stack.pop() || null;
+      pageStacks.set(key, stack);
+      location.hash = hashWith(base, {...params, after: previous});
+    });
+    const older = h("a", {class: "button", href: "#", "aria-disabled": next ? null : "true"}, "Older →");
+    older.addEventListener("click", (e) => {
+      e.preventDefault();
+      if (!older.dataset.next) return;
+      stack.push(params.after || null);
+      pageStacks.set(key, stack);
+      location.hash = hashWith(base, {...params, after: older.dataset.next});
+    });
+    if (next) older.dataset.next = next;
+    const where = h("span", {class: "muted"}, params.after ? `page ${stack.length + 1}` : "newest first");
+    return {el: h("div", {class: "pager"}, newer, where, older), older};
+  }
+
+  function setNext(older, next) {
+    if (next) { older.dataset.next = next; older.removeAttribute("aria-disabled"); }
+  }
+
+  // ---------------------------------------------------------------- overview
+
+  class OverviewPage {
+    constructor(root) {
+      this.root = root;
+      this.timer = null;
+      this.tick = null;
+      this.lastRefresh = 0;
+      this.recent = [];
+    }
+
+    start() {
+      const rateStat = (name, label) => stat(label, "0.00", "rate-" + name, "/s");
+      this.rates = h("div", {class: "stats"},
+        rateStat("submitted", "submitted"), rateStat("succeeded", "succeeded"), rateStat("failed", "failed"));
+      this.chart = h("canvas", {class: "spark", width: 600, height: 90, "aria-label": "events per second, last minute"});
+      this.pool = h("div", {class: "stats"});
+      this.poolMeter = h("div", {class: "meter-wrap"});
+      this.cpu = h("div", {class: "stats"});
+      this.server = h("dl", {class: "facts"});
+      this.queues = h("div", {class: "table-wrap"});
+      this.feed = h("ol", {class: "feed"});
+      put(clear(this.root), [
+        pageHeader("Overview", "Live from /events; pool, workers and queues refreshed every 2 s."),
+        h("div", {class: "grid"},
+          card(`Throughput · last ${RATE_WINDOW} s`, [this.rates, this.chart,
+            h("div", {class: "legend"},
+              h("span", {class: "key key-submitted"}, "submitted"),
+              h("span", {class: "key key-succeeded"}, "succeeded"),
+              h("span", {class: "key key-failed"}, "failed"),
+              h("span", {class: "muted"}, `events per second, last ${SPARK_SECONDS} s`))], "wide"),
+          card("I/O pool", [this.poolMeter, this.pool]),
+          card("CPU workers", this.cpu),
+          card("Queue depths", this.queues, "wide"),
+          card("Server", this.server),
+          card("Recent events", this.feed)),
+      ]);
+      this.renderRates();
+      this.refresh();
+      this.timer = setInterval(() => this.refresh(), REFRESH_MS);
+      this.tick = setInterval(() => this.renderRates(), 1000);
+    }
+
+    stop() {
+      this.stopped = true;
+      clearInterval(this.timer);
+      clearInterval(this.tick);
+    }
+
+    onEvents(batch) {
+      this.renderRates();
+      for (const event of batch) this.recent.unshift(event);
+      this.recent.length = Math.min(this.recent.length, 12);
+      this.renderFeed();
+      if (Date.now() - this.lastRefresh > 500) this.refresh();    // live, but at most twice a second
+    }
+
+    renderRates() {
+      for (const name of ["submitted", "succeeded", "failed"]) {
+        const el = document.getElementById("rate-" + name);
+        if (el) el.textContent = fmtRate(rates.rate(name));
+      }
+      this.drawChart();
+    }
+
+    drawChart() {
+      const canvas = this.chart;
+      const ratio = window.devicePixelRatio || 1;
+      const width = canvas.clientWidth || 600;
+      const height = canvas.clientHeight || 90;
+      if (canvas.width !== Math.round(width * ratio)) {
+        canvas.width = Math.round(width * ratio);
+        canvas.height = Math.round(height * ratio);
+      }
+      const ctx = canvas.getContext("2d");
+      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+      ctx.clearRect(0, 0, width, height);
+      const series = {submitted: rates.series("submitted"), succeeded: rates.series("succeeded"),
+                      failed: rates.series("failed")};
+      const top = Math.max(1, ...Object.values(series).flat());
+      const style = getComputedStyle(document.documentElement);
+      ctx.strokeStyle = style.getPropertyValue("--grid").trim() || "#ddd";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      for (const y of [0.25, 0.5, 0.75]) { ctx.moveTo(0, height * y); ctx.lineTo(width, height * y); }
+      ctx.stroke();
+      ctx.fillStyle = style.getPropertyValue("--muted").trim() || "#888";
+      ctx.font = "11px system-ui, sans-serif";
+      ctx.fillText(`${fmtNumber(top)}/s`, 4, 12);
+      for (const name of ["submitted", "succeeded", "failed"]) {
+        const values = series[name];
+        ctx.strokeStyle = style.getPropertyValue("--c-" + name).trim() || "#000";
+        ctx.lineWidth = 2;
+        ctx.beginPath();
+        values.forEach((v, i) => {
+          const x = (i / (values.length - 1)) * width;
+          const y = height - 2 - (v / top) * (height - 18);
+          if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+        });
+        ctx.stroke();
+      }
+    }
+
+    renderFeed() {
+      clear(this.feed);
+      if (!this.recent.length) {
+        this.feed.append(h("li", {class: "muted"}, "No events since this page opened."));
+        return;
+      }
+      for (const e of this.recent) {
+        this.feed.append(h("li", null,
+          h("time", {title: e.at || null}, fmtTime(e.at)),
+          h("span", {class: "badge event-" + (EVENTS.includes(e.event) ? e.event : "other")}, String(e.event)),
+          h("a", {href: jobHref(e.job), class: "mono"}, String(e.job).slice(0, 12)),
+          h("span", {class: "handler"}, String(e.handler))));
+      }
+    }
+
+    async refresh() {
+      if (this.stopped) return;
+      this.lastRefresh = Date.now();
+      let health;
+      try {
+        health = await api.get("/health");
+      } catch (error) {
+        health = error.problem && typeof error.problem === "object" && error.problem.pool ? error.problem : null;
+        if (!health) { this.renderServer(null, error); return; }
+      }
+      this.renderPool(health.pool || {});
+      this.renderCpu(health.cpu || {});
+      this.renderServer(health);
+      try {
+        this.renderQueues(parseGauge(await api.text("/metrics"), "greenjobs_jobs"), health);
+      } catch (error) {
+        clear(this.queues).append(h("p", {class: "muted"}, "Queue depths need /metrics: " + error.message));
+      }
+    }
+
+    renderPool(pool) {
+      const size = pool.size || 0;
+      const busy = pool.busy || 0;
+      const meter = h("meter", {class: "meter", min: 0, max: Math.max(1, size), value: busy, id: "pool-meter"});
+      put(clear(this.poolMeter), [meter,
+        h("span", {class: "muted"}, size ? `${Math.round((busy / size) * 100)}% busy` : "no pool")]);
+      put(clear(this.pool), [
+        stat("busy", fmtNumber(busy), "pool-busy"), stat("size", fmtNumber(size), "pool-size"),
+        stat("pending", fmtNumber(pool.pending), "pool-pending"), stat("completed", fmtNumber(pool.completed))]);
+    }
+
+    renderCpu(cpu) {
+      const connected = cpu.broker_connected;
+      put(clear(this.cpu), [
+        stat("workers alive", cpu.workers === null || cpu.workers === undefined ? "external" : fmtNumber(cpu.workers),
+             "cpu-workers"),
+        stat("running", fmtNumber(cpu.running), "cpu-running"),
+        stat("to publish", fmtNumber(cpu.to_publish)),
+        stat("restarts", fmtNumber(cpu.worker_restarts)),
+        h("div", {class: "stat"},
+          h("div", {class: "stat-value"},
+            h("span", {class: "badge " + (connected ? "ok" : "bad"), id: "broker"},
+              connected ? "connected" : "disconnected")),
+          h("div", {class: "stat-label"}, "broker"))]);
+    }
+
+    renderServer(health, error) {
+      clear(this.server);
+      if (!health) {
+        put(this.server, [h("dt", null, "status"), h("dd", null, h("span", {class: "badge bad"}, error.message))]);
+        return;
+      }
+      const store = health.store || {};
+      const row = (k, v) => [h("dt", null, k), h("dd", null, v)];
+      put(this.server, [
+        row("status", h("span", {class: "badge " + (health.status === "ok" ? "ok" : "bad")}, String(health.status))),
+        row("accepting jobs", health.accepting ? "yes" : "no"),
+        row("store", store.ok ? "ok" : "failing" + (store.error ? ": " + store.error : "")),
+        row("parked long-polls", fmtNumber(health.waiters)),
+      ]);
+    }
+
+    renderQueues(rows, health) {
+      const byHandler = new Map();
+      for (const {labels, value} of rows) {
+        const entry = byHandler.get(labels.handler) || {scheduled: 0, queued: 0, running: 0};
+        if (labels.state in entry) entry[labels.state] += value;
+        byHandler.set(labels.handler, entry);
+      }
+      const total = {scheduled: 0, queued: 0, running: 0};
+      const body = h("tbody");
+      for (const [handler, counts] of [...byHandler].sort((a, b) => a[0].localeCompare(b[0]))) {
+        for (const key of Object.keys(total)) total[key] += counts[key];
+        const link = (state) => h("a", {href: hashWith("#/jobs", {state, handler})}, fmtNumber(counts[state]));
+        body.append(h("tr", null, h("td", {class: "handler"}, handler),
+          h("td", {class: "num"}, link("scheduled")), h("td", {class: "num"}, link("queued")),
+          h("td", {class: "num"}, link("running"))));
+      }
+      if (!byHandler.size) body.append(h("tr", null, h("td", {colspan: 4, class: "muted"}, "No active jobs.")));
+      const pending = (health.pool || {}).pending;
+      put(clear(this.queues), [h("table", {class: "table", id: "queues"},
+        h("thead", null, h("tr", null, h("th", null, "handler"), h("th", {class: "num"}, "scheduled"),
+          h("th", {class: "num"}, "queued"), h("th", {class: "num"}, "running"))),
+        body,
+        h("tfoot", null, h("tr", null, h("th", null, "total"), h("th", {class: "num"}, fmtNumber(total.scheduled)),
+          h("th", {class: "num"}, fmtNumber(total.queued)), h("th", {class: "num"}, fmtNumber(total.running))))),
+        h("p", {class: "muted small"},
+          `I/O jobs waiting for a pool slot: ${fmtNumber(pending)} · cpu jobs waiting to be published: ` +
+          fmtNumber(((health.cpu || {}).to_publish)))]);
+    }
+  }
+
+  /** The samples of one metric family from Prometheus text: [{labels: {...}, value}]. */
+  function parseGauge(text, name) {
+    const out = [];
+    for (const line of String(text).split("\n")) {
+      if (!line.startsWith(name + "{") && !line.startsWith(name + " ")) continue;
+      const brace = line.indexOf("{");
+      const labels = {};
+      let rest = line;
+      if (brace === name.length) {
+        const end = line.lastIndexOf("}");
+        const labelText = line.slice(brace + 1, end);
+        const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g;
+        let m;
+        while ((m = re.exec(labelText)) !== null) {
+          labels[m[1]] = m[2].replace(/\\(.)/g, (_, c) => (c === "n" ? "\n" : c));
+        }
+        rest = line.slice(end + 1);
+      } else {
+        rest = line.slice(name.length);
+      }
+      const value = parseFloat(rest.trim().split(/\s+/)[0]);
+      if (!isNaN(value)) out.push({labels, value});
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- job list (and the failed view)
+
+  class JobsPage {
+    constructor(root, params, failed) {
+      this.root = root;
+      this.failed = !!failed;
+      this.base = failed ? "#/failed" : "#/jobs";
+      this.params = {
+        state: failed ? "failed" : (STATES.includes(params.get("state")) ? params.get("state") : ""),
+        handler: params.get("handler") || "",
+        limit: PAGE_SIZES.includes(Number(params.get("limit"))) ? params.get("limit") : "",
+        after: params.get("after") || "",
+      };
+      this.rows = new Map();         // job id -> {tr, job}
+    }
+
+    get limit() { return Number(this.params.limit) || 50; }
+
+    go(changes) {
+      const params = {...this.params, ...changes, after: ""};
+      if (this.failed) delete params.state;
+      location.hash = hashWith(this.base, params);
+    }
+
+    async start() {
+      const names = await handlerNames();
+      if (this.stopped) return;
+      const handlerOptions = [["", "any handler"], ...names.map((n) => [n, n])];
+      if (this.params.handler && !names.includes(this.params.handler)) {
+        handlerOptions.push([this.params.handler, this.params.handler]);
+      }
+      const filters = h("form", {class: "filters", onsubmit: (e) => e.preventDefault()},
+        this.failed ? null : select("state", "State", [["", "any state"], ...STATES.map((s) => [s, s])],
+                                    this.params.state, (e) => this.go({state: e.target.value})),
+        select("handler", "Handler", handlerOptions, this.params.handler, (e) => this.go({handler: e.target.value})),
+        select("limit", "Per page", PAGE_SIZES.map((n) => [String(n), String(n)]), String(this.limit),
+               (e) => this.go({limit: e.target.value === "50" ? "" : e.target.value})));
+      this.body = h("tbody");
+      this.count = h("span", {class: "muted", id: "selected-count"});
+      const columns = this.failed
+        ? [h("th", {class: "check"}, this.selectAll = h("input", {type: "checkbox", id: "select-all",
+              "aria-label": "select every job on this page", onchange: (e) => this.toggleAll(e.target.checked)})),
+           "job", "handler", "state", "attempts", "error", "finished"]
+        : ["job", "handler", "state", "attempts", "progress", "created", "finished"];
+      const table = h("table", {class: "table jobs", id: "jobs-table"},
+        h("thead", null, h("tr", null, columns.map((c) => (c instanceof Node ? c : h("th", null, c))))), this.body);
+      const key = this.base + "|" + this.params.state + "|" + this.params.handler + "|" + this.params.limit;
+      if (!this.params.after) pageStacks.delete(key);
+      this.pager = pager(key, this.params, null, this.base);
+      let actions = null;
+      if (this.failed) {
+        const allowed = can("admin");
+        const title = allowed ? null : "retrying needs the admin role";
+        this.retrySelected = h("button", {type: "button", class: "primary", id: "retry-selected", disabled: true, title,
+                                          onclick: () => this.retry([...this.selected()])}, "Retry selected");
+        this.retryAll = h("button", {type: "button", id: "retry-all", disabled: !allowed, title,
+                                     onclick: () => this.retry([...this.rows.keys()].filter((id) =>
+                                       this.rows.get(id).job.state === "failed"))}, "Retry all on page");
+        actions = h("div", {class: "bulk"}, this.retrySelected, this.retryAll, this.count);
+      }
+      put(clear(this.root), [
+        pageHeader(this.failed ? "Failed jobs" : "Jobs",
+          this.failed ? "Jobs whose last attempt failed, newest first. Retry runs a job again with the same id."
+                      : "Newest first; rows follow /events live."),
+        card(null, [filters, actions, h("div", {class: "table-wrap"}, table), this.pager.el])]);
+      await this.refresh();
+    }
+
+    stop() { this.stopped = true; }
+
+    async refresh() {
+      const query = new URLSearchParams({limit: String(this.limit)});
+      if (this.params.state) query.set("state", this.params.state);
+      if (this.params.handler) query.set("handler", this.params.handler);
+      if (this.params.after) query.set("after", this.params.after);
+      let data;
+      try {
+        data = await api.get("/jobs?" + query);
+      } catch (error) {
+        if (this.stopped) return;
+        clear(this.body).append(h("tr", null, h("td", {colspan: 7, class: "error"}, error.message)));
+        return;
+      }
+      if (this.stopped) return;
+      clear(this.body);
+      this.rows.clear();
+      for (const job of data.jobs || []) this.addRow(job, false);
+      if (!this.rows.size) this.empty();
+      setNext(this.pager.older, data.next);
+      this.updateSelection();
+    }
+
+    empty() {
+      this.body.append(h("tr", {class: "empty"}, h("td", {colspan: 7, class: "muted"},
+        this.failed ? "No failed jobs." : "No jobs match.")));
+    }
+
+    addRow(job, atTop) {
+      const tr = h("tr", {"data-job": String(job.id)});
+      const row = {tr, job: {...job}};
+      this.rows.set(job.id, row);
+      this.fill(row);
+      const empty = this.body.querySelector("tr.empty");
+      if (empty) empty.remove();
+      if (atTop) this.body.prepend(tr); else this.body.append(tr);
+      return row;
+    }
+
+    fill(row) {
+      const job = row.job;
+      const cells = [];
+      if (this.failed) {
+        row.check = h("input", {type: "checkbox", class: "pick", "aria-label": "select job " + job.id,
+                                disabled: job.state !== "failed" || !can("admin"),
+                                checked: !!(row.check && row.check.checked && job.state === "failed"),
+                                onchange: () => this.updateSelection()});
+        cells.push(h("td", {class: "check"}, row.check));
+      }
+      cells.push(h("td", null, h("a", {href: jobHref(job.id), class: "mono"}, String(job.id))));
+      cells.push(h("td", {class: "handler"}, String(job.handler)));
+      cells.push(h("td", {class: "state"}, stateBadge(job.state)));
+      cells.push(h("td", {class: "num attempts"}, String(job.attempts ?? "")));
+      if (this.failed) {
+        const error = job.error || {};
+        const text = error.kind ? `${error.kind}: ${error.message ?? ""}` : (error.message ?? "");
+        cells.push(h("td", {class: "error-text", title: String(text)}, String(text)));
+        cells.push(h("td", null, timeCell(job.finished_at)));
+      } else {
+        const {bar, label} = progressBar(job.progress, true);
+        cells.push(h("td", {class: "progress-cell"}, job.progress ? [bar, h("span", {class: "muted"}, label)] : ""));
+        cells.push(h("td", null, timeCell(job.created_at)));
+        cells.push(h("td", null, timeCell(job.finished_at)));
+      }
+      clear(row.tr);
+      put(row.tr, cells);
+      row.tr.dataset.state = String(job.state);
+      const matches = (!this.params.state || job.state === this.params.state);
+      row.tr.classList.toggle("stale", !matches);
+      row.tr.title = matches ? "" : "no longer matches the filter";
+    }
+
+    onEvents(batch) {
+      const changed = new Set();
+      for (const event of batch) {
+        const row = this.rows.get(event.job);
+        if (row) {
+          row.job.state = event.state;
+          row.job.attempts = event.attempts;
+          if (event.progress !== undefined) row.job.progress = event.progress;
+          if (event.error !== undefined) row.job.error = event.error;
+          if (event.event === "submitted" || event.event === "retrying") row.job.finished_at = null;
+          if (["succeeded", "failed", "cancelled"].includes(event.event)) row.job.finished_at = event.at;
+          changed.add(row);
+        } else if (this.accepts(event)) {
+          // A new job (or a newly failed one) that belongs at the top of the first page.
+          changed.add(this.addRow({id: event.job, handler: event.handler, state: event.state,
+                                   attempts: event.attempts, progress: event.progress || null,
+                                   error: event.error || null, created_at: event.at,
+                                   finished_at: event.event === "failed" ? event.at : null}, true));
+        }
+      }
+      for (const row of changed) {
+        this.fill(row);
+        row.tr.classList.remove("flash-row");
+        void row.tr.offsetWidth;         // restart the highlight animation
+        row.tr.classList.add("flash-row");
+      }
+      this.trim();
+      this.updateSelection();
+    }
+
+    accepts(event) {
+      if (this.params.after) return false;                       // only the first page grows
+      if (this.params.handler && event.handler !== this.params.handler) return false;
+      if (this.failed) return event.event === "failed";
+      if (event.event !== "submitted") return false;
+      return !this.params.state || event.state === this.params.state;
+    }
+
+    /** Keep one page: rows pushed off the bottom are on the next page now. */
+    trim() {
+      let last = null;
+      while (this.rows.size > this.limit) {
+        const tr = this.body.lastElementChild;
+        if (!tr) break;
+        this.rows.delete(tr.dataset.job);
+        tr.remove();
+        last = true;
+      }
+      if (last) setNext(this.pager.older, this.body.lastElementChild.dataset.job);
+    }
+
+    *selected() {
+      for (const [id, row] of this.rows) if (row.check && row.check.checked && !row.check.disabled) yield id;
+    }
+
+    toggleAll(checked) {
+      for (const row of this.rows.values()) if (row.check && !row.check.disabled) row.check.checked = checked;
+      this.updateSelection();
+    }
+
+    updateSelection() {
+      if (!this.failed) return;
+      const n = [...this.selected()].length;
+      const failedRows = [...this.rows.values()].filter((r) => r.job.state === "failed").length;
+      this.retrySelected.disabled = n === 0 || !can("admin");
+      this.retrySelected.textContent = n ? `Retry selected (${n})` : "Retry selected";
+      this.retryAll.disabled = failedRows === 0 || !can("admin");
+      this.count.textContent = `${failedRows} failed on this page`;
+      this.selectAll.checked = n > 0 && n === failedRows;
+      this.selectAll.indeterminate = n > 0 && n < failedRows;
+    }
+
+    async retry(ids) {
+      if (!ids.length) return;
+      this.retrySelected.disabled = this.retryAll.disabled = true;
+      let done = 0;
+      const refused = [];
+      // A few at a time: a page of 200 retries should not open 200 connections at once.
+      const queue = [...ids];
+      const worker = async () => {
+        while (queue.length) {
+          const id = queue.shift();
+          try {
+            const job = await api.post("/jobs/" + encodeURIComponent(id) + "/retry");
+            const row = this.rows.get(id);
+            if (row) {
+              row.job = {...row.job, ...job};
+              if (row.check) row.check.checked = false;
+              this.fill(row);
+            }
+            done += 1;
+          } catch (error) {
+            refused.push(`${id}: ${error.message}`);
+          }
+        }
+      };
+      await Promise.all(Array.from({length: Math.min(6, ids.length)}, worker));
+      this.updateSelection();
+      if (refused.length) flash(`Retried ${done}; refused ${refused.length}: ${refused[0]}`, "error");
+      else flash(`Retried ${done} job${done === 1 ? "" : "s"}.`);
+    }
+  }
+
+  // ---------------------------------------------------------------- job detail
+
+  class JobPage {
+    constructor(root, id) {
+      this.root = root;
+      this.id = id;
+      this.job = null;
+      this.stream = null;
+      this.pendingFetch = null;
+    }
+
+    async start() {
+      put(clear(this.root), h("p", {class: "muted"}, "Loading job…"));
+      // This page's own stream: only this job's events, whatever the rest of the server does.
+      // Opened before the first GET, so nothing that happens in between is missed.
+      this.stream = new Stream("/events?job=" + encodeURIComponent(this.id), {
+        onEvents: (batch) => this.onJobEvents(batch),
+        onReset: () => this.refresh(),
+      });
+      await this.refresh();
+    }
+
+    stop() {
+      this.stopped = true;
+      if (this.stream) this.stream.close();
+      clearTimeout(this.pendingFetch);
+    }
+
+    async refresh() {
+      try {
+        const job = await api.get("/jobs/" + encodeURIComponent(this.id));
+        if (this.stopped) return;
+        this.job = job;
+      } catch (error) {
+        if (this.stopped) return;
+        if (!this.job) {
+          put(clear(this.root), [pageHeader("Job not found", null),
+            card(null, [h("p", {class: "error"}, error.message), h("a", {href: "#/jobs"}, "← all jobs")])]);
+        } else {
+          flash(error.message, "error");
+        }
+        return;
+      }
+      this.render();
+    }
+
+    onJobEvents(batch) {
+      let refetch = false;
+      for (const event of batch) {
+        if (event.job !== this.id || !this.job) continue;
+        this.job.state = event.state;
+        this.job.attempts = event.attempts;
+        if (event.event === "progress") this.job.progress = event.progress;
+        else refetch = true;          // results, errors and tracebacks are not in events: GET the job
+      }
+      this.renderLive();
+      if (refetch) {
+        clearTimeout(this.pendingFetch);
+        this.pendingFetch = setTimeout(() => this.refresh(), 50);
+      }
+    }
+
+    render() {
+      const job = this.job;
+      this.badge = h("span", {id: "job-state"});
+      this.bar = h("div", {class: "progress-block", id: "job-progress"});
+      this.cancelButton = h("button", {type: "button", class: "danger", id: "cancel",
+                                       onclick: () => this.act("cancel")}, "Cancel");
+      this.retryButton = h("button", {type: "button", class: "primary", id: "retry",
+                                      onclick: () => this.act("retry")}, "Retry");
+      this.attemptsEl = h("dd", {id: "job-attempts"});
+      const row = (k, v) => [h("dt", null, k), h("dd", null, v)];
+      const duration = job.started_at && job.finished_at
+        ? (new Date(job.finished_at) - new Date(job.started_at)) / 1000 : null;
+      const facts = h("dl", {class: "facts"},
+        row("id", h("span", {class: "mono"}, String(job.id))),
+        row("handler", h("a", {href: hashWith("#/jobs", {handler: job.handler})}, String(job.handler))),
+        row("kind", String(job.kind)),
+        [h("dt", null, "attempts"), this.attemptsEl],
+        row("priority", String(job.priority ?? "—")),
+        row("timeout", job.timeout === null || job.timeout === undefined ? "—" : fmtDuration(job.timeout)),
+        row("batch", job.batch ? h("span", {class: "mono"}, String(job.batch)) : "—"),
+        row("run at", timeCell(job.run_at)),
+        row("created", timeCell(job.created_at)),
+        row("started", timeCell(job.started_at)),
+        row("finished", timeCell(job.finished_at)),
+        row("duration", fmtDuration(duration)));
+
+      const sections = [];
+      sections.push(card("Arguments", h("div", {class: "split"},
+        h("div", null, h("h3", null, "args"), jsonView(job.args ?? [])),
+        h("div", {id: "job-kwargs"}, h("h3", null, "kwargs"), jsonView(job.kwargs ?? {})))));
+      if (job.state === "succeeded" || job.result !== null) {
+        sections.push(card("Result", h("div", {id: "job-result"}, jsonView(job.result))));
+      }
+      if (job.error) {
+        sections.push(card("Error", this.errorView(job.error, null), "error-card"));
+      }
+      const errors = Array.isArray(job.errors) ? job.errors : [];
+      if (errors.length) {
+        const list = h("div", {class: "attempts", id: "job-errors"});
+        errors.forEach((error, i) => {
+          list.append(h("details", {class: "attempt", open: i === errors.length - 1},
+            h("summary", null, h("strong", null, `Attempt ${i + 1}`), " ",
+              h("span", {class: "error-kind"}, String(error && error.kind || "error")), " ",
+              h("span", {class: "error-text"}, String(error && error.message || ""))),
+            this.errorView(error, i + 1)));
+        });
+        sections.push(card(`Every attempt's error (${errors.length})`, list));
+      }
+
+      put(clear(this.root), [
+        h("nav", {class: "crumbs"}, h("a", {href: "#/jobs"}, "Jobs"), " / ", h("span", {class: "mono"}, String(job.id))),
+        pageHeader(String(job.handler), null, this.badge, this.cancelButton, this.retryButton),
+        h("div", {class: "grid detail"}, card("Progress", this.bar, "wide"), card("Job", facts, "wide")),
+        sections,
+      ]);
+      this.renderLive();
+    }
+
+    errorView(error, attempt) {
+      const box = h("div", {class: "error-view", "data-attempt": attempt === null ? "last" : String(attempt)});
+      if (!error || typeof error !== "object") return put(box, [jsonView(error)]);
+      put(box, [h("p", null, h("span", {class: "error-kind"}, String(error.kind ?? "error")), " ",
+                  h("span", {class: "error-text"}, String(error.message ?? "")))]);
+      if (error.traceback) box.append(h("pre", {class: "traceback"}, String(error.traceback)));
+      else box.append(h("p", {class: "muted small"}, "no traceback"));
+      return box;
+    }
+
+    renderLive() {
+      const job = this.job;
+      if (!job || !this.badge) return;
+      clear(this.badge).append(stateBadge(job.state));
+      const maxAttempts = typeof job.max_retries === "number" ? ` of ${job.max_retries + 1}` : "";
+      this.attemptsEl.textContent = `${job.attempts ?? 0}${maxAttempts}`;
+      const {bar, fraction, label} = progressBar(job.progress, false);
+      const message = job.progress && job.progress.message !== null && job.progress.message !== undefined
+        ? String(job.progress.message) : "";
+      put(clear(this.bar), [bar,
+        h("div", {class: "progress-text"},
+          h("strong", {id: "job-progress-value"}, fraction === null ? "no progress reported" : label),
+          message ? h("span", {class: "muted", id: "job-progress-message"}, " · " + message) : null)]);
+      const admin = can("admin");
+      this.cancelButton.hidden = !ACTIVE.has(job.state);
+      this.retryButton.hidden = job.state !== "failed";
+      this.cancelButton.disabled = this.retryButton.disabled = !admin;
+      this.cancelButton.title = this.retryButton.title = admin ? "" : "needs the admin role";
+    }
+
+    async act(action) {
+      const id = encodeURIComponent(this.id);
+      const button = action === "cancel" ? this.cancelButton : this.retryButton;
+      button.disabled = true;
+      try {
+        this.job = action === "cancel" ? await api.del("/jobs/" + id) : await api.post("/jobs/" + id + "/retry");
+        flash(action === "cancel" ? "Job cancelled." : "Job queued again.");
+        this.render();
+      } catch (error) {
+        flash(error.message, "error");
+        button.disabled = false;
+        this.refresh();
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- router
+
+  let current = null;
+
+  function route() {
+    const text = location.hash.replace(/^#\/?/, "");
+    const [pathText, queryText] = text.split("?");
+    const path = pathText.split("/").filter(Boolean).map((p) => { try { return decodeURIComponent(p); } catch (_) { return p; } });
+    const params = new URLSearchParams(queryText || "");
+    const root = document.getElementById("view");
+    if (current) current.stop();
+    let page;
+    if (path[0] === "jobs" && path.length > 1) page = new JobPage(root, path.slice(1).join("/"));
+    else if (path[0] === "jobs") page = new JobsPage(root, params, false);
+    else if (path[0] === "failed") page = new JobsPage(root, params, true);
+    else page = new OverviewPage(root);
+    current = page;
+    const name = path[0] === "jobs" ? "jobs" : path[0] === "failed" ? "failed" : "overview";
+    for (const link of document.querySelectorAll("nav a[data-page]")) {
+      link.classList.toggle("active", link.dataset.page === name);
+      if (link.dataset.page === name) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+    }
+    document.title = `${name === "overview" ? "Overview" : name === "failed" ? "Failed jobs" : path.length > 1 ? "Job" : "Jobs"} · greenjobs`;
+    Promise.resolve(page.start()).catch((error) => {
+      if (current === page) put(clear(root), card(null, h("p", {class: "error"}, error.message)));
+    });
+  }
+
+  function start() {
+    live.open();
+    route();
+  }
+
+  async function boot() {
+    document.getElementById("signin-form").addEventListener("submit", signIn);
+    document.getElementById("signout").addEventListener("click", signOut);
+    window.addEventListener("hashchange", () => { if (document.getElementById("signin").hidden) route(); });
+    try {
+      await loadSession();
+    } catch (error) {
+      put(clear(document.getElementById("view")), card(null, h("p", {class: "error"},
+        "Cannot reach the server: " + error.message)));
+      return;
+    }
+    if (session.auth === "on" && !session.authenticated) showSignIn();
+    else start();
+  }
+
+  // Exposed for the browser tests and the curious: read-only views of the live state.
+  window.greenjobsDashboard = {rates, session};
+
+  boot();
+})();
