@@ -20,9 +20,13 @@ NAMES = ("submitted", "started", "progress", "retrying", "succeeded", "failed", 
 
 
 class JobEvent:
-    """One event: a small summary of the job at that moment (clients GET the job for the rest)."""
+    """One event: a small snapshot of the job at that moment (clients GET the job for the rest).
 
-    __slots__ = ("id", "name", "job_id", "handler", "state", "data", "_sse")
+    Only the fields are captured when the event happens; the JSON is built and encoded once, by
+    the first subscriber that reads it, so events nobody streams cost a tuple and little else.
+    """
+
+    __slots__ = ("id", "name", "job_id", "handler", "state", "at", "_job", "_sse")
 
     def __init__(self, event_id: int, name: str, job: Job):
         self.id = event_id
@@ -30,15 +34,25 @@ class JobEvent:
         self.job_id = job.id
         self.handler = job.handler
         self.state = job.state
-        self.data = {"id": event_id, "event": name, "job": job.id, "handler": job.handler, "kind": job.kind,
-                     "state": job.state, "attempts": job.attempts, "batch": job.batch_id, "at": iso(time.time())}
+        self.at = time.time()
+        extra = None
         if name == "progress":
-            self.data["progress"] = job.progress
+            extra = ("progress", job.progress)
         elif name in ("retrying", "failed", "cancelled") and job.error:
-            self.data["error"] = {"kind": job.error.get("kind"), "message": job.error.get("message")}
-        if name == "retrying":
-            self.data["run_at"] = iso(job.run_at)
+            extra = ("error", {"kind": job.error.get("kind"), "message": job.error.get("message")})
+        self._job = (job.kind, job.attempts, job.batch_id, extra, job.run_at if name == "retrying" else None)
         self._sse: bytes | None = None
+
+    @property
+    def data(self) -> dict:
+        kind, attempts, batch, extra, run_at = self._job
+        data = {"id": self.id, "event": self.name, "job": self.job_id, "handler": self.handler, "kind": kind,
+                "state": self.state, "attempts": attempts, "batch": batch, "at": iso(self.at)}
+        if extra is not None:
+            data[extra[0]] = extra[1]
+        if self.name == "retrying":
+            data["run_at"] = iso(run_at)
+        return data
 
     def sse(self) -> bytes:
         """The event as a Server-Sent Events frame (encoded once, shared by every subscriber)."""

@@ -330,16 +330,22 @@ class Runtime:
         return job
 
     def batch(self, batch_id: str, timeout: float = 0.0) -> dict:
-        """Counts per state for a batch; with ``timeout``, first wait until every job is terminal."""
+        """Counts per state for a batch; with ``timeout``, first wait until every job is terminal.
+
+        Every job active at a count ends (and is announced) after it, so the waiter re-counts only
+        once as many jobs ended as were active; once a second anyway, for jobs that end elsewhere."""
         deadline = time.monotonic() + timeout
-        with self.waiters.batch(batch_id) as event:
+        with self.waiters.batch(batch_id) as waiter:
             counts = self.store.batch_counts(batch_id)
             if counts is None:
                 raise JobNotFound(f"no batch with id {batch_id!r}")
-            while self.accepting and deadline > time.monotonic() and self.store.batch_active(batch_id) > 0:
-                event.wait(deadline - time.monotonic())
-                event.clear()
-                gevent.sleep(0.005)   # coalesce a burst of finishing jobs into one re-count
+            while self.accepting and deadline > time.monotonic():
+                waiter.reading()
+                active = self.store.batch_active(batch_id)
+                if active == 0:
+                    break
+                waiter.expect(active)
+                waiter.event.wait(min(1.0, deadline - time.monotonic()))
         return self.store.batch_counts(batch_id) if timeout > 0 else counts
 
     def batch_of(self, job_ids: list[str]) -> str | None:

@@ -404,7 +404,8 @@ class Store:
         def row(j: Job) -> tuple:
             leased = j.state in (QUEUED, RUNNING) and j.kind == "io"     # cpu jobs live in the broker
             outbox = int(j.kind == "cpu" and j.state == QUEUED)            # to publish, until confirmed
-            return (j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args), _dumps(j.kwargs),
+            return (j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args) if j.args else "[]",
+                    _dumps(j.kwargs) if j.kwargs else "{}",
                     j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id, owner if leased else None,
                     expires if leased else None, outbox, j.created_at, j.started_at, j.callback_url)
         rows = {i: row(j) for i, j in enumerate(jobs)}

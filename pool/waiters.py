@@ -29,21 +29,21 @@ class Waiters:
             _remove(self._jobs, job_id, result)
 
     @contextmanager
-    def batch(self, batch_id: str) -> Iterator[Event]:
-        event = Event()
-        self._batches.setdefault(batch_id, []).append(event)
+    def batch(self, batch_id: str) -> Iterator["BatchWaiter"]:
+        waiter = BatchWaiter()
+        self._batches.setdefault(batch_id, []).append(waiter)
         try:
-            yield event
+            yield waiter
         finally:
-            _remove(self._batches, batch_id, event)
+            _remove(self._batches, batch_id, waiter)
 
     def finished(self, job: Job) -> None:
         """Wake everyone waiting for ``job`` (and its batch)."""
         for result in self._jobs.pop(job.id, ()):
             result.set(job)
         if job.batch_id is not None:
-            for event in self._batches.get(job.batch_id, ()):
-                event.set()
+            for waiter in self._batches.get(job.batch_id, ()):
+                waiter.finished_one()
 
     def wake_all(self) -> None:
         """Shutdown: answer every long-poll now (with None: "read the job again")."""
@@ -51,12 +51,41 @@ class Waiters:
             for result in results:
                 result.set(None)
         self._jobs.clear()
-        for events in list(self._batches.values()):
-            for event in events:
-                event.set()
+        for waiters in list(self._batches.values()):
+            for waiter in waiters:
+                waiter.event.set()
 
     def count(self) -> int:
         return sum(len(v) for v in self._jobs.values()) + sum(len(v) for v in self._batches.values())
+
+
+class BatchWaiter:
+    """A batch long-poll.  It counts the batch's jobs that ended since it last read how many were
+    still active; only once that many have ended can the batch be done, so the store is read
+    again then (and not after every job of a 10,000-job batch)."""
+
+    __slots__ = ("event", "ended", "active")
+
+    def __init__(self) -> None:
+        self.event = Event()
+        self.ended = 0
+        self.active = 0
+
+    def reading(self) -> None:
+        """Call just before reading the active count from the store."""
+        self.ended = 0
+        self.event.clear()
+
+    def expect(self, active: int) -> None:
+        """The store said ``active`` jobs were still running or waiting."""
+        self.active = active
+        if self.ended >= active:
+            self.event.set()
+
+    def finished_one(self) -> None:
+        self.ended += 1
+        if self.ended >= self.active:
+            self.event.set()
 
 
 def _remove(table: dict, key: str, item) -> None:
