@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import logging
 
+from pyramid.exceptions import BadCSRFOrigin, BadCSRFToken
 from pyramid.httpexceptions import HTTPException
 from pyramid.response import Response
-from pyramid.view import exception_view_config, notfound_view_config
+from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
 from pool import errors
 
@@ -77,6 +78,29 @@ def not_found_view(exc, request):
         return problem_response(405, "Method not allowed", f"{request.method} is not allowed on {request.path};"
                                 f" allowed: {allowed}", {"Allow": allowed})
     return problem_response(404, "Not found", f"no route for {request.method} {request.path}; see GET /openapi.json")
+
+
+@forbidden_view_config()
+def forbidden_view(exc, request):
+    """A failed permission check: 401 with a Bearer challenge if nobody signed in, else 403 (server/security.py)."""
+    reason = str(exc.result) if getattr(exc, "result", None) is not None else str(exc.detail or exc.explanation)
+    if request.identity is None:
+        challenge = 'Bearer realm="greenjobs"'
+        if "Authorization" in request.headers:
+            challenge += ', error="invalid_token"'
+        return problem_response(401, "Unauthorized", reason, {"WWW-Authenticate": challenge})
+    return problem_response(403, "Forbidden", reason)
+
+
+@exception_view_config(BadCSRFToken)
+@exception_view_config(BadCSRFOrigin)
+def csrf_failed_view(exc, request):
+    """Pyramid says 400; it is a refusal of a signed-in browser request, so 403."""
+    detail = ("a request signed in with the session cookie must send the X-CSRF-Token header from GET /session"
+              " (or authenticate with 'Authorization: Bearer TOKEN' instead)")
+    if isinstance(exc, BadCSRFOrigin):
+        detail = f"the Origin/Referer of this request is not this site: {exc.detail}"
+    return problem_response(403, "CSRF check failed", detail)
 
 
 @exception_view_config(HTTPException)

@@ -9,6 +9,7 @@ ROUTES = (
     ("handlers", "/handlers"),
     ("health", "/health"),
     ("openapi", "/openapi.json"),
+    ("session", "/session"),
     ("events", "/events"),
     ("metrics", "/metrics"),
 )

@@ -6,7 +6,13 @@ from typing import Mapping
 
 import handlers.settings
 import pool.settings
-from pool.settings import Setting, as_float, as_int
+from pool.settings import Setting, as_bool, as_float, as_int, as_str
+
+
+def _entries(text: str) -> tuple[str, ...]:
+    """Whitespace-separated entries, checked by server.security, whose messages never echo a token."""
+    return tuple(str(text).split())
+
 
 TABLE = (
     Setting("greenjobs.api.max_body", as_int(1024, 1 << 30), 1 << 20, "largest request body, in bytes (413 above)"),
@@ -16,6 +22,17 @@ TABLE = (
     Setting("greenjobs.api.max_page", as_int(1, 10_000), 500, "largest ?limit= of GET /jobs"),
     Setting("greenjobs.api.idempotency_ttl", as_float(1.0, 366 * 86400.0), 86400.0,
             "seconds an Idempotency-Key is remembered"),
+    Setting("greenjobs.auth.tokens", _entries, (),
+            "bearer tokens: whitespace-separated TOKEN:ROLE[,ROLE] or sha256:HEX:ROLE[,ROLE]; roles read, submit, "
+            "admin"),
+    Setting("greenjobs.auth.insecure", as_bool, False,
+            "serve a non-loopback address with no tokens (no access control)"),
+    Setting("greenjobs.auth.session_secret", as_str, None,
+            "signs dashboard session cookies (32+ characters); default random per start: sign-ins end at a restart"),
+    Setting("greenjobs.auth.session_timeout", as_float(60.0, 30 * 86400.0), 28800.0,
+            "seconds an idle dashboard session lasts"),
+    Setting("greenjobs.auth.secure_cookie", as_bool, None,
+            "Secure flag of the session cookie (HTTPS only); default on unless every bind address is loopback"),
 )
 
 

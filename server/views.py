@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 
+from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
 from pool.errors import InvalidJobParams
@@ -53,7 +54,7 @@ def _fingerprint(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-@view_config(route_name="jobs", request_method="POST", renderer="json")
+@view_config(route_name="jobs", request_method="POST", renderer="json", permission="submit")
 def submit(request):
     settings = _settings(request)
     key = request.headers.get("Idempotency-Key")
@@ -72,7 +73,7 @@ def submit(request):
     return job.public()
 
 
-@view_config(route_name="jobs_batch", request_method="POST", renderer="json")
+@view_config(route_name="jobs_batch", request_method="POST", renderer="json", permission="submit")
 def submit_batch(request):
     """All or nothing.  An item's ``idempotency_key`` makes it safe to send again: a known key maps the
     item to its original job (listed in ``repeated``); when every item repeats one earlier batch, that
@@ -121,7 +122,7 @@ def submit_batch(request):
     return {"batch": batch_id, "count": len(jobs), "ids": ids, "repeated": repeated}
 
 
-@view_config(route_name="job", request_method="GET", renderer="json")
+@view_config(route_name="job", request_method="GET", renderer="json", permission="read")
 def get_job(request):
     wait = _wait(request)
     runtime = _runtime(request)
@@ -130,12 +131,12 @@ def get_job(request):
     return job.public()
 
 
-@view_config(route_name="job", request_method="DELETE", renderer="json")
+@view_config(route_name="job", request_method="DELETE", renderer="json", permission="admin")
 def cancel_job(request):
     return _runtime(request).cancel(request.matchdict["id"]).public()
 
 
-@view_config(route_name="job_retry", request_method="POST", renderer="json")
+@view_config(route_name="job_retry", request_method="POST", renderer="json", permission="admin")
 def retry_job(request):
     job = _runtime(request).retry(request.matchdict["id"])
     request.response.status_code = 202
@@ -143,7 +144,7 @@ def retry_job(request):
     return job.public()
 
 
-@view_config(route_name="jobs", request_method="GET", renderer="json")
+@view_config(route_name="jobs", request_method="GET", renderer="json", permission="read")
 def list_jobs(request):
     state = request.GET.get("state")
     if state is not None and state not in STATES:
@@ -155,7 +156,7 @@ def list_jobs(request):
     return {"jobs": [job.public() for job in jobs], "next": jobs[-1].id if len(jobs) == limit else None}
 
 
-@view_config(route_name="batch", request_method="GET", renderer="json")
+@view_config(route_name="batch", request_method="GET", renderer="json", permission="read")
 def get_batch(request):
     batch_id = request.matchdict["id"]
     info = _runtime(request).batch(batch_id, _wait(request))
@@ -164,12 +165,12 @@ def get_batch(request):
     return {"id": batch_id, "total": info["total"], "counts": counts, "done": active == 0}
 
 
-@view_config(route_name="handlers", request_method="GET", renderer="json")
+@view_config(route_name="handlers", request_method="GET", renderer="json", permission="read")
 def list_handlers(request):
     return {"handlers": [h.describe() for h in request.registry.greenjobs_handlers]}
 
 
-@view_config(route_name="health", request_method="GET", renderer="json")
+@view_config(route_name="health", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def health(request):
     runtime = _runtime(request)
     store_ok = runtime.store.ping()

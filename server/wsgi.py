@@ -25,9 +25,10 @@ def make_app(global_config, **raw_settings):
     registry = Registry().load(settings.handlers)
     signals.connect_listed(settings.signals)
     with Configurator(settings=raw_settings) as config:
-        config.include(includeme)
         config.registry.greenjobs_settings = settings
         config.registry.greenjobs_handlers = registry
+        config.registry.greenjobs_global_config = global_config   # server.security reads the bind address
+        config.include(includeme)
         runtime = Runtime(settings, registry, ini=global_config.get("__file__"))
         config.registry.greenjobs_runtime = runtime
         config.add_subscriber(lambda event: runtime.shutdown(event.grace), ServerStopping)
@@ -39,6 +40,7 @@ def make_app(global_config, **raw_settings):
 
 def includeme(config) -> None:
     config.include("server.routes")
+    config.include("server.security")
     config.include("server.problems")
     config.scan("server.views")
     config.scan("server.streams")
