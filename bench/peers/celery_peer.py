@@ -13,8 +13,13 @@ from celery.result import ResultSet
 from bench.peers import jobs
 from bench.peers.base import CPUS, NotReady, Peer
 
-app = Celery("gjbench", broker=jobs.REDIS_URL, backend=jobs.REDIS_URL)
+# kombu takes no pool options in the URL: the same limits as the other peers' URLs, as settings
+_url = jobs.REDIS_URL.split("?")[0]
+app = Celery("gjbench", broker=_url, backend=_url)
 app.conf.update(
+    broker_transport_options={"max_connections": 5000, "socket_timeout": 30},
+    redis_max_connections=5000,
+    redis_socket_timeout=30,
     task_default_queue=jobs.NAMESPACE,
     result_expires=3600,
     # result keys carry the run's namespace, so the harness can delete them afterwards
