@@ -5,6 +5,7 @@ renews this process's leases, adopts jobs whose runner died, and starts schedule
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
@@ -28,6 +29,8 @@ from pool.waiters import Waiters
 from pool.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
+
+GC_THRESHOLD = 50_000
 
 
 class Runtime:
@@ -122,6 +125,11 @@ class Runtime:
             self.supervisor.start()
         self.accepting = True
         self._maintenance = gevent.spawn(self._maintain)
+        # Thousands of jobs in flight are tens of thousands of young objects (jobs, greenlets, events);
+        # with the default threshold (700) the cyclic collector runs every few jobs and rescans them.
+        # Objects made at start-up (modules, app) are frozen out of its scans.
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
         log.info("greenjobs runtime started as %s (store %s)", self.owner, self.store.path)
         return self
 
@@ -277,6 +285,19 @@ class Runtime:
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
+
+    def submit_and_wait(self, job: Job, keys: dict | None, timeout: float) -> tuple[Job, bool]:
+        """Submit one job and wait up to ``timeout`` s for its end, in one call (``POST /jobs?wait=``).
+        Returns (the job as it then is, whether it was created: False for a repeated Idempotency-Key).
+        The waiter is registered before the job is stored, so even an instant job is not missed."""
+        with self.waiters.job(job.id) as result:
+            repeats = self.submit([job], keys=keys)
+            if repeats:
+                return self.wait(repeats[0], timeout), False
+            try:
+                return result.get(timeout=timeout) or self.get(job.id), True
+            except gevent.Timeout:
+                return job, True
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """The job once it is terminal, or as it is after ``timeout`` seconds."""

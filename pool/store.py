@@ -103,10 +103,11 @@ class _Op:
     whose result is whether it changed its row.  Row updates of one ``sql`` in a batch run as one
     executemany, so thousands of claims or finishes cost the writer thread one C loop each."""
 
-    __slots__ = ("fn", "sql", "params", "result")
+    __slots__ = ("fn", "sql", "params", "result", "durable")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any] | None, sql: str = "", params: tuple = ()):
-        self.fn, self.sql, self.params = fn, sql, params
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any] | None, sql: str = "", params: tuple = (),
+                 durable: bool = False):
+        self.fn, self.sql, self.params, self.durable = fn, sql, params, durable
         self.result = AsyncResult()
 
     def run(self, conn: sqlite3.Connection) -> Any:
@@ -144,6 +145,7 @@ class Store:
     def open(self) -> "Store":
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
+        self._sync_mode = self.synchronous.upper()
         self._writer = self._writer_pool.apply(self._connect_writer)
         self._committer = gevent.spawn(self._commit_loop)
         return self
@@ -195,14 +197,21 @@ class Store:
         self._write(lambda conn: None)
 
     # -- the committer ---------------------------------------------------------------
-    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Queue ``fn`` for the next group commit and wait for its result."""
-        return self._submit(fn).result.get()
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], durable: bool = False) -> Any:
+        """Queue ``fn`` for the next group commit and wait for its result.
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any] | None, sql: str = "", params: tuple = ()) -> _Op:
+        ``durable`` ops are promises made to a client (a job accepted, cancelled, revived): with
+        ``synchronous = full`` their commit is fsynced before they return.  The others (claims,
+        outcomes, leases) may be lost to a power cut, which only means the job runs again: they are
+        made durable by the next fsynced commit or checkpoint, and do not wait for a disk flush.
+        """
+        return self._submit(fn, durable=durable).result.get()
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any] | None, sql: str = "", params: tuple = (),
+                durable: bool = False) -> _Op:
         if self._writer is None:
             raise StoreUnavailable("the store is closed")
-        op = _Op(fn, sql, params)
+        op = _Op(fn, sql, params, durable)
         self._ops.append(op)
         self._wake.set()
         return op
@@ -246,6 +255,7 @@ class Store:
         conn = self._writer
         results: list = [None] * len(ops)
         groups: dict[str, list[int]] = {}
+        self._sync(conn, any(op.durable for op in ops))
         conn.execute("BEGIN IMMEDIATE")
         try:
             for i, op in enumerate(ops):
@@ -273,11 +283,19 @@ class Store:
             raise
         return results
 
+    def _sync(self, conn: sqlite3.Connection, durable: bool) -> None:
+        """FULL (fsync at commit) only for a commit that holds a promise to a client, if so configured."""
+        mode = "FULL" if durable and self.synchronous == "full" else "NORMAL"
+        if mode != self._sync_mode:
+            conn.execute(f"PRAGMA synchronous = {mode}")
+            self._sync_mode = mode
+
     def _run_singly(self, ops: list[_Op]) -> list:
         conn = self._writer
         results = []
         for op in ops:
             try:
+                self._sync(conn, op.durable)
                 conn.execute("BEGIN IMMEDIATE")
                 value = op.run(conn)
                 conn.execute("COMMIT")
@@ -434,7 +452,7 @@ class Store:
                 " attempts, batch_id, lease_owner, lease_expires, outbox, created_at, started_at, callback_url)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", fresh)
             return repeats, None
-        repeats, conflict = self._write(op)
+        repeats, conflict = self._write(op, durable=True)
         if conflict is not None:
             raise IdempotencyConflict(f"the Idempotency-Key {conflict[0]!r} was used for a different request"
                                       f" (job {conflict[1]}); use a new key for a new job")
@@ -547,7 +565,7 @@ class Store:
                 return row_to_job(row), True
             row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return (row_to_job(row) if row else None), False
-        return self._write(op)
+        return self._write(op, durable=True)
 
     def revive(self, job_id: str, owner: str) -> tuple[Job | None, bool]:
         """failed -> queued (same id; its next start is a new attempt).  Returns (job as it is now, changed).
@@ -566,7 +584,7 @@ class Store:
                 return row_to_job(row), True
             row = conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return (row_to_job(row) if row else None), False
-        return self._write(op)
+        return self._write(op, durable=True)
 
     def sweep(self, finished_before: float, limit: int = 2000) -> int:
         """Delete up to ``limit`` terminal jobs (oldest first) that finished before ``finished_before``."""

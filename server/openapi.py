@@ -67,7 +67,10 @@ DOCUMENT = {
         "/jobs": {
             "post": {"summary": "Submit a job", "requestBody": {"required": True, "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}}}},
-                     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                     "parameters": [{**_wait, "description": "submit, then hold the answer until the job ends "
+                                                             "or this many seconds pass (one round trip for short "
+                                                             "jobs; capped by greenjobs.api.max_wait)"},
+                                    {"name": "Idempotency-Key", "in": "header", "required": False,
                                      "schema": {"type": "string", "maxLength": 255},
                                      "description": "repeat-safe submission: the same key and body within "
                                                     "greenjobs.api.idempotency_ttl returns the original job (200)"}],

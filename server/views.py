@@ -63,12 +63,15 @@ def submit(request):
     body = read_json(request, settings.api_max_body, settings.api_read_timeout)
     job = parse_spec(body, request.registry.greenjobs_handlers, settings)
     keys = {0: (key, _fingerprint(body))} if key is not None else None
-    repeats = _runtime(request).submit([job], keys=keys)
-    if repeats:                 # a repeat: the original job, not a second one
-        job = _runtime(request).get(repeats[0])
-        request.response.headers["Location"] = f"/jobs/{job.id}"
-        return job.public()
-    request.response.status_code = 202
+    wait = _wait(request)       # ?wait=S: submit, then hold the answer until the job ends (or S s)
+    if wait:
+        job, created = _runtime(request).submit_and_wait(job, keys, wait)
+    else:
+        repeats = _runtime(request).submit([job], keys=keys)
+        created = not repeats
+        if repeats:             # a repeat: the original job, not a second one
+            job = _runtime(request).get(repeats[0])
+    request.response.status_code = 202 if created else 200
     request.response.headers["Location"] = f"/jobs/{job.id}"
     return job.public()
 

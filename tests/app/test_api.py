@@ -208,3 +208,15 @@ def test_batch_idempotency_conflicts_store_nothing(app):
     # one key on two identical items: one job, listed twice
     same = post(app, {"jobs": [{"handler": "echo", "idempotency_key": "dup"}] * 2}, path="/jobs/batch").json
     assert same["ids"][0] == same["ids"][1] and count(app) == 2
+
+
+def test_submit_with_wait_answers_with_the_finished_job(app):
+    res = post(app, {"handler": "echo", "kwargs": {"x": 2}}, path="/jobs?wait=2")
+    assert res.status_int == 202 and res.json["state"] == "succeeded" and res.json["result"] == {"x": 2}
+    slow = post(app, {"handler": "sleep", "kwargs": {"seconds": 5}}, path="/jobs?wait=0.1")
+    assert slow.json["state"] == "running"                    # not finished in time: as it is now
+    again = post(app, {"handler": "echo", "kwargs": {"x": 3}}, path="/jobs?wait=2", headers={"Idempotency-Key": "w1"})
+    repeat = post(app, {"handler": "echo", "kwargs": {"x": 3}}, path="/jobs?wait=2", status=200,
+                  headers={"Idempotency-Key": "w1"})
+    assert repeat.json["id"] == again.json["id"] and repeat.json["state"] == "succeeded"
+    assert_problem(post(app, {"handler": "echo"}, path="/jobs?wait=x", status=400), 400, "wait")

@@ -163,3 +163,26 @@ def test_sweep_deletes_only_old_terminal_jobs(store):
     store._write(lambda conn: conn.execute("UPDATE jobs SET finished_at = 1 WHERE id = ?", (old.id,)))
     assert store.sweep(time.time() - 3600) == 1
     assert store.get(old.id) is None and store.get(recent.id) is not None and store.get(active.id) is not None
+
+
+def test_only_promises_to_clients_wait_for_an_fsync(tmp_path):
+    """With synchronous=full, a commit holding a submission, cancel or revive is fsynced (FULL);
+    a commit of only claims and outcomes is not (NORMAL): losing it to a power cut reruns a job."""
+    from pool.store import Store
+    s = Store(str(tmp_path / "full.sqlite"), synchronous="full").open()
+    try:
+        def mode():
+            return s._writer_pool.apply(lambda: s._writer.execute("PRAGMA synchronous").fetchone()[0])
+        j = job()
+        s.insert([j], "me")
+        assert mode() == 2                                   # FULL
+        assert s.claim(j, "me").get() is True
+        assert s.finish(j, "me", "succeeded", "1", None) is True
+        assert mode() == 1                                   # NORMAL
+        other = job()
+        s.insert([other], "me")
+        assert mode() == 2
+        s.cancel(other.id)
+        assert mode() == 2 and s.get(other.id).state == "cancelled"
+    finally:
+        s.close()
