@@ -386,6 +386,27 @@ def test_resume_beyond_the_replay_window_starts_with_reset_then_streams_on(make_
     assert ids == sorted(ids) and len(ids) == len(set(ids))
 
 
+def test_resume_across_a_server_restart(make_server, streams):
+    """Ids keep increasing across a restart; a client resuming from an id of the previous run missed
+    whatever happened in between, so it is told with a `reset`, and then gets the new events."""
+    srv = make_server(app=QUICK_STOP)
+    before = streams(srv.url)
+    job = srv.submit("echo")
+    before.wait_job(job["id"], "succeeded")
+    last = before.events()[-1]["id"]
+    before.close()
+    assert srv.stop() == 0
+    srv.start()
+    resumed = streams(srv.url, headers={"Last-Event-ID": str(last)})
+    later = srv.submit("echo", kwargs={"after": "restart"})
+    resumed.wait(lambda s: s.events("succeeded", later["id"]) or s.eof, 20, "events after the restart")
+    controls = [f["event"] for f in resumed.frames if f["id"] is None and f["event"]]
+    assert "dropped" not in controls and not resumed.eof, controls
+    events = resumed.events()
+    assert names(events) == ["submitted", "started", "succeeded"] and events[0]["id"] > last
+    assert controls == ["reset"], controls
+
+
 def test_bad_last_event_id_is_400(make_server):
     srv = make_server(app=QUICK_STOP)
     for bad in ("abc", "-1", "1.5", "9" * 25):

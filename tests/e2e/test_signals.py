@@ -102,6 +102,23 @@ def test_a_slow_receiver_does_not_delay_the_job(make_server):
                         and x["phase"] == "left"], 30, message="the 10 s receiver finished")
 
 
+def test_signal_backlog_limit_drops_calls_and_jobs_go_on(make_server):
+    srv = make_server(app={**QUICK_STOP, "greenjobs.signals": f"submitted:{R}.slow",
+                           "greenjobs.signals.backlog": 2})
+    jobs = [srv.submit("echo", kwargs={"i": i}) for i in range(5)]
+    assert [wait_job(srv, j["id"])["state"] for j in jobs] == ["succeeded"] * 5
+    metrics = srv.get("/metrics", timeout=30).text
+    assert "greenjobs_signal_calls_dropped_total 3.0" in metrics, \
+        [line for line in metrics.splitlines() if "signal" in line]
+    entered = [x for x in lines(srv) if x["phase"] == "entered"]
+    assert [x["job"] for x in entered] == [j["id"] for j in jobs[:2]]
+    assert "dropped" in srv.log()
+    (Path(srv.ini).parent / RELEASE).touch()
+    wait_until(lambda: len([x for x in lines(srv) if x["phase"] == "left"]) == 2, 20, message="released")
+    extra = srv.submit("echo")                       # room again
+    wait_until(lambda: [x for x in lines(srv) if x["job"] == extra["id"]], 20, message="called again")
+
+
 def start_refused(tmp_path: Path, app: dict) -> tuple[int, str]:
     ini = write_ini(tmp_path, {**QUICK_STOP, **app})
     try:
