@@ -19,7 +19,7 @@
   const FLUSH_MS = 150;          // events are applied to the page at most this often
   const PAGE_SIZES = [25, 50, 100, 200];
 
-  // ---------------------------------------------------------------- DOM helpers (no innerHTML)
+  // ---------------------------------------------------------------- DOM helpers (elements and text nodes only)
 
   /** h("a", {href: "#/x", class: "c"}, "text", child) — attributes via setAttribute, text via text nodes. */
   function h(tag, attrs, ...children) {
@@ -36,8 +36,9 @@
     return el;
   }
 
+  /** Append children (a node, a string, or nested arrays of them) to el as nodes and text nodes. */
   function put(el, children) {
-    for (const child of children.flat(Infinity)) {
+    for (const child of [children].flat(Infinity)) {
       if (child === null || child === undefined || child === false) continue;
       el.append(child instanceof Node ? child : document.createTextNode(String(child)));
     }
@@ -273,10 +274,11 @@
       for (const [second, bucket] of this.buckets) if (second > now - RATE_WINDOW) n += bucket[name] || 0;
       return n / Math.max(1, Math.min(RATE_WINDOW, now - this.since));
     },
+    /** Counts of the last SPARK_SECONDS whole seconds (the current, partial one is left out). */
     series(name) {
       const now = Math.floor(Date.now() / 1000);
       const out = [];
-      for (let s = now - SPARK_SECONDS + 1; s <= now; s++) out.push((this.buckets.get(s) || {})[name] || 0);
+      for (let s = now - SPARK_SECONDS; s < now; s++) out.push((this.buckets.get(s) || {})[name] || 0);
       return out;
     },
     reset() { this.buckets.clear(); this.since = Date.now() / 1000; },
@@ -479,7 +481,7 @@
           card("CPU workers", this.cpu),
           card("Queue depths", this.queues, "wide"),
           card("Server", this.server),
-          card("Recent events", this.feed)),
+          card("Recent events", this.feed, "wide")),
       ]);
       this.renderRates();
       this.refresh();
@@ -495,7 +497,8 @@
 
     onEvents(batch) {
       this.renderRates();
-      for (const event of batch) this.recent.unshift(event);
+      // progress is too chatty for the feed: the job pages show it
+      for (const event of batch) if (event.event !== "progress") this.recent.unshift(event);
       this.recent.length = Math.min(this.recent.length, 12);
       this.renderFeed();
       if (Date.now() - this.lastRefresh > 500) this.refresh();    // live, but at most twice a second
@@ -809,7 +812,8 @@
         cells.push(h("td", null, timeCell(job.finished_at)));
       } else {
         const {bar, label} = progressBar(job.progress, true);
-        cells.push(h("td", {class: "progress-cell"}, job.progress ? [bar, h("span", {class: "muted"}, label)] : ""));
+        cells.push(h("td", null, job.progress ? h("div", {class: "progress-cell"}, bar, h("span", {class: "muted"}, label))
+                                              : h("span", {class: "muted"}, "—")));
         cells.push(h("td", null, timeCell(job.created_at)));
         cells.push(h("td", null, timeCell(job.finished_at)));
       }
@@ -1012,10 +1016,10 @@
         row("finished", timeCell(job.finished_at)),
         row("duration", fmtDuration(duration)));
 
-      const sections = [];
-      sections.push(card("Arguments", h("div", {class: "split"},
+      const args = card("Arguments", h("div", {class: "stack"},
         h("div", null, h("h3", null, "args"), jsonView(job.args ?? [])),
-        h("div", {id: "job-kwargs"}, h("h3", null, "kwargs"), jsonView(job.kwargs ?? {})))));
+        h("div", {id: "job-kwargs"}, h("h3", null, "kwargs"), jsonView(job.kwargs ?? {}))));
+      const sections = [];
       if (job.state === "succeeded" || job.result !== null) {
         sections.push(card("Result", h("div", {id: "job-result"}, jsonView(job.result))));
       }
@@ -1038,7 +1042,8 @@
       put(clear(this.root), [
         h("nav", {class: "crumbs"}, h("a", {href: "#/jobs"}, "Jobs"), " / ", h("span", {class: "mono"}, String(job.id))),
         pageHeader(String(job.handler), null, this.badge, this.cancelButton, this.retryButton),
-        h("div", {class: "grid detail"}, card("Progress", this.bar, "wide"), card("Job", facts, "wide")),
+        card("Progress", this.bar),
+        h("div", {class: "grid detail"}, card("Job", facts), args),
         sections,
       ]);
       this.renderLive();
@@ -1065,7 +1070,8 @@
         ? String(job.progress.message) : "";
       put(clear(this.bar), [bar,
         h("div", {class: "progress-text"},
-          h("strong", {id: "job-progress-value"}, fraction === null ? "no progress reported" : label),
+          fraction === null ? h("span", {class: "muted", id: "job-progress-value"}, "no progress reported")
+                            : h("strong", {id: "job-progress-value"}, label),
           message ? h("span", {class: "muted", id: "job-progress-message"}, " · " + message) : null)]);
       const admin = can("admin");
       this.cancelButton.hidden = !ACTIVE.has(job.state);

@@ -1,0 +1,372 @@
+"""The dashboard in a real headless Chromium against a real pserve: live rows, progress, actions, escaping, sign-in.
+
+Jobs are submitted over HTTP by the test; everything else happens in the page, which is never
+reloaded while a test watches it change (a marker set on ``window`` must survive).
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import requests
+
+from tests.browser.conftest import APP
+
+pytestmark = pytest.mark.e2e
+
+XSS = "<img src=x onerror=alert(1)>"
+ADMIN, READ = "browser-admin-0123456789abcdef", "browser-read-0123456789abcdef"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def wait(driver, condition, timeout: float = 20, message: str = ""):
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition, message)
+
+
+def js(driver, script: str, *args):
+    return driver.execute_script(script, *args)
+
+
+def open_dashboard(driver, srv, route: str = "#/overview", live: bool = True) -> None:
+    """Load the page, wait for the script and (normally) the live stream, and mark the document."""
+    driver.get(f"{srv.url}/{route}")
+    wait(driver, lambda d: js(d, "return !!window.greenjobsDashboard"), message="the dashboard script did not run")
+    if live:
+        wait(driver, lambda d: js(d, "return document.getElementById('live').dataset.state") == "on",
+             message="the /events stream did not open")
+    js(driver, "window.__sameDocument = 'still here'")
+
+
+def go(driver, route: str) -> None:
+    """Client-side navigation: change the hash, as a click on a link does (no reload)."""
+    js(driver, "location.hash = arguments[0]", route)
+
+
+def assert_not_reloaded(driver) -> None:
+    assert js(driver, "return window.__sameDocument") == "still here", "the page was reloaded"
+
+
+def row_state(driver, job_id: str):
+    return js(driver, "const r = document.querySelector('#jobs-table tr[data-job=\"' + CSS.escape(arguments[0]) + '\"]');"
+                      "return r ? r.dataset.state : null", job_id)
+
+
+def text(driver, selector: str) -> str:
+    return js(driver, "const e = document.querySelector(arguments[0]); return e ? e.textContent : null", selector)
+
+
+def click(driver, selector: str) -> None:
+    from selenium.webdriver.common.by import By
+    driver.find_element(By.CSS_SELECTOR, selector).click()
+
+
+def detail_state(driver):
+    return js(driver, "const b = document.querySelector('#job-state .badge'); return b ? b.dataset.state : null")
+
+
+def assert_clean_console(driver, allow=()) -> None:
+    """No CSP violation, no script error, no failed request except the ``allow``ed ones."""
+    problems = [entry["message"] for entry in driver.get_log("browser")
+                if entry["level"] == "SEVERE" and not any(a in entry["message"] for a in allow)]
+    assert not problems, "browser console:\n" + "\n".join(problems)
+
+
+def job_server(make_server, **app):
+    return make_server(app={**APP, **app})
+
+
+# -- the page itself ------------------------------------------------------------------------
+
+def test_the_page_and_its_assets_are_served_with_strict_headers(make_server):
+    srv = job_server(make_server)
+    page = requests.get(srv.url + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    csp = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["Cache-Control"] == "no-cache" and page.headers["X-Content-Type-Options"] == "nosniff"
+    assert not re.search(r"<script(?![^>]*\ssrc=)", page.text), "no inline script"
+    assert not re.search(r"\son[a-z]+\s*=", page.text), "no inline event handler"
+    assert not re.search(r'(?:src|href)="(?:https?:)?//', page.text), "nothing from another origin (no CDN)"
+    assets = re.findall(r'(?:src|href)="(/dashboard/static/[^"]+)"', page.text)
+    assert sorted(a.split("?")[0] for a in assets) == ["/dashboard/static/app.js", "/dashboard/static/style.css"]
+    for asset in assets:
+        response = requests.get(srv.url + asset, timeout=10)
+        assert response.status_code == 200
+        assert "max-age=31536000" in response.headers["Cache-Control"], "versioned assets are cached for a year"
+    script = requests.get(srv.url + next(a for a in assets if "app.js" in a), timeout=10).text
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script, f"app.js must build the DOM with textContent, not {sink}"
+
+
+# -- overview ------------------------------------------------------------------------------
+
+def test_overview_shows_the_pool_workers_queues_and_live_rates(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    open_dashboard(browser, srv)
+    wait(browser, lambda d: text(d, "#pool-size") == "64", message="pool size from /health")
+    wait(browser, lambda d: text(d, "#cpu-workers") == "1", timeout=40, message="one cpu worker alive")
+    assert text(browser, "#broker") == "connected"
+    sleepers = [srv.submit("sleep", kwargs={"seconds": 30})["id"] for _ in range(3)]
+    srv.post("/jobs/batch", {"jobs": [{"handler": "echo", "kwargs": {"n": n}} for n in range(40)]})
+    for _ in range(5):
+        srv.submit("fail", kwargs={"message": "nope"})
+    srv.submit("browser.progress", kwargs={"steps": 100, "pause": 0.2})
+    wait(browser, lambda d: float(text(d, "#rate-submitted")) > 0, message="a live submitted rate")
+    wait(browser, lambda d: float(text(d, "#rate-succeeded")) > 0 and float(text(d, "#rate-failed")) > 0)
+    wait(browser, lambda d: text(d, "#pool-busy") == "4", message="3 sleeps and a progress job busy the pool")
+
+    def sleep_running(d):
+        return js(d, "for (const tr of document.querySelectorAll('#queues tbody tr'))"
+                     "  if (tr.cells[0].textContent === 'sleep') return tr.cells[3].textContent;"
+                     "return null")
+    wait(browser, lambda d: sleep_running(d) == "3", message="queue depths from /metrics")
+    wait(browser, lambda d: len(d.find_elements("css selector", ".feed li a")) >= 10, message="recent events")
+    time.sleep(1.2)      # one more chart tick, so the screenshot shows the burst
+    screenshot("overview")
+    for job_id in sleepers:
+        srv.delete(f"/jobs/{job_id}")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+# -- job list ------------------------------------------------------------------------------
+
+def test_rows_move_live_to_succeeded_without_a_reload(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    open_dashboard(browser, srv, "#/jobs")
+    wait(browser, lambda d: text(d, "#jobs-table tbody") is not None)
+    job = srv.submit("sleep", kwargs={"seconds": 1.5})
+    seen = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        state = row_state(browser, job["id"])
+        if state and (not seen or seen[-1] != state):
+            seen.append(state)
+        if state == "succeeded":
+            break
+        time.sleep(0.05)
+    assert seen and seen[-1] == "succeeded", f"the row's states: {seen}"
+    assert set(seen[:-1]) & {"queued", "running"}, f"the row was never seen before it finished: {seen}"
+    attempts = js(browser, "return document.querySelector('#jobs-table tr[data-job=\"%s\"] .attempts').textContent"
+                  % job["id"])
+    assert attempts == "1"
+    screenshot("jobs")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+def test_filters_and_paging(make_server, browser):
+    srv = job_server(make_server, **{"greenjobs.workers.cpu": 0})
+    ids = srv.post("/jobs/batch", {"jobs": [{"handler": "echo", "kwargs": {"n": n}} for n in range(30)]}).json()["ids"]
+    failed = [srv.submit("fail", kwargs={"message": f"no {n}"})["id"] for n in range(3)]
+    for job_id in failed:
+        assert srv.wait(job_id)["state"] == "failed"
+    open_dashboard(browser, srv, "#/jobs?limit=25")
+
+    def shown(d):
+        return js(d, "return [...document.querySelectorAll('#jobs-table tbody tr[data-job]')].map(r => r.dataset.job)")
+    wait(browser, lambda d: len(shown(d)) == 25)
+    first_page = shown(browser)
+    assert first_page[:3] == failed[::-1], "newest first"
+    click(browser, ".pager a:last-child")                 # Older →
+    wait(browser, lambda d: len(shown(d)) == 8)
+    assert shown(browser) == ids[::-1][22:]
+    click(browser, ".pager a:first-child")                # ← Newer
+    wait(browser, lambda d: shown(d) == first_page)
+    from selenium.webdriver.support.ui import Select
+    Select(browser.find_element("css selector", "#filter-state")).select_by_value("failed")
+    wait(browser, lambda d: sorted(shown(d)) == sorted(failed))
+    assert "state=failed" in browser.current_url
+    Select(browser.find_element("css selector", "#filter-handler")).select_by_value("echo")
+    wait(browser, lambda d: shown(d) == [] and "No jobs match" in text(d, "#jobs-table tbody"))
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+# -- job detail ------------------------------------------------------------------------------
+
+def test_job_detail_shows_a_progress_bar_that_moves(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    job = srv.submit("browser.progress", args=[], kwargs={"steps": 25, "pause": 0.2})
+    open_dashboard(browser, srv, f"#/jobs/{job['id']}")
+    values, shot = [], None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        value = js(browser, "const p = document.querySelector('#job-progress progress');"
+                            "return p && p.hasAttribute('value') ? p.value : null")
+        if value is not None and (not values or values[-1] != value):
+            values.append(value)
+        if shot is None and value is not None and 0.4 <= value <= 0.8:
+            shot = screenshot("job-detail")
+        if detail_state(browser) == "succeeded":
+            break
+        time.sleep(0.05)
+    assert detail_state(browser) == "succeeded"
+    inside = [v for v in values if 0 < v < 1]
+    assert len(inside) >= 3, f"the bar should move through several values, saw {values}"
+    assert values == sorted(values), f"progress never goes back: {values}"
+    wait(browser, lambda d: text(d, "#job-progress-value") == "100%")
+    assert text(browser, "#job-progress-message") == " · step 25 of 25"
+    wait(browser, lambda d: text(d, "#job-result") is not None and '"steps": 25' in text(d, "#job-result"))
+    assert '"pause": 0.2' in text(browser, "#job-kwargs")
+    assert shot is not None
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+def test_a_failed_job_shows_every_attempts_error_and_traceback(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    job = srv.submit("flaky", kwargs={"fail_times": 5}, max_retries=1)
+    assert srv.wait(job["id"])["state"] == "failed"
+    open_dashboard(browser, srv, f"#/jobs/{job['id']}")
+    wait(browser, lambda d: detail_state(d) == "failed")
+    attempts = js(browser, "return [...document.querySelectorAll('#job-errors .attempt')].map(a => a.textContent)")
+    assert len(attempts) == 2
+    assert "attempt 1 of a flaky job fails on purpose" in attempts[0]
+    assert "attempt 2 of a flaky job fails on purpose" in attempts[1]
+    assert "Traceback" in text(browser, ".error-view[data-attempt='last'] pre.traceback")
+    assert text(browser, "#job-attempts") == "2 of 2"
+    assert js(browser, "return document.getElementById('retry').hidden") is False
+    assert js(browser, "return document.getElementById('cancel').hidden") is True
+    screenshot("job-failed")
+    assert_clean_console(browser)
+
+
+def test_cancel_a_running_job_from_the_page(make_server, browser):
+    srv = job_server(make_server)
+    job = srv.submit("sleep", kwargs={"seconds": 60})
+    open_dashboard(browser, srv, f"#/jobs/{job['id']}")
+    wait(browser, lambda d: detail_state(d) == "running")
+    assert js(browser, "return document.getElementById('retry').hidden") is True
+    click(browser, "#cancel")
+    wait(browser, lambda d: detail_state(d) == "cancelled")
+    assert srv.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+    wait(browser, lambda d: js(d, "return document.getElementById('cancel').hidden"))
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+# -- failed view ------------------------------------------------------------------------------
+
+def test_retry_failed_jobs_from_the_failed_view(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    flaky = [srv.submit("flaky", kwargs={"fail_times": 1})["id"] for _ in range(2)]
+    hopeless = srv.submit("fail", kwargs={"message": "always"})["id"]
+    done = srv.submit("echo", kwargs={})["id"]
+    for job_id in [*flaky, hopeless]:
+        assert srv.wait(job_id)["state"] == "failed"
+    assert srv.wait(done)["state"] == "succeeded"
+    open_dashboard(browser, srv, "#/failed")
+    wait(browser, lambda d: all(row_state(d, i) == "failed" for i in [*flaky, hopeless]))
+    assert row_state(browser, done) is None, "the failed view lists failed jobs only"
+    assert text(browser, "#selected-count") == "3 failed on this page"
+    screenshot("failed")
+
+    # one by its checkbox
+    js(browser, "document.querySelector('#jobs-table tr[data-job=\"%s\"] input.pick').click()" % flaky[0])
+    assert text(browser, "#retry-selected") == "Retry selected (1)"
+    click(browser, "#retry-selected")
+    wait(browser, lambda d: row_state(d, flaky[0]) == "succeeded", message="the retried job succeeds, live")
+    assert row_state(browser, flaky[1]) == "failed"
+
+    # the rest: every failed row of the page
+    click(browser, "#retry-all")
+    wait(browser, lambda d: row_state(d, flaky[1]) == "succeeded")
+    wait(browser, lambda d: js(d, "return document.querySelector('#jobs-table tr[data-job=\"%s\"] .attempts')"
+                                  ".textContent" % hopeless) == "2", message="the hopeless job failed again")
+    assert row_state(browser, hopeless) == "failed"
+    for job_id in flaky:
+        after = srv.get(f"/jobs/{job_id}").json()
+        assert after["state"] == "succeeded" and after["attempts"] == 2
+    assert srv.get(f"/jobs/{hopeless}").json()["attempts"] == 2
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+# -- escaping ---------------------------------------------------------------------------------
+
+def test_job_data_is_shown_as_text_never_as_markup(make_server, browser):
+    srv = job_server(make_server)
+    echo = srv.submit("echo", kwargs={"html": XSS, "<script>alert(2)</script>": "<b>bold</b>"})
+    assert srv.wait(echo["id"])["state"] == "succeeded"
+    failing = srv.submit("fail", kwargs={"message": XSS})
+    assert srv.wait(failing["id"])["state"] == "failed"
+
+    open_dashboard(browser, srv, f"#/jobs/{echo['id']}")
+    wait(browser, lambda d: text(d, "#job-result") is not None)
+    assert XSS in text(browser, "#job-kwargs") and XSS in text(browser, "#job-result")
+    assert "<script>alert(2)</script>" in text(browser, "#job-kwargs")
+    assert "<b>bold</b>" in text(browser, "#job-result")
+
+    def markup(d):
+        return js(d, "return document.querySelectorAll('#view img, #view script, #view b, #view iframe').length")
+    assert markup(browser) == 0
+
+    go(browser, f"#/jobs/{failing['id']}")
+    wait(browser, lambda d: detail_state(d) == "failed")
+    assert XSS in text(browser, ".error-view[data-attempt='last'] .error-text")
+    assert markup(browser) == 0
+    go(browser, "#/failed")
+    wait(browser, lambda d: row_state(d, failing["id"]) == "failed")
+    assert XSS in text(browser, "#jobs-table .error-text")
+    assert markup(browser) == 0
+
+    from selenium.common.exceptions import NoAlertPresentException
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+# -- access control -----------------------------------------------------------------------------
+
+def test_sign_in_with_a_token_then_act_with_the_csrf_token(make_server, browser, screenshot):
+    srv = job_server(make_server, **{"greenjobs.auth.tokens": f"{ADMIN}:admin {READ}:read",
+                                     "greenjobs.workers.cpu": 0})
+    if requests.get(srv.url + "/session", timeout=10).status_code == 404:
+        pytest.skip("this server has no /session yet (server/security.py): the dashboard treats that as auth off")
+    srv.http.headers["Authorization"] = f"Bearer {ADMIN}"
+    open_dashboard(browser, srv, "#/overview", live=False)
+    wait(browser, lambda d: js(d, "return !document.getElementById('signin').hidden"), message="the sign-in form")
+    assert js(browser, "return document.getElementById('view').hidden") is True
+    screenshot("sign-in")
+
+    token = browser.find_element("css selector", "#token")
+    token.send_keys("not-a-token-at-all")
+    click(browser, "#signin-form button[type=submit]")
+    wait(browser, lambda d: text(d, "#signin-error") == "That token is not valid.")
+    token.clear()
+    token.send_keys(ADMIN)
+    click(browser, "#signin-form button[type=submit]")
+    wait(browser, lambda d: js(d, "return document.getElementById('signin').hidden"))
+    wait(browser, lambda d: "admin" in text(d, "#who"))
+    wait(browser, lambda d: js(d, "return document.getElementById('live').dataset.state") == "on")
+    assert "greenjobs_session" not in js(browser, "return document.cookie"), "the session cookie is HttpOnly"
+
+    # live rows and a cancel: DELETE with the session cookie needs the X-CSRF-Token header
+    job = srv.submit("sleep", kwargs={"seconds": 60})
+    go(browser, "#/jobs")
+    wait(browser, lambda d: row_state(d, job["id"]) == "running")
+    go(browser, f"#/jobs/{job['id']}")
+    wait(browser, lambda d: detail_state(d) == "running")
+    click(browser, "#cancel")
+    wait(browser, lambda d: detail_state(d) == "cancelled")
+    assert srv.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+
+    # signed out: the form again; a read-only token sees the job but may not cancel it
+    click(browser, "#signout")
+    wait(browser, lambda d: js(d, "return !document.getElementById('signin').hidden"))
+    other = srv.submit("sleep", kwargs={"seconds": 60})
+    browser.find_element("css selector", "#token").send_keys(READ)
+    click(browser, "#signin-form button[type=submit]")
+    wait(browser, lambda d: "read" in (text(d, "#who") or ""))
+    go(browser, f"#/jobs/{other['id']}")
+    wait(browser, lambda d: detail_state(d) == "running")
+    assert js(browser, "return document.getElementById('cancel').disabled") is True
+    srv.delete(f"/jobs/{other['id']}")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser, allow=("/session - Failed to load resource: the server responded with a status "
+                                         "of 401",))
