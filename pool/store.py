@@ -331,8 +331,9 @@ class Store:
         return self._read(self._get, job_id)
 
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: str | None = None) -> list[Job]:
-        """Newest first; ``after`` is the id of the last job of the previous page."""
+             after: int | None = None) -> tuple[list[Job], int | None]:
+        """Newest first, and the cursor of the last one: ``after`` is that cursor (a sequence number,
+        so a page boundary stays valid when its job is deleted meanwhile)."""
         def query(conn):
             where, params = [], []
             if state:
@@ -341,15 +342,20 @@ class Store:
             if handler:
                 where.append("handler = ?")
                 params.append(handler)
-            if after:
-                where.append("seq < (SELECT seq FROM jobs WHERE id = ?)")
+            if after is not None:
+                where.append("seq < ?")
                 params.append(after)
-            sql = f"SELECT {COLUMNS} FROM jobs"
+            sql = f"SELECT {COLUMNS}, seq FROM jobs"
             if where:
                 sql += " WHERE " + " AND ".join(where)
             sql += " ORDER BY seq DESC LIMIT ?"
-            return [row_to_job(r) for r in conn.execute(sql, params + [limit])]
+            rows = conn.execute(sql, params + [limit]).fetchall()
+            return [row_to_job(r[:-1]) for r in rows], (rows[-1][-1] if rows else None)
         return self._read(query)
+
+    def seq_of(self, job_id: str) -> int | None:
+        row = self._read(lambda conn: conn.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        return None if row is None else row[0]
 
     def batch_counts(self, batch_id: str) -> dict[str, Any] | None:
         def query(conn):

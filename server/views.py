@@ -155,8 +155,14 @@ def list_jobs(request):
     limit = _query_number(request, "limit", 1, _settings(request).api_max_page, integer=True) or 50
     handler = request.GET.get("handler") or None
     after = request.GET.get("after") or None
-    jobs = _runtime(request).store.list(state=state, handler=handler, limit=limit, after=after)
-    return {"jobs": [job.public() for job in jobs], "next": jobs[-1].id if len(jobs) == limit else None}
+    store = _runtime(request).store
+    if after is not None and not (after.isdigit() and len(after) <= 18):   # or a job id (earlier versions)
+        after = store.seq_of(after)
+        if after is None:
+            raise Problem(400, "Invalid query parameter", "?after= must be the `next` value of the previous page")
+    jobs, last = store.list(state=state, handler=handler, limit=limit,
+                            after=int(after) if after is not None else None)
+    return {"jobs": [job.public() for job in jobs], "next": str(last) if len(jobs) == limit else None}
 
 
 @view_config(route_name="batch", request_method="GET", renderer="json", permission="read")

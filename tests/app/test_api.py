@@ -220,3 +220,17 @@ def test_submit_with_wait_answers_with_the_finished_job(app):
                   headers={"Idempotency-Key": "w1"})
     assert repeat.json["id"] == again.json["id"] and repeat.json["state"] == "succeeded"
     assert_problem(post(app, {"handler": "echo"}, path="/jobs?wait=x", status=400), 400, "wait")
+
+
+def test_paging_survives_the_deletion_of_the_page_boundary_job(app):
+    ids = [post(app, {"handler": "echo", "kwargs": {"n": n}}).json["id"] for n in range(5)]
+    first = app.get("/jobs?limit=2").json
+    assert [j["id"] for j in first["jobs"]] == ids[::-1][:2]
+    store = app.app.registry.greenjobs_runtime.store
+    store._write(lambda conn: conn.execute("DELETE FROM jobs WHERE id = ?", (first["jobs"][-1]["id"],)))
+    second = app.get(f"/jobs?limit=2&after={first['next']}").json
+    assert [j["id"] for j in second["jobs"]] == ids[::-1][2:4]
+    old_style = app.get(f"/jobs?limit=2&after={ids[4]}").json          # a job id still works as a cursor
+    assert [j["id"] for j in old_style["jobs"]] == ids[::-1][2:4]
+    assert_problem(app.get("/jobs?after=nope", status=400), 400, "next")
+    assert app.get("/jobs?after=" + "9" * 40, status=400)

@@ -68,10 +68,10 @@ def test_backlog_limit_raises_overloaded_and_stores_nothing(make_runtime):
     rt = make_runtime(pool__size=1, pool__max_pending=2)
     for _ in range(3):
         submit(rt, "sleep", kwargs={"seconds": 1})
-    before = len(rt.store.list(limit=100))
+    before = len(rt.store.list(limit=100)[0])
     with pytest.raises(Overloaded):
         submit(rt, "echo")
-    assert len(rt.store.list(limit=100)) == before
+    assert len(rt.store.list(limit=100)[0]) == before
 
 
 def test_priority_then_age_order(make_runtime):

@@ -19,7 +19,7 @@ def test_concurrent_writes_share_group_commits(store):
     import gevent
     jobs = [job() for _ in range(200)]
     gevent.joinall([gevent.spawn(store.insert, [j], "me") for j in jobs], raise_error=True)
-    assert len(store.list(limit=500)) == 200
+    assert len(store.list(limit=500)[0]) == 200
 
 
 def test_claim_is_a_compare_and_swap(store):
