@@ -407,6 +407,21 @@ def test_resume_across_a_server_restart(make_server, streams):
     assert controls == ["reset"], controls
 
 
+def test_resume_from_an_id_this_server_never_issued(make_server, streams):
+    """A Last-Event-ID above every id this server issued (another server behind the same balancer,
+    whose ids started from a later clock): the client must not be left silent until this server's
+    ids catch up; it is told to re-read (reset) and gets the new events."""
+    srv = make_server(app=QUICK_STOP)
+    probe = streams(srv.url)
+    job = srv.submit("echo")
+    current = probe.wait_job(job["id"], "succeeded")[-1]["id"]
+    ahead = current + 3_600 * 1_000_000            # a server started an hour later
+    resumed = streams(srv.url, headers={"Last-Event-ID": str(ahead)})
+    later = srv.submit("echo", kwargs={"after": "ahead"})
+    probe.wait_job(later["id"], "succeeded")
+    resumed.wait(lambda s: s.events("succeeded", later["id"]), 10, "new events despite a Last-Event-ID ahead")
+
+
 def test_bad_last_event_id_is_400(make_server):
     srv = make_server(app=QUICK_STOP)
     for bad in ("abc", "-1", "1.5", "9" * 25):
@@ -657,6 +672,15 @@ def test_thousand_subscribers_each_get_every_event_and_what_it_costs(make_server
 
         assert many.pump(all_done, 180), "not every subscriber saw the 100 jobs succeed"
         cpu_delivery, t_delivery, rss2 = cpu_seconds(pid) - cpu_b, time.monotonic() - t_b, rss_kb(pid)
+
+        # sparse events: one job at a time, each of its events woken and written to 1,000 streams alone
+        singles, cpu_s = [], cpu_seconds(pid)
+        for i in range(10):
+            single = srv.submit("echo", kwargs={"single": i})["id"]
+            singles.append(single)
+            assert many.pump(lambda: all(any(f["event"] == "succeeded" and f["data"]["job"] == single
+                                             for f in d.frames[-5:]) for d in many.decoders), 60), i
+        cpu_sparse = cpu_seconds(pid) - cpu_s
         for d in many.decoders:
             mine = [f for f in d.frames if f["id"] is not None and f["data"]["job"] in ids]
             assert len(mine) == 300
@@ -677,6 +701,9 @@ def test_thousand_subscribers_each_get_every_event_and_what_it_costs(make_server
           f"{cpu_delivery:.3f} s server CPU, {t_delivery:.2f} s wall, RSS now {rss2} kB (+{rss2 - rss1} kB)")
     print(f"event-stream cost: {extra:.3f} s CPU -> {extra / deliveries * 1e6:.1f} us per event per subscriber, "
           f"{extra / 300 * 1e3:.2f} ms per event for 1,000 subscribers")
+    print(f"sparse: 10 single jobs (30 events, each written to 1,000 streams on its own): {cpu_sparse:.3f} s CPU "
+          f"-> {cpu_sparse / 30 * 1e3:.2f} ms per event for 1,000 subscribers "
+          f"({cpu_sparse / 30 / 1000 * 1e6:.1f} us per event per subscriber)")
     print("=============================================================================")
 
 

@@ -39,10 +39,10 @@ def test_listed_receivers_see_each_jobs_life_in_order(make_server):
     ok = srv.submit("echo", kwargs={"k": "v"})
     bad = srv.submit("fail", kwargs={"message": "x"}, max_retries=1)
     prog = srv.submit("evt.progress", kwargs={"steps": 2, "pause": 0.15})
-    blocker = srv.submit("sleep", kwargs={"seconds": 60})
-    queued = srv.submit("echo", kwargs={"queued": True})
     for job in (ok, bad, prog):
         wait_job(srv, job["id"])
+    blocker = srv.submit("sleep", kwargs={"seconds": 60})       # pool.size 1: the next one waits
+    queued = srv.submit("echo", kwargs={"queued": True})
     assert srv.delete(f"/jobs/{queued['id']}").status_code == 200
     assert srv.delete(f"/jobs/{blocker['id']}").status_code == 200
     wait_until(lambda: len([x for x in lines(srv) if x["job"] == blocker["id"]]) >= 3, 20, message="blocker lines")
