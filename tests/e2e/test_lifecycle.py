@@ -286,7 +286,7 @@ def test_list_pagination_and_filters(make_server):
             wait_job(srv, job_id, 30)
     newest_first = [job_id for job_id, _ in reversed(submitted)]
 
-    # pages of 5: disjoint, newest first, `next` is the last id of a full page
+    # pages of 5: disjoint, newest first, `next` is an opaque cursor past the last job of a full page
     seen, after, pages = [], None, 0
     for _ in range(20):
         params = {"limit": 5, **({"after": after} if after else {})}
@@ -298,7 +298,7 @@ def test_list_pagination_and_filters(make_server):
         pages += 1
         if body["next"] is None:
             break
-        assert body["next"] == page[-1]
+        assert isinstance(body["next"], str) and body["next"]
         after = body["next"]
     assert seen == newest_first
     assert pages == 5
