@@ -91,11 +91,11 @@ class EventLog:
     def since(self, after: int) -> tuple[list[JobEvent], bool]:
         """Events with id > ``after``, and whether some were already gone from the ring (a gap)."""
         ring = self._ring
+        first = ring[0].id if ring else self._next      # the oldest id this log can still give
+        if after < first - 1:                            # some are gone (or were another process's)
+            return list(ring), True
         if not ring or after >= ring[-1].id:
             return [], False
-        first = ring[0].id
-        if after < first - 1:
-            return list(ring), True
         start = after - first + 1          # ids are consecutive within the ring
         return [ring[i] for i in range(start, len(ring))], False
 

@@ -269,10 +269,12 @@ class Runtime:
             stored = [j for j in jobs if id(j) not in skip]
         else:
             stored = jobs
-        for job in stored:
+        for n, job in enumerate(stored, 1):
             self.emit("submitted", job)
             if job.state == SCHEDULED:
                 self.wake_at(job.run_at)
+            if n % 256 == 0 and self.events.subscribers:
+                gevent.sleep(0)     # let event streams take this part of a big batch before the ring wraps
         if io_jobs:
             self.executors["io"].launch(io_jobs[:started])
             self.executors["io"].enqueue(io_jobs[started:])

@@ -207,7 +207,7 @@ TABLE = (
     Setting("greenjobs.webhooks.max_attempts", as_int(1, 100), 5,
             "delivery attempts of a webhook (with full-jitter backoff between them) before it is given up"),
     Setting("greenjobs.webhooks.timeout", as_float(0.1, 300.0), 10.0, "seconds one webhook delivery may take"),
-    Setting("greenjobs.events.replay", as_int(100, 1_000_000), 10_000,
+    Setting("greenjobs.events.replay", as_int(100, 1_000_000), 50_000,
             "recent lifecycle events kept for GET /events (Last-Event-ID resumes within them)"),
     Setting("greenjobs.events.heartbeat", as_float(0.5, 3600.0), 15.0,
             "seconds between heartbeat comments on an idle event stream"),

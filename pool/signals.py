@@ -1,6 +1,6 @@
 """Lifecycle signals for application code, in the spirit of Django's and Celery's (blinker signals).
 
-    from handlers import signals
+    from pool import signals
 
     @signals.job_failed.connect
     def alert(handler_name, job, **extra):      # job: the job as GET /jobs/{id} shows it
@@ -62,7 +62,7 @@ class SignalSender:
                 if self.dropped == 1 or self.dropped % 1000 == 0:
                     log.warning("signal receivers are %d calls behind; %d calls dropped so far", self.pending,
                                 self.dropped)
-                return
+                continue
             self.pending += 1
             gevent.spawn(self._call, receiver, name, job.handler, snapshot)
 

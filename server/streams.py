@@ -3,12 +3,15 @@
 Each subscriber is one greenlet reading the shared event ring (pool/events.py) with its own
 cursor: it sleeps until something is appended, sends the events its filters match in one write,
 and sends a heartbeat comment when idle so proxies keep the connection open.  A subscriber that
-falls behind the ring (its client reads too slowly) gets a final ``dropped`` event and is closed;
-it may reconnect with Last-Event-ID and is then told with a ``reset`` event if it missed some.
+falls behind the ring because its client reads too slowly gets a final ``dropped`` event and is
+closed; one overrun while it kept up (a burst larger than the ring, e.g. a huge batch) gets a
+``reset`` event and goes on.  A client reconnecting with Last-Event-ID gets what it missed, or a
+``reset`` first if some of that is gone.
 """
 from __future__ import annotations
 
 import json
+import time
 
 from pyramid.response import Response
 from pyramid.view import view_config
@@ -18,6 +21,7 @@ from pool.job import STATES
 from server.problems import Problem
 
 MAX_CHUNK = 1000          # events per write, so one busy stream cannot hog the hub
+SLOW_WRITE = 1.0          # s: a client that takes longer to accept a write is a slow one
 
 
 def _words(request, name: str, allowed=None) -> frozenset[str]:
@@ -56,28 +60,47 @@ def events(request):
     def stream():
         log.subscribers += 1
         try:
-            cursor = log.last_id if last is None else last
-            head = b"retry: 2000\n\n"
-            if last is not None and log.since(last)[1]:
-                head += _control("reset", "events after Last-Event-ID are gone from the replay window; "
-                                          "re-read the jobs you follow")
-            yield head
+            yield b"retry: 2000\n\n"
+            cursor = log.last_id
+            if last is not None and last <= log.last_id:
+                new, gap = log.since(last)
+                if gap:
+                    yield _control("reset", "some events after Last-Event-ID are gone from the replay window; "
+                                            "re-read the jobs you follow")
+                cursor = last if not gap else (new[0].id - 1 if new else log.last_id)
+            elif last is not None:              # an id this server never issued: start from now
+                yield _control("reset", "Last-Event-ID is not one of this server's events; streaming from now")
+            sent_at = time.monotonic()
+            slow = False                        # did the client take long to accept the last write?
             while not log.closed:
                 wake = log.watch()               # before reading, so no append slips between
                 new, gap = log.since(cursor)
                 if gap:
-                    log.dropped += 1
-                    yield _control("dropped", "this stream fell behind the replay window; reconnect")
-                    return
+                    if slow:
+                        log.dropped += 1
+                        yield _control("dropped", "this stream fell behind the replay window; reconnect")
+                        return
+                    # overrun while keeping up (a burst larger than the window): say so, go on
+                    yield _control("reset", "a burst of events larger than the replay window went by; "
+                                            "re-read the jobs you follow")
+                    cursor = new[0].id - 1
+                    continue
                 if new:
                     new = new[:MAX_CHUNK]
                     cursor = new[-1].id
                     chunk = b"".join(e.sse() for e in new if wanted(e))
                     if chunk:
+                        started = time.monotonic()
                         yield chunk
+                        sent_at = time.monotonic()
+                        slow = sent_at - started > SLOW_WRITE
+                    if time.monotonic() - sent_at < heartbeat:
+                        continue
+                elif wake.wait(max(0.0, heartbeat - (time.monotonic() - sent_at))):
                     continue
-                if not wake.wait(heartbeat):
+                if time.monotonic() - sent_at >= heartbeat:   # idle, or nothing that matches the filters
                     yield b": heartbeat\n\n"
+                    sent_at = time.monotonic()
         finally:
             log.subscribers -= 1
 

@@ -576,16 +576,32 @@ def test_slow_subscriber_is_dropped_and_others_are_unaffected(make_server, strea
                       message="dropped counter")
 
 
-def test_a_batch_bigger_than_the_replay_window_does_not_drop_a_subscriber_that_keeps_reading(make_server, streams):
-    """One POST /jobs/batch of 5,000 jobs with greenjobs.events.replay = 1000: a client that reads as
-    fast as it can is not slow, and must not be dropped (nor miss an event)."""
+def test_a_full_batch_with_the_default_window_reaches_a_reading_subscriber_whole(make_server, streams):
+    """One POST /jobs/batch of 10,000 jobs (greenjobs.api.max_batch) on the default replay window:
+    a client that reads as fast as it can gets every event, and is not dropped."""
+    srv = make_server(app={**QUICK_STOP, "greenjobs.store.synchronous": "normal"})
+    reader = streams(srv.url, "event=succeeded")
+    body = submit_batch(srv, [{"handler": "echo", "kwargs": {"i": i}} for i in range(10_000)])
+    wait_batch(srv, body["batch"])
+    reader.wait(lambda s: len(s.events("succeeded")) >= 10_000 or s.eof, 120, "10,000 succeeded events")
+    assert not [f for f in reader.frames if f["event"] in ("dropped", "reset")]
+    assert {e["data"]["job"] for e in reader.events("succeeded")} == set(body["ids"])
+
+
+def test_a_burst_bigger_than_a_tiny_window_resets_a_reading_subscriber_but_does_not_drop_it(make_server, streams):
+    """With greenjobs.events.replay = 1000, a pool of 1,000 finishing at once overruns the window: a
+    reading subscriber is told (reset) and goes on, where a slow one would be dropped."""
     srv = make_server(app={**QUICK_STOP, "greenjobs.events.replay": 1000, "greenjobs.store.synchronous": "normal"})
     reader = streams(srv.url, "event=succeeded")
     body = submit_batch(srv, [{"handler": "echo", "kwargs": {"i": i}} for i in range(5000)])
     wait_batch(srv, body["batch"])
-    reader.wait(lambda s: len(s.events("succeeded")) >= 5000 or s.eof, 120, "5,000 succeeded events")
-    assert not [f for f in reader.frames if f["event"] == "dropped"], "a reading subscriber was dropped"
-    assert {e["data"]["job"] for e in reader.events("succeeded")} == set(body["ids"])
+    later = srv.submit("echo", kwargs={"after": "the burst"})
+    reader.wait(lambda s: any(e["data"]["job"] == later["id"] for e in s.events("succeeded")) or s.eof, 60,
+                "the job after the burst")
+    assert not reader.eof and not [f for f in reader.frames if f["event"] == "dropped"]
+    seen = {e["data"]["job"] for e in reader.events("succeeded")}
+    if seen < set(body["ids"]):                  # some were missed: the stream must have said so
+        assert [f for f in reader.frames if f["event"] == "reset"]
 
 
 # ---------------------------------------------------------------------------------------------
