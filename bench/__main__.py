@@ -210,8 +210,10 @@ def main(argv=None) -> int:
     unknown = [w for w in chosen if w not in ALL + EXTRA]
     if unknown:
         parser.error(f"unknown workload {', '.join(unknown)}; known: {', '.join(ALL + EXTRA)}")
-    names = [] if (args.peers or ("" if args.quick else ",".join(PEERS))) in ("", "none") else \
-        (args.peers or ",".join(PEERS)).split(",")
+    if args.peers is None:
+        names = [] if args.quick else list(PEERS)
+    else:
+        names = [n for n in args.peers.split(",") if n and n != "none"]
     if any(n not in PEERS for n in names):
         parser.error(f"unknown peer in {args.peers!r}; known: {', '.join(PEERS)}")
     sizes = QUICK if args.quick else FULL

@@ -1,5 +1,8 @@
 """One table and one JSON document from every system's measurements.
 
+``python -m bench.report FILE.json`` prints a saved run as Markdown (machine, command, table), the
+shape bench/RESULTS.md keeps.
+
 A measurement row: workload, metric, system, config, unit, values (one per run), n, note, error.
 The report adds the median, min and max, the ratio to the ideal (a constant, or a floor measured in
 the same run), the ratio to greenjobs, and for greenjobs rows whether issue 6's target is met.
@@ -105,3 +108,21 @@ def table(rows: list[dict]) -> str:
 def write_json(path: str, meta: dict, rows: list[dict]) -> None:
     with open(path, "w") as fh:
         json.dump({**meta, "rows": rows}, fh, indent=1)
+
+
+def markdown(doc: dict) -> str:
+    """A saved run (``--json``) as the header and table bench/RESULTS.md shows."""
+    m = doc["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return "\n".join([
+        f"- date: {doc['date']} ({doc['seconds']:.0f} s)",
+        f"- machine: {m['nproc']} CPUs, {m['cpu']}; Python {m['python']}",
+        f"- versions: {versions}",
+        f"- command: `{doc['command']}` ({doc['runs']} runs; cpu.pbkdf2 at {doc['pbkdf2_iterations']} iterations)",
+        "", table(doc["rows"])])
+
+
+if __name__ == "__main__":
+    import sys
+    with open(sys.argv[1]) as fh:
+        print(markdown(json.load(fh)))

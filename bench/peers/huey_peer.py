@@ -1,4 +1,4 @@
-"""Huey 2: ``huey_consumer -k greenlet -w 1000`` for I/O, ``-k process -w`` CPU count for CPU.
+"""Huey: ``huey_consumer -k greenlet -w 1000`` for I/O, ``-k process -w`` CPU count for CPU.
 
 RedisHuey with ``notify_result=True`` so a waiting client is woken by BLPOP rather than polling
 with backoff (Huey's default, which adds tens of ms to every round trip).
