@@ -71,6 +71,8 @@ class Worker:
         self._jobs: collections.deque = collections.deque()   # (body, message) delivered, not yet handled
         self._replies: dict[str, dict] = {}
         self._progress: dict | None = None
+        self._unsent: list[dict] = []       # results whose publish failed: sent first on the next connection
+        self._broken = False                # the connection failed while a handler was running
         self.parent: int | None = None      # the supervisor's pid: we leave when it is gone
 
     # -- broker callbacks (run inside drain_events) ---------------------------------------
@@ -89,10 +91,30 @@ class Worker:
 
     # -- the loop --------------------------------------------------------------------
     def run(self) -> None:
+        """Consume until asked to stop, starting a new connection (channels, consumers) whenever the
+        broker goes away: a restarted broker drops every channel, and kombu revives only what it retries."""
+        delay = 0.5
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                self._session()
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise
+                # deliveries of the lost channel come back from the broker; only results are ours to keep
+                self._jobs.clear()
+                self._replies.clear()
+                self._broken = False
+                delay = 0.5 if time.monotonic() - started > 30 else min(delay * 2, 5.0)
+                log.warning("worker %s lost the broker (%s: %s); reconnecting in %.1f s", self.id,
+                            type(exc).__name__, exc, delay)
+                time.sleep(delay)
+
+    def _session(self) -> None:
         settings = self.settings
         names = sorted({h.queue for h in self.registry if h.kind == "cpu"}) or ["cpu"]
         self.conn = broker.connect(settings)
-        self.conn.ensure_connection(max_retries=None, interval_start=0.5, interval_step=1, interval_max=10,
+        self.conn.ensure_connection(max_retries=None, interval_start=0.5, interval_step=1, interval_max=5,
                                     callback=lambda: log.warning("waiting for the broker ..."))
         with self.conn:
             job_channel = self.conn.channel()
@@ -107,6 +129,9 @@ class Worker:
                             accept=broker.ACCEPT, on_decode_error=self._on_bad_message)
             replies = Consumer(reply_channel, [self.reply_to], callbacks=[self._on_reply], accept=broker.ACCEPT,
                                on_decode_error=self._on_bad_message)
+            while self._unsent:                 # results the last connection could not take
+                self._publish(self._unsent[0])
+                self._unsent.pop(0)
             with jobs, replies:
                 log.info("worker %s consuming %s", self.id, ", ".join(names))
                 while not self.stopping:
@@ -127,9 +152,8 @@ class Worker:
 
     def _publish(self, body: dict, reply: bool = False) -> None:
         props = {"reply_to": self.reply_to.name} if reply else {}
+        # no retry here: a failed publish ends the session, and run() starts a fresh connection
         self.producer.publish(body, routing_key=broker.control_queue(self.settings).name, delivery_mode=2,
-                              retry=True, retry_policy={"max_retries": 10, "interval_start": 0.2,
-                                                        "interval_step": 0.5, "interval_max": 3},
                               timeout=self.settings.broker_confirm_timeout,
                               confirm_timeout=self.settings.broker_confirm_timeout, **props)
 
@@ -165,7 +189,15 @@ class Worker:
         job.attempts = int(answer.get("attempts", job.attempts + 1))
         outcome = self._run(job, answer.get("timeout"))
         log.debug("job %s ran", job.id)
-        self._publish({"type": "result", "job": job.id, "worker": self.id, "attempt": job.attempts, **outcome})
+        result = {"type": "result", "job": job.id, "worker": self.id, "attempt": job.attempts, **outcome}
+        try:
+            if self._broken:
+                raise ConnectionError("the broker connection failed while the job ran")
+            self._publish(result)
+        except Exception as exc:
+            if _is_connection_error(exc):
+                self._unsent.append(result)     # published first thing on the next connection
+            raise
         message.ack()
         log.debug("job %s acked", job.id)
 
@@ -195,11 +227,19 @@ class Worker:
         thread.start()
         while thread.is_alive():
             thread.join(0.05)        # returns as soon as the job ends
-            if thread.is_alive():
-                self._drain(0)       # read heartbeats without waiting
-            if self._progress is not None:
-                progress, self._progress = self._progress, None
-                self._publish({"type": "progress", "job": job.id, "worker": self.id, "progress": progress})
+            if self._broken:
+                continue             # the connection is gone: let the job finish, report it on the next one
+            try:
+                if thread.is_alive():
+                    self._drain(0)   # read heartbeats without waiting
+                if self._progress is not None:
+                    progress, self._progress = self._progress, None
+                    self._publish({"type": "progress", "job": job.id, "worker": self.id, "progress": progress})
+            except Exception as exc:
+                if not _is_connection_error(exc):
+                    raise
+                log.warning("worker %s: broker connection lost while job %s runs (%s)", self.id, job.id, exc)
+                self._broken = True
         if "exc" in box:
             exc = box["exc"]
             kind = "retry" if isinstance(exc, Retry) else "exception"
@@ -215,6 +255,17 @@ class Worker:
             return {"state": "failed", "retryable": False, "error": error_info(
                 "result_too_large", f"the result is {size} bytes; the limit is greenjobs.job.max_result_bytes={limit}")}
         return {"state": "succeeded", "result": box.get("result")}
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Errors that mean "this connection is gone" (kombu, amqp, sockets), not a bug to crash on."""
+    from kombu.exceptions import OperationalError
+    try:
+        from amqp.exceptions import ConnectionError as AMQPConnectionError, RecoverableChannelError
+    except ImportError:  # pragma: no cover - amqp comes with kombu
+        AMQPConnectionError = RecoverableChannelError = OSError
+    return isinstance(exc, (OperationalError, AMQPConnectionError, RecoverableChannelError, ConnectionError,
+                            OSError, socket.timeout))
 
 
 def _die_with_parent() -> None:
