@@ -25,7 +25,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench import report, workloads as wl  # noqa: E402
+from bench import floors, report, workloads as wl  # noqa: E402
 from bench.peers import BROKERS, NAMES as PEERS  # noqa: E402
 from tests.support import ServerProcess, free_port, write_ini  # noqa: E402
 
@@ -75,13 +75,13 @@ class Run:
 def limits(run: Run, chosen, sizes, iterations, url) -> None:
     if "W1" in chosen:
         run.measure("W1", "limit", "bare gevent.pool.Pool(1000) of gevent.sleep(0.1)",
-                    lambda: {"wall": (f := wl.floor("sleep", sizes["W1"]))["wall"], "peak_rss": f["peak_rss_mb"]})
+                    lambda: {"wall": (f := floors.measure("sleep", sizes["W1"]))["wall"], "peak_rss": f["peak_rss_mb"]})
     if "W1b" in chosen:
         run.measure("W1b", "limit", "bare gevent.pool.Pool(1000) + one urllib3 PoolManager",
-                    lambda: {"wall": (f := wl.floor("get", sizes["W1b"], url))["wall"], "peak_rss": f["peak_rss_mb"]})
+                    lambda: {"wall": (f := floors.measure("get", sizes["W1b"], url))["wall"], "peak_rss": f["peak_rss_mb"]})
     if "W2" in chosen:
         run.measure("W2", "limit", f"multiprocessing.Pool({os.cpu_count()}).map, chunksize 1",
-                    lambda: {"wall": wl.floor("pbkdf2", sizes["W2"], iterations)["wall"]})
+                    lambda: {"wall": floors.measure("pbkdf2", sizes["W2"], iterations)["wall"]})
     if "W6" in chosen:
         run.measure("W6", "ceiling", "hello world, 64 keep-alive clients (W3's client)", lambda: {
             "pywsgi hello": wl.ceiling("pywsgi", sizes["W6"]),
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     started = time.time()
     iterations = 0
     if {"W2", "W5"} & set(chosen):
-        iterations = wl.floor("calibrate", 0)["iterations"]
+        iterations = floors.measure("calibrate", 0)["iterations"]
         print(f"  cpu.pbkdf2 calibrated to {iterations} iterations (~50 ms)", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="gjbench-") as tmp:
         slow, url = None, ""

@@ -10,8 +10,26 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure(kind: str, *args) -> dict:
+    """Run ``python -m bench.floors kind args…`` in a fresh interpreter and return its JSON line.
+
+    W1b and W2 call it right before each system's own run, so every ratio to a floor is paired
+    with a floor measured under the same load (the machine is shared; minutes apart is too far).
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-m", "bench.floors", kind, *map(str, args)], capture_output=True,
+                         text=True, env=env, timeout=1800)
+    if out.returncode:
+        raise RuntimeError(f"bench.floors {kind}: {out.stderr[-500:]}")
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def _peak_rss_mb() -> float:

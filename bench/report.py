@@ -21,6 +21,9 @@ IDEALS = {
     ("W2", "wall"): ("W2", "wall"),
     ("W3", "single"): ("W6", "pyramid hello"),
 }
+#: metrics that are a run's wall over its floor measured just before it: folded into the wall row,
+#: whose ratio to the ideal is then their median (paired under the same load, not minutes apart)
+PAIRED = ("vs_floor", "vs_pool")
 #: ideals that only greenjobs' HTTP submit path is read against
 GREENJOBS_ONLY = {("W3", "single")}
 
@@ -48,7 +51,12 @@ def row(workload, metric, system, config, unit, values, n, note="", error=None) 
 
 
 def finish(rows: list[dict]) -> list[dict]:
-    """Add median, min, max, ratio_ideal, ratio_greenjobs and target to every row, in place."""
+    """Add median, min, max, ratio_ideal, ratio_greenjobs and target to every row; fold paired ratios."""
+    walls = {(r["workload"], r["system"], r["config"]): r for r in rows if r["metric"] == "wall"}
+    for r in rows:
+        if r["metric"] in PAIRED and (r["workload"], r["system"], r["config"]) in walls:
+            walls[(r["workload"], r["system"], r["config"])]["paired"] = r["values"]
+    rows[:] = [r for r in rows if r["metric"] not in PAIRED]
     for r in rows:
         vals = [v for v in r["values"] if isinstance(v, (int, float))]
         r["median"] = statistics.median(vals) if vals else None
@@ -66,6 +74,8 @@ def finish(rows: list[dict]) -> list[dict]:
             ideal = ref["median"] if ref and ref is not r else None
         r["ideal"] = ideal
         r["ratio_ideal"] = r["median"] / ideal if ideal and r["median"] is not None else None
+        if r.get("paired"):
+            r["ratio_ideal"] = statistics.median(r["paired"])
         gj = by_key.get((*key, "greenjobs"))
         r["ratio_greenjobs"] = (r["median"] / gj["median"] if gj and gj["median"] and r["median"] is not None
                                 and r["system"] not in LIMIT_SYSTEMS else None)

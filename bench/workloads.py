@@ -6,7 +6,6 @@ Runs in the harness's gevent-patched process.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import gevent
 
+from bench import floors
 from bench.client import Conn, post_rate
 from bench.rss import PeakSampler, rss
 
@@ -67,20 +67,28 @@ def w1_single(srv, n: int, clients: int = 1000) -> dict:
 
 
 def w1b(srv, n: int, url: str) -> dict:
-    """W1b: n × http.get of the 100 ms server via /jobs/batch."""
+    """W1b: n × http.get of the 100 ms server via /jobs/batch; vs_floor: over the bare gevent.Pool's
+    same GETs measured just before."""
+    bare = floors.measure("get", n, url)["wall"]
     with PeakSampler([srv.proc.pid]) as tree:
         t0 = time.perf_counter()
         _batch_wait(srv, [{"handler": "http.get", "kwargs": {"url": url}}] * n)
         wall = time.perf_counter() - t0
-    return {"wall": wall, "peak_rss": tree.peak / MB}
+    return {"wall": wall, "peak_rss": tree.peak / MB, "vs_floor": wall / bare}
 
 
 def w2(srv, n: int, iterations: int) -> dict:
-    """W2: n × cpu.pbkdf2 of ~50 ms via /jobs/batch."""
+    """W2: n × cpu.pbkdf2 of ~50 ms via /jobs/batch; vs_pool: over multiprocessing.Pool measured just before."""
+    pool = floors.measure("pbkdf2", n, iterations)["wall"]
+    wall = _w2_wall(srv, n, iterations)
+    return {"wall": wall, "vs_pool": wall / pool}
+
+
+def _w2_wall(srv, n: int, iterations: int) -> float:
     t0 = time.perf_counter()
     _batch_wait(srv, [{"handler": "cpu.pbkdf2", "kwargs": {"iterations": iterations, "password": str(i)}}
                       for i in range(n)])
-    return {"wall": time.perf_counter() - t0}
+    return time.perf_counter() - t0
 
 
 def w3(srv, n: int) -> dict:
@@ -129,7 +137,7 @@ def w5(srv, n_sleep: int, n_cpu: int, iterations: int) -> dict:
     """W5: GET /health latency (ms) every 10 ms while W1 and W2 run together."""
     times: list[float] = []
     load = [gevent.spawn(_batch_wait, srv, [{"handler": "sleep", "kwargs": {"seconds": 0.1}}] * n_sleep),
-            gevent.spawn(w2, srv, n_cpu, iterations)]
+            gevent.spawn(_w2_wall, srv, n_cpu, iterations)]
     conn = Conn("127.0.0.1", srv.port)
     while not all(g.dead for g in load):
         t0 = time.perf_counter()
@@ -163,15 +171,6 @@ def dispatch(srv, n: int) -> dict:
 
 def _env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-
-
-def floor(kind: str, *args) -> dict:
-    """``python -m bench.floors kind args…``: sleep and get floors, the multiprocessing.Pool limit."""
-    out = subprocess.run([sys.executable, "-m", "bench.floors", kind, *map(str, args)], capture_output=True,
-                         text=True, env=_env(), timeout=1800)
-    if out.returncode:
-        raise RuntimeError(f"bench.floors {kind}: {out.stderr[-500:]}")
-    return json.loads(out.stdout.splitlines()[-1])
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:

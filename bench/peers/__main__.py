@@ -15,6 +15,7 @@ import traceback
 import uuid
 from pathlib import Path
 
+from bench import floors
 from bench.peers import load
 from bench.rss import PeakSampler
 
@@ -35,9 +36,12 @@ def fan_out(peer, job, kwargs, n):
 
 
 def w2(peer, n, iterations):
+    """W2: n pbkdf2 jobs; vs_pool: over multiprocessing.Pool measured just before (same load)."""
+    pool = floors.measure("pbkdf2", n, iterations)["wall"]
     t0 = time.perf_counter()
     peer.wait_all(_submit_wave(peer, "pbkdf2", [{"iterations": iterations, "password": str(i)} for i in range(n)]))
-    return {"wall": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    return {"wall": wall, "vs_pool": wall / pool}
 
 
 def w3(peer, n):
@@ -126,7 +130,10 @@ def main(argv=None) -> int:
                         if w == "W1":
                             samples.append(fan_out(peer, "sleep", {"seconds": 0.1}, n[w]))
                         elif w == "W1b":
-                            samples.append(fan_out(peer, "http_get", {"url": args.url}, n[w]))
+                            bare = floors.measure("get", full_n[w], args.url)["wall"]
+                            sample = fan_out(peer, "http_get", {"url": args.url}, n[w])
+                            sample["vs_floor"] = sample["wall"] * full_n[w] / n[w] / bare
+                            samples.append(sample)
                         elif w == "W2":
                             samples.append(w2(peer, n[w], args.iterations))
                         elif w == "W3":
@@ -142,7 +149,8 @@ def main(argv=None) -> int:
                     continue
                 scale = full_n[w] / n[w] if w in ("W1", "W1b") else 1.0
                 for metric in samples[0]:
-                    unit = {"wall": "s", "peak_rss": "MB"}.get(metric, "jobs/s" if w == "W3" else "ms")
+                    unit = {"wall": "s", "peak_rss": "MB"}.get(
+                        metric, "jobs/s" if w == "W3" else "ms")
                     record(w, metric, unit, [s[metric] for s in samples], mode,
                            scale=scale if metric == "wall" else 1.0)
         finally:
