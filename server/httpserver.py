@@ -48,6 +48,13 @@ class LimitedHandler(WSGIHandler):
             return ok
         raise ValueError(f"request headers not received within {self.header_timeout} s")
 
+    def get_environ(self):
+        environ = super().get_environ()
+        # long-lived responses (GET /events) bound how long a write may wait for a client that
+        # stopped reading, by setting a timeout on the connection's socket
+        environ["greenjobs.socket"] = self.socket
+        return environ
+
     def _handle_client_error(self, ex):
         # pywsgi's hook for unparseable requests.  A hostile or broken client is not a server
         # error: one INFO line, no traceback, and a 400 that closes the connection.

@@ -2,8 +2,8 @@
 
 Each subscriber is one greenlet reading the shared event ring (pool/events.py) with its own
 cursor: it sleeps until something is appended, sends the events its filters match in one write
-(at most one write per 50 ms: a write costs the same for one event as for a hundred, so a busy
-server with a thousand streams pays per write, not per event), and sends a heartbeat comment when
+(5 ms after the first event, and at most one write per 50 ms: a write costs the same for one event
+as for a hundred, so a busy server with a thousand streams pays per write, not per event), and sends a heartbeat comment when
 idle so proxies keep the connection open.  A subscriber that
 falls behind the ring because its client reads too slowly gets a final ``dropped`` event and is
 closed; one overrun while it kept up (a burst larger than the ring, e.g. a huge batch) gets a
@@ -25,7 +25,9 @@ from server.problems import Problem
 
 MAX_CHUNK = 1000          # events per write, so one busy stream cannot hog the hub
 SLOW_WRITE = 1.0          # s: a client that takes longer to accept a write is a slow one
+STALLED = 60.0            # s: a write that makes no progress this long drops the stream
 COALESCE = 0.05           # s: at most ~20 writes a second per stream; events in between go in one write
+GATHER = 0.005            # s: after a quiet spell, wait this long so a burst (one job's life) is one write
 
 
 def _words(request, name: str, allowed=None) -> frozenset[str]:
@@ -61,8 +63,13 @@ def events(request):
         return ((not handlers or event.handler in handlers) and (not states or event.state in states)
                 and (not names or event.name in names) and (not jobs or event.job_id in jobs))
 
+    sock = request.environ.get("greenjobs.socket")
+
     def stream():
         log.subscribers += 1
+        writing = False
+        if sock is not None:
+            sock.settimeout(STALLED)            # a client that takes nothing for this long is dropped
         try:
             yield b"retry: 2000\n\n"
             cursor = log.last_id
@@ -75,6 +82,7 @@ def events(request):
             elif last is not None:              # an id this server never issued: start from now
                 yield _control("reset", "Last-Event-ID is not one of this server's events; streaming from now")
             sent_at = time.monotonic()
+            gathered = False                    # did we already wait for this write's events to gather?
             slow = False                        # did the client take long to accept the last write?
             while not log.closed:
                 wake = log.watch()               # before reading, so no append slips between
@@ -90,16 +98,22 @@ def events(request):
                     cursor = new[0].id - 1
                     continue
                 if new:
-                    pause = COALESCE - (time.monotonic() - sent_at)
-                    if pause > 0 and len(new) < MAX_CHUNK:   # wrote just now: gather a little more first
-                        gevent.sleep(pause)
+                    # wrote just now: gather a little more first, unless events come so fast that
+                    # waiting could let the ring run past this stream
+                    elapsed = time.monotonic() - sent_at
+                    if not gathered and len(new) * (1 + COALESCE / max(elapsed, 0.001)) < log.size / 2:
+                        gathered = True
+                        gevent.sleep(max(COALESCE - elapsed, GATHER))
                         continue
+                    gathered = False
                     new = new[:MAX_CHUNK]
                     cursor = new[-1].id
                     chunk = b"".join(e.sse() for e in new if wanted(e))
                     if chunk:
                         started = time.monotonic()
+                        writing = True
                         yield chunk
+                        writing = False
                         sent_at = time.monotonic()
                         slow = sent_at - started > SLOW_WRITE
                     if time.monotonic() - sent_at < heartbeat:
@@ -109,6 +123,10 @@ def events(request):
                 if time.monotonic() - sent_at >= heartbeat:   # idle, or nothing that matches the filters
                     yield b": heartbeat\n\n"
                     sent_at = time.monotonic()
+        except GeneratorExit:
+            if writing:                         # the write failed or timed out: a stalled client
+                log.dropped += 1
+            raise
         finally:
             log.subscribers -= 1
 
