@@ -165,11 +165,12 @@ def peers(run: Run, chosen, names, iterations, url, folder: Path, args) -> None:
         if args.quick:
             cmd.append("--quick")
         print(f"  {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        out = None
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, env=wl._env(), cwd=wl.ROOT, timeout=3600)
             rows = json.loads(out.stdout.strip().splitlines()[-1])
         except Exception as exc:
-            tail = getattr(locals().get("out"), "stderr", "")[-500:]
+            tail = out.stderr[-500:] if out is not None else ""
             run.rows.append(report.row("*", "-", name, "", "", [], 0, error=f"{type(exc).__name__}: {exc} {tail}"[:400]))
             continue
         sys.stderr.write("".join(line + "\n" for line in out.stderr.splitlines()[-20:] if "Error" in line))
