@@ -1,5 +1,5 @@
 """Prometheus metrics.  Jobs pay a few dictionary updates per lifecycle event; a scrape reads
-those totals and the live gauges, and counts active jobs through a partial index (cached for a
+those totals and the live gauges, and counts active jobs through the state index (cached for a
 second), so its cost does not grow with the number of finished jobs kept in the store."""
 from __future__ import annotations
 
