@@ -182,6 +182,16 @@ def test_filters_and_paging(make_server, browser):
     assert "state=failed" in browser.current_url
     Select(browser.find_element("css selector", "#filter-handler")).select_by_value("echo")
     wait(browser, lambda d: shown(d) == [] and "No jobs match" in text(d, "#jobs-table tbody"))
+
+    # a state filter takes in, live, the jobs that move into that state, and dims those that leave it
+    go(browser, "#/jobs?state=running")
+    wait(browser, lambda d: "No jobs match" in (text(d, "#jobs-table tbody") or ""))
+    sleeper = srv.submit("sleep", kwargs={"seconds": 30})["id"]
+    wait(browser, lambda d: row_state(d, sleeper) == "running")
+    srv.delete(f"/jobs/{sleeper}")
+    wait(browser, lambda d: row_state(d, sleeper) == "cancelled")
+    assert js(browser, "return document.querySelector('#jobs-table tr[data-job=\"%s\"]').classList"
+                       ".contains('stale')" % sleeper)
     assert_not_reloaded(browser)
     assert_clean_console(browser)
 

@@ -222,6 +222,7 @@
     live.close();
     if (current) { current.stop(); current = null; }
     document.getElementById("view").hidden = true;
+    document.body.classList.add("signed-out");
     const error = document.getElementById("signin-error");
     error.textContent = message || "";
     error.hidden = !message;
@@ -238,6 +239,7 @@
       input.value = "";
       document.getElementById("signin").hidden = true;
       document.getElementById("view").hidden = false;
+      document.body.classList.remove("signed-out");
       start();
     } catch (e) {
       error.textContent = e.status === 401 ? "That token is not valid." : e.message;
@@ -855,12 +857,12 @@
       this.updateSelection();
     }
 
+    /** Whether a job not on the page belongs at its top now: new, or just moved into the filtered state. */
     accepts(event) {
       if (this.params.after) return false;                       // only the first page grows
       if (this.params.handler && event.handler !== this.params.handler) return false;
-      if (this.failed) return event.event === "failed";
-      if (event.event !== "submitted") return false;
-      return !this.params.state || event.state === this.params.state;
+      if (!this.params.state) return event.event === "submitted";
+      return event.event !== "progress" && event.state === this.params.state;
     }
 
     /** Keep one page: rows pushed off the bottom are on the next page now. */
