@@ -39,8 +39,8 @@ class Supervisor:
         return self
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "pool.worker", "--one", "--supervised", self.ini],
-                                env=self.env, stdin=subprocess.DEVNULL)
+        return subprocess.Popen([sys.executable, "-m", "pool.worker", "--one", "--supervised",
+                                 "--parent", str(os.getpid()), self.ini], env=self.env, stdin=subprocess.DEVNULL)
 
     def _watch(self, slot: int) -> None:
         backoff = 0.5

@@ -278,12 +278,19 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_one(ini: str, supervised: bool = False) -> int:
+def run_one(ini: str, supervised: bool = False, parent: int | None = None) -> int:
+    if supervised:
+        # Ask for the signal first, then check the parent is still there (the race-free order): a
+        # server killed while we were starting would otherwise leave us running with no parent.
+        _die_with_parent()
+        parent = parent or os.getppid()
+        if os.getppid() != parent:
+            log.warning("worker: its supervisor (pid %s) is gone before it started; leaving", parent)
+            return 0
     settings, registry = load_config(ini)
     worker = Worker(settings, registry)
     if supervised:
-        worker.parent = os.getppid()
-        _die_with_parent()
+        worker.parent = parent
 
     def stop(signum, frame):
         worker.stopping = True     # finish the current job, then leave
@@ -298,10 +305,11 @@ def main(argv=None) -> int:
     parser.add_argument("ini", help="the same config.ini the server uses")
     parser.add_argument("--one", action="store_true", help="run one worker in this process (what supervisors start)")
     parser.add_argument("--supervised", action="store_true", help="leave when the parent process is gone")
+    parser.add_argument("--parent", type=int, default=None, help="the supervisor's pid (with --supervised)")
     parser.add_argument("--processes", type=int, default=None, help="default: greenjobs.workers.cpu, or the CPU count")
     args = parser.parse_args(argv)
     if args.one:
-        return run_one(args.ini, supervised=args.supervised)
+        return run_one(args.ini, supervised=args.supervised, parent=args.parent)
     from pool.supervisor import Supervisor
     settings, _ = load_config(args.ini)
     count = args.processes or settings.workers_cpu or (os.cpu_count() or 1)

@@ -65,3 +65,26 @@ def test_repeated_worker_kills_mid_job_lose_nothing(cpu_server, broker_settings)
     assert cpu_health(srv)["worker_restarts"] >= KILLS
     wait_until(lambda: len(worker_pids(srv)) == 2 and not worker_pids(srv) & set(killed), 30,
                message="both workers replaced")
+
+
+def test_workers_of_a_server_killed_while_they_start_do_not_linger(make_server):
+    """SIGKILL of the server at once after it answers: its workers may still be importing; they must
+    notice their parent is gone (PDEATHSIG asked for first, then the parent checked) and leave."""
+    srv = make_server(app={"greenjobs.workers.cpu": 2, "greenjobs.shutdown.grace": 0.5}, name="early")
+    ini = str(srv.ini).encode()
+    srv.kill()
+
+    def lingering():
+        found = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    cmdline = fh.read()
+            except OSError:
+                continue
+            if b"pool.worker" in cmdline and ini in cmdline and alive(int(pid)):
+                found.append(int(pid))
+        return found
+    wait_until(lambda: not lingering(), 30, message="no worker of the killed server left")
