@@ -249,9 +249,13 @@
   }
 
   async function signOut() {
+    // Stop the page first, so no stream or poll of it is refused (401) once the session is gone.
+    live.close();
+    if (current) { current.stop(); current = null; }
     try { applySession(await api.del("/session")); } catch (e) { flash(e.message, "error"); }
     await loadSession().catch(() => {});
     if (session.auth === "on" && !session.authenticated) showSignIn();
+    else start();           // the sign-out was refused: carry on
   }
 
   // ---------------------------------------------------------------- live events
