@@ -69,12 +69,27 @@ def greenjobs_error_view(exc: errors.GreenjobsError, request):
     return problem_response(status, title, str(exc), headers, **extra)
 
 
+def _methods(registry, route_name: str) -> list[str]:
+    """The methods the views of a route accept, read from Pyramid's own registrations (cached)."""
+    cache = registry.__dict__.setdefault("greenjobs_route_methods", {})
+    if route_name not in cache:
+        methods: set[str] = set()
+        for item in registry.introspector.get_category("views"):
+            view = item["introspectable"]
+            if view["route_name"] == route_name:
+                declared = view["request_methods"]
+                methods.update((declared,) if isinstance(declared, str) else declared or ("GET",))
+        if "GET" in methods:
+            methods.add("HEAD")
+        cache[route_name] = sorted(m.upper() for m in methods)
+    return cache[route_name]
+
+
 @notfound_view_config()
 def not_found_view(exc, request):
     route = request.matched_route
     if route is not None:      # the path exists; the method does not
-        from server.openapi import DOCUMENT
-        allowed = ", ".join(m.upper() for m in DOCUMENT["paths"].get(route.pattern, {}))
+        allowed = ", ".join(_methods(request.registry, route.name))
         return problem_response(405, "Method not allowed", f"{request.method} is not allowed on {request.path};"
                                 f" allowed: {allowed}", {"Allow": allowed})
     return problem_response(404, "Not found", f"no route for {request.method} {request.path}; see GET /openapi.json")

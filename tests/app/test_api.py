@@ -85,7 +85,9 @@ def test_unknown_ids_and_routes_are_404_problems(app):
 def test_wrong_method_is_405(app):
     res = app.put("/jobs", status=405)
     assert_problem(res, 405, "PUT is not allowed")
-    assert res.headers["Allow"] == "POST, GET"
+    assert res.headers["Allow"] == "GET, HEAD, POST"
+    dash = app.post("/", status=405)                 # not an API route: still its real methods
+    assert dash.headers["Allow"] == "GET, HEAD"
 
 
 @pytest.mark.parametrize("query", ["wait=abc", "wait=-1", "wait=nan"])
