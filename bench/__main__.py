@@ -134,7 +134,7 @@ def greenjobs(run: Run, chosen, sizes, iterations, url, folder: Path, args) -> N
                 elif w == "W3":
                     run.measure(w, "greenjobs", config, wl.w3, srv, sizes[w])
                 elif w == "W4":
-                    kinds = ("echo", "cpu") if broker == "embedded" else ("cpu",)
+                    kinds = ("echo", "echo 1rt", "cpu", "cpu 1rt") if broker == "embedded" else ("cpu", "cpu 1rt")
                     run.measure(w, "greenjobs", config, wl.w4, srv, sizes[w], kinds)
                 elif w == "W5":
                     run.measure(w, "greenjobs", config + f", W1 ({sizes['W1']}) + W2 ({sizes['W2']}) at once",

@@ -115,16 +115,23 @@ def _percentiles(times: list[float], prefix: str) -> dict:
 
 
 def w4(srv, n: int, kinds=("echo", "cpu")) -> dict:
-    """W4: n sequential submit-then-wait round trips of echo and of a tiny cpu job (pbkdf2, 1 iteration), ms."""
+    """W4: n sequential submit-then-wait round trips of echo and of a tiny cpu job (pbkdf2, 1 iteration), ms.
+
+    ``echo`` and ``cpu`` submit, then long-poll (two requests, as a client following a job does);
+    ``echo 1rt`` and ``cpu 1rt`` use ``POST /jobs?wait=``, submit and wait in one round trip."""
     bodies = {"echo": {"handler": "echo"}, "cpu": {"handler": "cpu.pbkdf2", "kwargs": {"iterations": 1}}}
     conn = Conn("127.0.0.1", srv.port)
     out = {}
     for kind in kinds:
         times = []
+        body = bodies[kind.split()[0]]
         for _ in range(n):
             t0 = time.perf_counter()
-            job = conn.json("POST", "/jobs", bodies[kind], expect=202)
-            done = conn.json("GET", f"/jobs/{job['id']}?wait=30", expect=200)
+            if kind.endswith(" 1rt"):
+                done = conn.json("POST", "/jobs?wait=30", body, expect=202)
+            else:
+                job = conn.json("POST", "/jobs", body, expect=202)
+                done = conn.json("GET", f"/jobs/{job['id']}?wait=30", expect=200)
             times.append((time.perf_counter() - t0) * 1000)
             if done["state"] != "succeeded":
                 raise RuntimeError(done)

@@ -89,13 +89,13 @@ def children(pid: int) -> set[int]:
     found: set[int] = set()
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except OSError:
         return found
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/children") as fh:
                 found.update(int(p) for p in fh.read().split())
-        except FileNotFoundError:
+        except OSError:
             pass
     return found
 
@@ -105,7 +105,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):       # gone, or going (ESRCH while reading)
         return False
 
 
@@ -116,7 +116,7 @@ def worker_pids(srv) -> set[int]:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 cmdline = fh.read().split(b"\0")
-        except FileNotFoundError:
+        except OSError:
             continue
         if b"pool.worker" in cmdline and alive(pid):
             pids.add(pid)
