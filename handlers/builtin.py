@@ -6,7 +6,7 @@ import time
 
 from handlers.registry import handler
 from pool.context import current_job
-from pool.urls import check_allowed, check_url
+from pool.urls import check_allowed, check_url, http_pool
 
 MAX_HTTP_BODY = 16 * 1024 * 1024
 
@@ -63,18 +63,6 @@ def _check_url(args, kwargs):
     check_url(kwargs.get("url"), "kwargs.url")
 
 
-_http = None
-
-
-def _http_pool():
-    """One shared connection pool (created on first use, after gevent has patched sockets)."""
-    global _http
-    if _http is None:
-        import urllib3
-        _http = urllib3.PoolManager(num_pools=64, maxsize=1000, block=False, retries=False)
-    return _http
-
-
 @handler("http.get", timeout=30.0, validate=_check_url)
 def http_get(url):
     """GET ``url`` (host must be on ``greenjobs.http.allowed_hosts``); return status, bytes and elapsed seconds.
@@ -83,7 +71,7 @@ def http_get(url):
     """
     check_allowed(url, current_job.settings.http_allowed_hosts)
     started = time.perf_counter()
-    response = _http_pool().request("GET", url, redirect=False, preload_content=False,
+    response = http_pool().request("GET", url, redirect=False, preload_content=False,
                                     timeout=current_job.job.timeout or 30.0)
     size = 0
     try:

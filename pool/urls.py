@@ -4,6 +4,19 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 
+_pool = None
+
+
+def http_pool():
+    """The one outbound connection pool of this process (http.get and webhooks share it), made on
+    first use, after gevent has patched sockets; no retries or redirects of its own."""
+    global _pool
+    if _pool is None:
+        import urllib3
+        _pool = urllib3.PoolManager(num_pools=64, maxsize=1000, block=False, retries=False)
+    return _pool
+
+
 def check_url(url, field: str) -> None:
     """Raise ValueError("<field> ...: what to fix") unless ``url`` is a plain absolute http(s) URL."""
     if not isinstance(url, str) or len(url) > 2048:

@@ -19,7 +19,7 @@ import time
 from handlers.registry import Handler
 from pool.context import current_job
 from pool.job import QUEUED, Job, iso, new_id
-from pool.urls import check_allowed
+from pool.urls import check_allowed, http_pool
 
 HANDLER = "greenjobs.webhook"
 
@@ -36,7 +36,6 @@ class Webhooks:
     def __init__(self, settings, store):
         self.settings = settings
         self.store = store
-        self._http = None
 
     def handler(self) -> Handler:
         return Handler(HANDLER, self.deliver, kind="io", timeout=self.settings.webhooks_timeout,
@@ -53,7 +52,6 @@ class Webhooks:
 
     def deliver(self, job: str) -> dict:
         """The handler: one attempt to POST job ``job`` to its callback_url (raising means retry)."""
-        import urllib3                       # after gevent patched sockets
         finished = self.store.get(job)
         if finished is None or finished.callback_url is None:
             return {"skipped": "the job is gone (expired) or has no callback_url"}
@@ -68,9 +66,7 @@ class Webhooks:
                        "X-Greenjobs-Timestamp": stamp, "X-Greenjobs-Job": finished.id,
                        "X-Greenjobs-Delivery": f"{current_job.id}/{attempt}",
                        "X-Greenjobs-Signature": signature(self.settings.webhooks_secret, stamp, body)}
-            if self._http is None:
-                self._http = urllib3.PoolManager(num_pools=64, maxsize=100, block=False, retries=False)
-            response = self._http.request("POST", finished.callback_url, body=body, headers=headers,
+            response = http_pool().request("POST", finished.callback_url, body=body, headers=headers,
                                           redirect=False, timeout=self.settings.webhooks_timeout)
             record["status"] = response.status
             if not 200 <= response.status < 300:

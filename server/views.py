@@ -106,15 +106,17 @@ def submit_batch(request):
         else:
             first_with[key] = (i, fingerprint)
             keys[i] = (key, fingerprint)
-    unique = [job for i, job in enumerate(jobs) if i not in same_as]
-    position = {id(job): n for n, job in enumerate(unique)}
     batch_id = new_id()
-    repeats = _runtime(request).submit(unique, batch_id, {position[id(jobs[i])]: k for i, k in keys.items()})
-    ids = []
-    for i, job in enumerate(jobs):
-        n = position[id(jobs[same_as.get(i, i)])]
-        ids.append(repeats.get(n, jobs[same_as.get(i, i)].id))
-    repeated = sorted(i for i in range(len(jobs)) if position[id(jobs[same_as.get(i, i)])] in repeats)
+    if not keys:                # the common case: no item keys, nothing to map
+        _runtime(request).submit(jobs, batch_id)
+        unique, repeats, ids, repeated = jobs, {}, [job.id for job in jobs], []
+    else:
+        unique = [job for i, job in enumerate(jobs) if i not in same_as]
+        position = {id(job): n for n, job in enumerate(unique)}
+        origin = [position[id(jobs[same_as.get(i, i)])] for i in range(len(jobs))]   # item -> its stored job
+        repeats = _runtime(request).submit(unique, batch_id, {origin[i]: k for i, k in keys.items()})
+        ids = [repeats.get(n, unique[n].id) for n in origin]
+        repeated = [i for i, n in enumerate(origin) if n in repeats]
     if len(repeats) == len(unique):     # nothing new: answer with the original batch if there is one
         batch_id = _runtime(request).batch_of(ids)
         request.response.status_code = 200
