@@ -4,9 +4,9 @@ from __future__ import annotations
 import hashlib
 import time
 
-from handlers.registry import handler
-from pool.context import current_job
-from pool.urls import check_allowed, check_url, http_pool
+from greenjobs.handlers.registry import handler
+from greenjobs.pool.context import current_job
+from greenjobs.pool.urls import check_allowed, check_url, http_pool
 
 MAX_HTTP_BODY = 16 * 1024 * 1024
 

@@ -1,6 +1,6 @@
 """The greenjobs error family.
 
-Each class says when it is raised; only ``server.problems`` knows how they map to HTTP.
+Each class says when it is raised; only ``greenjobs.server.problems`` knows how they map to HTTP.
 """
 from __future__ import annotations
 

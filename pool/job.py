@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pool.errors import IllegalTransition
+from greenjobs.pool.errors import IllegalTransition
 
 SCHEDULED, QUEUED, RUNNING = "scheduled", "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"

@@ -15,18 +15,18 @@ from typing import Iterable
 import gevent
 import gevent.event
 
-from pool.dispatch import CpuDispatcher
-from pool.errors import JobFinished, JobNotFound, ShuttingDown
-from pool.events import EventLog
-from pool.executor import GreenletExecutor
-from pool.job import QUEUED, RUNNING, SCHEDULED, Job
-from pool.metrics import JobMetrics
-from pool.owners import owner_id, owner_is_dead
-from pool.signals import SignalSender
-from pool.store import Store
-from pool.supervisor import Supervisor
-from pool.waiters import Waiters
-from pool.webhooks import Webhooks
+from greenjobs.pool.cpu.dispatcher import CpuDispatcher
+from greenjobs.pool.errors import JobFinished, JobNotFound, ShuttingDown
+from greenjobs.pool.observe.events import EventLog
+from greenjobs.pool.io.executor import GreenletExecutor
+from greenjobs.pool.job import QUEUED, RUNNING, SCHEDULED, Job
+from greenjobs.pool.observe.metrics import JobMetrics
+from greenjobs.pool.owners import owner_id, owner_is_dead
+from greenjobs.pool.observe.signals import SignalSender
+from greenjobs.pool.store import store_for
+from greenjobs.pool.cpu.supervisor import Supervisor
+from greenjobs.pool.waiters import Waiters
+from greenjobs.pool.observe.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         self.owner = owner_id()
-        self.store = Store(settings.store_path, synchronous=settings.store_synchronous,
-                           lease_seconds=settings.store_lease_seconds)
+        self.store = store_for(settings.store_url, lease_seconds=settings.store_lease_seconds,
+                               synchronous=settings.store_synchronous)     # opened by start()
         self.waiters = Waiters()
         self.events = EventLog(settings.events_replay)
         self.metrics = JobMetrics()
@@ -130,7 +130,7 @@ class Runtime:
         # Objects made at start-up (modules, app) are frozen out of its scans.
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD, 20, 20)
-        log.info("greenjobs runtime started as %s (store %s)", self.owner, self.store.path)
+        log.info("greenjobs runtime started as %s (store %s)", self.owner, self.store.where)
         return self
 
     def shutdown(self, grace: float | None = None) -> None:

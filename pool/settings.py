@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
-from pool.errors import ConfigurationError
+from greenjobs.pool.errors import ConfigurationError
 
 PREFIX = "greenjobs."
 
@@ -170,6 +170,10 @@ def default_cpu_count() -> int:
 
 #: Settings of the pool package (job execution and the store).
 TABLE = (
+    Setting("greenjobs.handlers", as_words, ("greenjobs.handlers.builtin",),
+            "modules whose @handler functions are registered"),
+    Setting("greenjobs.http.allowed_hosts", as_words, ("127.0.0.1", "localhost"),
+            "hosts that http.get and webhooks may call"),
     Setting("greenjobs.pool.size", as_int(1, 100_000), 1000, "I/O jobs running at once, as greenlets"),
     Setting("greenjobs.pool.max_pending", as_int(0, 10_000_000), 100_000,
             "jobs waiting for a slot before submissions get 429"),
@@ -225,6 +229,7 @@ def load(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], here: str,
     })
     path = settings.store_url[len("sqlite:///"):]
     settings.store_path = path if os.path.isabs(path) else os.path.join(here, path)
+    settings.store_url = "sqlite:///" + settings.store_path
     if settings.broker_url.startswith("embedded:///"):
         path = settings.broker_url[len("embedded:///"):]
         settings.broker_url = "embedded:///" + (path if os.path.isabs(path) else os.path.join(here, path))

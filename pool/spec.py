@@ -5,9 +5,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pool.errors import InvalidJobParams
-from pool.job import QUEUED, Job, new_id
-from pool.urls import check_allowed, check_url
+from greenjobs.pool.errors import InvalidJobParams
+from greenjobs.pool.job import QUEUED, Job, new_id
+from greenjobs.pool.urls import check_allowed, check_url
 
 FIELDS = ("handler", "args", "kwargs", "priority", "timeout", "max_retries", "delay", "run_at", "callback_url")
 RESERVED = "greenjobs."      # handler names the server uses itself (webhook deliveries)

@@ -10,7 +10,7 @@ from typing import Iterator
 
 from gevent.event import AsyncResult, Event
 
-from pool.job import Job
+from greenjobs.pool.job import Job
 
 
 class Waiters:

@@ -16,8 +16,8 @@ def ensure_patched() -> None:
 def main(global_config, **raw_settings):
     """paste.app_factory: a bad setting stops start-up with one line per bad key, not a traceback."""
     ensure_patched()
-    from pool.errors import ConfigurationError
-    from server.wsgi import make_app
+    from greenjobs.pool.errors import ConfigurationError
+    from greenjobs.server.wsgi import make_app
     try:
         return make_app(global_config, **raw_settings)
     except ConfigurationError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 import gevent
 
-from server.problems import Problem
+from greenjobs.server.problems import Problem
 
 JSON_TYPES = ("application/json",)
 

@@ -12,10 +12,10 @@ import gevent.event
 from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
-from server.lifecycle import ServerStopping
+from greenjobs.server.lifecycle import ServerStopping
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("server.access")
+access_log = logging.getLogger("greenjobs.server.access")
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 

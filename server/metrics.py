@@ -5,7 +5,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pyramid.response import Response
 from pyramid.view import view_config
 
-from pool.metrics import Collector
+from greenjobs.pool.observe.metrics import Collector
 
 
 @view_config(route_name="metrics", request_method="GET", permission="read")
@@ -18,4 +18,4 @@ def includeme(config) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(config.registry.greenjobs_runtime))
     config.registry.greenjobs_metrics = registry
-    config.scan("server.metrics")
+    config.scan("greenjobs.server.metrics")

@@ -6,7 +6,7 @@ import copy
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
-from pool.job import STATES
+from greenjobs.pool.job import STATES
 
 _problem = {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 _job = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
@@ -185,7 +185,7 @@ def with_security(document: dict, registry) -> dict:
             if operation is None:
                 continue
             permission = next((r["value"] for r in item["related"] if r.category_name == "permissions"),
-                              "admin")      # no permission given: server.security's default
+                              "admin")      # no permission given: greenjobs.server.security's default
             if permission == NO_PERMISSION_REQUIRED:
                 operation["security"] = []
             else:

@@ -13,7 +13,7 @@ from pyramid.httpexceptions import HTTPException
 from pyramid.response import Response
 from pyramid.view import exception_view_config, forbidden_view_config, notfound_view_config
 
-from pool import errors
+from greenjobs.pool import errors
 
 log = logging.getLogger(__name__)
 

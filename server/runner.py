@@ -6,8 +6,8 @@ and ``server/__init__.py`` stays empty so nothing imports Pyramid's thread-local
 """
 from __future__ import annotations
 
-from pool.errors import ConfigurationError
-from pool.settings import Setting, as_bool, as_float, as_int, as_str, parse
+from greenjobs.pool.errors import ConfigurationError
+from greenjobs.pool.settings import Setting, as_bool, as_float, as_int, as_str, parse
 
 #: Keys of the [server:main] section (not prefixed: they belong to the server, as with waitress).
 TABLE = (
@@ -34,11 +34,11 @@ def gevent_server_factory(global_conf, **kw):
         options = parse([TABLE], kw)
     except ConfigurationError as exc:
         raise SystemExit(f"greenjobs: {exc}") from None
-    from server.app import ensure_patched
+    from greenjobs.server.app import ensure_patched
     ensure_patched()
 
     def serve(app) -> None:
-        from server.httpserver import serve_forever
+        from greenjobs.server.httpserver import serve_forever
         serve_forever(app, options)
 
     return serve

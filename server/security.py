@@ -21,9 +21,9 @@ from pyramid.security import NO_PERMISSION_REQUIRED, Allowed, Denied, forget, re
 from pyramid.session import SignedCookieSessionFactory
 from pyramid.view import view_config
 
-from pool.errors import ConfigurationError
-from server.body import read_json
-from server.problems import Problem
+from greenjobs.pool.errors import ConfigurationError
+from greenjobs.server.body import read_json
+from greenjobs.server.problems import Problem
 
 __all__ = ["GRANTS", "Identity", "Token", "TokenSecurityPolicy", "bind_hosts", "is_loopback", "parse_tokens"]
 
@@ -139,7 +139,7 @@ def bind_hosts(global_config: dict | None) -> list[str]:
         elif options.get("host"):
             hosts.append(options["host"])
         else:                           # no host: our runner binds loopback; waitress and others bind all
-            ours = "greenjobs#gevent" in options.get("use", "") or "server.runner" in options.get("use", "")
+            ours = "greenjobs#gevent" in options.get("use", "") or "greenjobs.server.runner" in options.get("use", "")
             hosts.append("127.0.0.1" if ours else "0.0.0.0")
     return [h if h not in ("", "*") else "0.0.0.0" for h in hosts]
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Mapping
 
-import handlers.settings
-import pool.settings
-from pool.settings import Setting, as_bool, as_float, as_int, as_str
+import greenjobs.pool.settings
+from greenjobs.pool.settings import Setting, as_bool, as_float, as_int, as_str
 
 
 def _entries(text: str) -> tuple[str, ...]:
-    """Whitespace-separated entries, checked by server.security, whose messages never echo a token."""
+    """Whitespace-separated entries, checked by greenjobs.server.security, whose messages never echo a token."""
     return tuple(str(text).split())
 
 
@@ -38,4 +37,4 @@ TABLE = (
 
 def load(raw: Mapping[str, str], here: str) -> SimpleNamespace:
     """Parse every greenjobs.* setting once; paths default relative to ``here`` (the ini's folder)."""
-    return pool.settings.load((handlers.settings.TABLE, TABLE), raw, here)
+    return greenjobs.pool.settings.load((TABLE,), raw, here)

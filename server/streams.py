@@ -19,9 +19,9 @@ import gevent
 from pyramid.response import Response
 from pyramid.view import view_config
 
-from pool.events import NAMES
-from pool.job import STATES
-from server.problems import Problem
+from greenjobs.pool.observe.events import NAMES
+from greenjobs.pool.job import STATES
+from greenjobs.server.problems import Problem
 
 MAX_CHUNK = 1000          # events per write, so one busy stream cannot hog the hub
 SLOW_WRITE = 1.0          # s: a client that takes longer to accept a write is a slow one

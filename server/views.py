@@ -8,11 +8,11 @@ import math
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
-from pool.errors import InvalidJobParams
-from pool.job import STATES, new_id
-from pool.spec import parse_spec
-from server.body import read_json
-from server.problems import Problem
+from greenjobs.pool.errors import InvalidJobParams
+from greenjobs.pool.job import STATES, new_id
+from greenjobs.pool.spec import parse_spec
+from greenjobs.server.body import read_json
+from greenjobs.server.problems import Problem
 
 
 def _settings(request):

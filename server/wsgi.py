@@ -9,11 +9,11 @@ import os
 
 from pyramid.config import Configurator
 
-from handlers.registry import Registry
-from pool import signals
-from pool.runtime import Runtime
-from server import settings as settings_module
-from server.lifecycle import ServerStopping
+from greenjobs.pool.registry import Registry
+from greenjobs.pool.observe import signals
+from greenjobs.pool.runtime import Runtime
+from greenjobs.server import settings as settings_module
+from greenjobs.server.lifecycle import ServerStopping
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +27,22 @@ def make_app(global_config, **raw_settings):
     with Configurator(settings=raw_settings) as config:
         config.registry.greenjobs_settings = settings
         config.registry.greenjobs_handlers = registry
-        config.registry.greenjobs_global_config = global_config   # server.security reads the bind address
+        config.registry.greenjobs_global_config = global_config   # greenjobs.server.security reads the bind address
         config.include(includeme)
         runtime = Runtime(settings, registry, ini=global_config.get("__file__"))
         config.registry.greenjobs_runtime = runtime
         config.add_subscriber(lambda event: runtime.shutdown(event.grace), ServerStopping)
-        config.include("server.metrics")        # needs the runtime
+        config.include("greenjobs.server.metrics")        # needs the runtime
         app = config.make_wsgi_app()
     runtime.start()
     return app
 
 
 def includeme(config) -> None:
-    config.include("server.routes")
-    config.include("server.security")
-    config.include("server.problems")
-    config.scan("server.views")
-    config.scan("server.streams")
-    config.scan("server.openapi")
-    config.include("server.dashboard")
+    config.include("greenjobs.server.routes")
+    config.include("greenjobs.server.security")
+    config.include("greenjobs.server.problems")
+    config.scan("greenjobs.server.views")
+    config.scan("greenjobs.server.streams")
+    config.scan("greenjobs.server.openapi")
+    config.include("greenjobs.server.dashboard")

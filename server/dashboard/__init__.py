@@ -1,9 +1,9 @@
 """The live web dashboard served at ``/``: one HTML page, one script, one stylesheet, no build step.
 
-``config.include("server.dashboard")`` adds the ``dashboard`` route and the static view.  The
-Pyramid wiring lives in :mod:`server.dashboard.views`, so importing this package imports nothing.
+``config.include("greenjobs.server.dashboard")`` adds the ``dashboard`` route and the static view.  The
+Pyramid wiring lives in :mod:`greenjobs.server.dashboard.views`, so importing this package imports nothing.
 """
 
 
 def includeme(config) -> None:
-    config.include("server.dashboard.views")
+    config.include("greenjobs.server.dashboard.views")

@@ -19,7 +19,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.static import QueryStringConstantCacheBuster
 from pyramid.view import view_config
 
-ASSETS = "server.dashboard:static/"
+ASSETS = "greenjobs.server.dashboard:static/"
 #: One year: the URLs change with the content (see the cache buster).
 ASSET_MAX_AGE = 365 * 86400
 CSP = "; ".join((
@@ -43,7 +43,7 @@ HEADERS = {
 
 
 def _static_files():
-    return resources.files("server.dashboard") / "static"
+    return resources.files("greenjobs.server.dashboard") / "static"
 
 
 def _content_hash() -> str:
@@ -60,7 +60,7 @@ def dashboard(request):
     registry = request.registry
     page = getattr(registry, "greenjobs_dashboard_page", None)
     if page is None:        # built once: the asset paths do not change while the server runs
-        template = (resources.files("server.dashboard") / "index.html").read_text(encoding="utf-8")
+        template = (resources.files("greenjobs.server.dashboard") / "index.html").read_text(encoding="utf-8")
         for name in ("app.js", "style.css"):
             template = template.replace("{{%s}}" % name, html.escape(request.static_path(ASSETS + name)))
         page = registry.greenjobs_dashboard_page = template.encode("utf-8")

@@ -2,7 +2,7 @@ import gevent
 import pytest
 import webtest
 
-from server.wsgi import make_app
+from greenjobs.server.wsgi import make_app
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 import webob
 import webtest
 
-from pool.errors import ConfigurationError
-from server.routes import ROUTES
-from server.wsgi import make_app
+from greenjobs.pool.errors import ConfigurationError
+from greenjobs.server.routes import ROUTES
+from greenjobs.server.wsgi import make_app
 
 ADMIN, READ, SUBMIT = "admin-token-0123456789abcdef", "read-token-0123456789abcdef", "submit-token-0123456789abcd"
 HASHED = "hashed-reader-token-0123456789"      # configured only as its sha256
@@ -321,7 +321,7 @@ def test_a_short_session_secret_stops_start_up(tmp_path):
 
 
 def test_a_non_loopback_bind_without_tokens_refuses_to_start(tmp_path):
-    with pytest.raises(ConfigurationError) as info:      # server.app turns it into SystemExit (tests/e2e)
+    with pytest.raises(ConfigurationError) as info:      # greenjobs.server.app turns it into SystemExit (tests/e2e)
         build(tmp_path, ini_binding(tmp_path, host="0.0.0.0"))
     text = str(info.value)
     assert "binds 0.0.0.0, which is not loopback" in text and "greenjobs.auth.insecure = true" in text
@@ -351,12 +351,12 @@ def test_what_starts_and_whether_the_cookie_is_secure(tmp_path, server, auth, se
                                            ("localhost", True), ("0.0.0.0", False), ("::", False), ("", False),
                                            ("10.0.0.5", False), ("example.com", False)])
 def test_is_loopback(host, loopback):
-    from server.security import is_loopback
+    from greenjobs.server.security import is_loopback
     assert is_loopback(host) is loopback
 
 
 def test_bind_hosts_reads_every_server_section_and_waitress_listen(tmp_path):
-    from server.security import bind_hosts
+    from greenjobs.server.security import bind_hosts
     path = tmp_path / "x.ini"
     path.write_text("[DEFAULT]\naddr = 10.1.2.3\n[app:main]\nuse = egg:greenjobs\n"
                     "[server:main]\nuse = egg:greenjobs#gevent\n"

@@ -1,8 +1,8 @@
-"""Handlers used only by the browser tests: ``greenjobs.handlers = handlers.builtin tests.browser.browser_handlers``."""
+"""Handlers used only by the browser tests: ``greenjobs.handlers = greenjobs.handlers.builtin tests.browser.browser_handlers``."""
 from __future__ import annotations
 
-from handlers.registry import handler
-from pool.context import current_job
+from greenjobs import handler
+from greenjobs.pool.context import current_job
 
 
 @handler("browser.progress")

@@ -18,7 +18,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
          "--disable-component-update", "--disable-sync", "--window-size=1440,1000", "--lang=en-US")
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 #: Load the test-only handlers next to the built-in ones; fast stops; one cpu worker for the overview.
-APP = {"greenjobs.handlers": "handlers.builtin tests.browser.browser_handlers", "greenjobs.shutdown.grace": 0.5,
+APP = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.browser.browser_handlers", "greenjobs.shutdown.grace": 0.5,
        "greenjobs.store.synchronous": "normal", "greenjobs.workers.cpu": 1, "greenjobs.pool.size": 64}
 
 

@@ -1,5 +1,5 @@
 """Handlers the client tests register on their server (greenjobs.handlers = ... tests.client.client_handlers)."""
-from handlers.registry import handler
+from greenjobs import handler
 
 
 @handler("client.args")

@@ -1,6 +1,6 @@
 """CPU handlers used only by tests/e2e/test_cpu.py.
 
-Load them with ``greenjobs.handlers = handlers.builtin tests.e2e.cpu_handlers``.  They run in the
+Load them with ``greenjobs.handlers = greenjobs.handlers.builtin tests.e2e.cpu_handlers``.  They run in the
 worker processes (plain interpreters, no gevent), so they use time.sleep and os directly.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import time
 
-from handlers.registry import handler
-from pool.context import current_job
+from greenjobs import handler
+from greenjobs.pool.context import current_job
 
 
 @handler("e2ecpu.pid", kind="cpu", timeout=60.0)

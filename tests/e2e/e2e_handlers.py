@@ -1,8 +1,8 @@
-"""Handlers used only by the e2e tests: ``greenjobs.handlers = handlers.builtin tests.e2e.e2e_handlers``."""
+"""Handlers used only by the e2e tests: ``greenjobs.handlers = greenjobs.handlers.builtin tests.e2e.e2e_handlers``."""
 from __future__ import annotations
 
-from handlers.registry import handler
-from pool.context import current_job
+from greenjobs import handler
+from greenjobs.pool.context import current_job
 
 
 @handler("e2e.whoami")

@@ -1,6 +1,6 @@
 """Handlers and signal receivers used only by tests/e2e/test_events.py, test_metrics.py and test_signals.py.
 
-Load the handlers with ``greenjobs.handlers = handlers.builtin tests.e2e.event_handlers``; list the
+Load the handlers with ``greenjobs.handlers = greenjobs.handlers.builtin tests.e2e.event_handlers``; list the
 receivers with ``greenjobs.signals = succeeded:tests.e2e.event_handlers.record ...``.  Receivers run
 in the server process (cwd = the folder of its ini), so they write ``signals.log`` there, one JSON
 line per call.  current_job is not available in a receiver: it gets (handler name, job=dict, signal=name).
@@ -11,8 +11,8 @@ import json
 import os
 import time
 
-from handlers.registry import handler
-from pool.context import current_job
+from greenjobs import handler
+from greenjobs.pool.context import current_job
 
 LOG = "signals.log"
 RELEASE = "release-slow-receivers"

@@ -20,7 +20,7 @@ ACTIVE = ("scheduled", "queued", "running")
 #: Settings that keep teardown short: running jobs get 0.5 s on SIGTERM instead of 10 s.
 QUICK_STOP = {"greenjobs.shutdown.grace": 0.5}
 #: Load the test-only handlers of tests/e2e/e2e_handlers.py next to the built-in ones.
-E2E_HANDLERS = {"greenjobs.handlers": "handlers.builtin tests.e2e.e2e_handlers"}
+E2E_HANDLERS = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.e2e.e2e_handlers"}
 
 
 def media_type(response: requests.Response) -> str:

@@ -2,7 +2,7 @@
 as when a worker machine lacks one of the handler module's dependencies."""
 from gevent import monkey
 
-from handlers import handler
+from greenjobs import handler
 
 if not monkey.is_module_patched("socket"):
     raise ImportError("this module only imports in the server (a missing dependency, say)")

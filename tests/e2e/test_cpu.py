@@ -24,7 +24,7 @@ from tests.support import free_port, stop_all
 pytestmark = pytest.mark.e2e
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
-CPU_HANDLERS = {"greenjobs.handlers": "handlers.builtin tests.e2e.cpu_handlers"}
+CPU_HANDLERS = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.e2e.cpu_handlers"}
 
 
 def pbkdf2(iterations: int, password: str = "x", salt: str = "y") -> str:
@@ -43,7 +43,7 @@ def broker_url(srv, broker_settings: dict) -> str:
     """The kombu URL of the broker the server uses (the embedded one lives next to its ini)."""
     if "greenjobs.broker.url" in broker_settings:
         return broker_settings["greenjobs.broker.url"]
-    from pool import sqlite_queue
+    from greenjobs.pool.cpu import embedded as sqlite_queue
     sqlite_queue.register()
     return "embedded:///" + str(Path(srv.ini).parent / "var" / "queue.sqlite")
 
@@ -110,7 +110,7 @@ def alive(pid: int) -> bool:
 
 
 def worker_pids(srv) -> set[int]:
-    """Live worker processes (``python -m pool.worker --one``) that are children of the pserve process."""
+    """Live worker processes (``python -m greenjobs.pool.cpu.worker --one``) that are children of the pserve process."""
     pids = set()
     for pid in children(srv.proc.pid):
         try:
@@ -118,7 +118,7 @@ def worker_pids(srv) -> set[int]:
                 cmdline = fh.read().split(b"\0")
         except OSError:
             continue
-        if b"pool.worker" in cmdline and alive(pid):
+        if b"greenjobs.pool.cpu.worker" in cmdline and alive(pid):
             pids.add(pid)
     return pids
 

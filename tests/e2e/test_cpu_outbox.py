@@ -1,8 +1,8 @@
 """The cpu path's own guarantees on the embedded broker: the outbox, and result limits."""
 import pytest
 
-from pool.job import QUEUED, Job, new_id
-from pool.store import Store
+from greenjobs.pool.job import QUEUED, Job, new_id
+from greenjobs.pool.store.sqlite import SqliteStore as Store
 from tests.e2e.helpers import wait_job
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ def test_a_job_committed_but_never_published_runs_after_restart(make_server):
 
 def test_a_cpu_result_over_the_size_limit_fails_the_job(make_server):
     srv = make_server(app={"greenjobs.workers.cpu": 1, "greenjobs.job.max_result_bytes": 50,
-                           "greenjobs.handlers": "handlers.builtin tests.e2e.cpu_handlers"})
+                           "greenjobs.handlers": "greenjobs.handlers.builtin tests.e2e.cpu_handlers"})
     done = wait_job(srv, srv.submit("cpu.pbkdf2", kwargs={"iterations": 1000})["id"], 60)
     assert done["state"] == "failed" and done["error"]["kind"] == "result_too_large"
 

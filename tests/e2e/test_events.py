@@ -22,7 +22,7 @@ from tests.e2e.helpers import QUICK_STOP, submit_batch, wait_batch, wait_job, wa
 
 pytestmark = pytest.mark.e2e
 
-EVENT_HANDLERS = {"greenjobs.handlers": "handlers.builtin tests.e2e.event_handlers"}
+EVENT_HANDLERS = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.e2e.event_handlers"}
 FAST_RETRY = {"greenjobs.retry.base": 0.05, "greenjobs.retry.max": 0.1}
 
 

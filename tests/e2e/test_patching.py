@@ -52,10 +52,12 @@ def test_the_server_process_is_fully_patched(make_server):
 
 
 def test_server_package_init_is_empty_and_imports_nothing():
-    """pserve imports ``server`` before our factory patches: it must stay empty."""
+    """pserve imports ``greenjobs.server`` (and so the ``greenjobs`` facade) before our factory patches:
+    the server package stays empty, and neither imports gevent, Pyramid or the store."""
     assert (ROOT / "server" / "__init__.py").read_text().strip() == ""
-    code = ("import sys; import server; "
-            "print(sorted(m for m in ('gevent', 'pyramid', 'pool', 'handlers', 'threading_local') if m in sys.modules))")
+    code = ("import sys; import greenjobs.server; "
+            "print(sorted(m for m in ('gevent', 'pyramid', 'greenjobs.pool.store', 'greenjobs.pool.runtime',"
+            " 'threading_local') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout

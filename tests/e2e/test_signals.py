@@ -35,7 +35,7 @@ def test_listed_receivers_see_each_jobs_life_in_order(make_server):
     receivers = " ".join(f"{name}:{R}.record" for name in ALL)
     srv = make_server(app={**QUICK_STOP, "greenjobs.signals": receivers, "greenjobs.retry.base": 0.05,
                            "greenjobs.retry.max": 0.1,
-                           "greenjobs.handlers": f"handlers.builtin {R}", "greenjobs.pool.size": 1})
+                           "greenjobs.handlers": f"greenjobs.handlers.builtin {R}", "greenjobs.pool.size": 1})
     ok = srv.submit("echo", kwargs={"k": "v"})
     bad = srv.submit("fail", kwargs={"message": "x"}, max_retries=1)
     prog = srv.submit("evt.progress", kwargs={"steps": 2, "pause": 0.15})

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from pool.job import SUCCEEDED, Job, new_id
-from pool.store import Store
+from greenjobs.pool.job import SUCCEEDED, Job, new_id
+from greenjobs.pool.store.sqlite import SqliteStore as Store
 from tests.e2e.helpers import assert_problem, wait_job, wait_until
 
 pytestmark = pytest.mark.e2e

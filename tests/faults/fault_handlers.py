@@ -3,7 +3,7 @@
 import os
 import time
 
-from handlers import current_job, handler
+from greenjobs import current_job, handler
 
 
 def _record(event: str) -> None:

@@ -106,7 +106,7 @@ def _log_excerpt(srv, lines: int = 80) -> str:
 
 def test_rabbitmq_stopped_started_and_killed_under_500_cpu_jobs_loses_nothing(rabbit, make_server):
     srv = make_server(app={
-        "greenjobs.handlers": "handlers.builtin tests.faults.fault_handlers",
+        "greenjobs.handlers": "greenjobs.handlers.builtin tests.faults.fault_handlers",
         "greenjobs.broker.url": rabbit.url,
         "greenjobs.broker.connect_timeout": 2,
         "greenjobs.broker.confirm_timeout": 5,

@@ -12,7 +12,7 @@ from tests.faults.ledger import Ledger
 
 pytestmark = pytest.mark.faults
 
-APP = {"greenjobs.handlers": "handlers.builtin tests.faults.fault_handlers", "greenjobs.store.lease_seconds": 2,
+APP = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.faults.fault_handlers", "greenjobs.store.lease_seconds": 2,
        "greenjobs.shutdown.grace": 0.5}
 
 

@@ -11,7 +11,7 @@ from tests.faults.ledger import Ledger
 
 pytestmark = pytest.mark.faults
 
-APP = {"greenjobs.handlers": "handlers.builtin tests.faults.fault_handlers", "greenjobs.store.lease_seconds": 2,
+APP = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.faults.fault_handlers", "greenjobs.store.lease_seconds": 2,
        "greenjobs.shutdown.grace": 0.5, "greenjobs.workers.cpu": 0, "pyramid.includes": "tests.faults.crash_probe"}
 
 

@@ -11,7 +11,7 @@ from tests.faults.ledger import Ledger
 
 pytestmark = pytest.mark.faults
 
-APP = {"greenjobs.handlers": "handlers.builtin tests.faults.fault_handlers", "greenjobs.shutdown.grace": 0.5,
+APP = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.faults.fault_handlers", "greenjobs.shutdown.grace": 0.5,
        "greenjobs.store.lease_seconds": 2, "greenjobs.retry.base": 0.05, "greenjobs.retry.max": 0.2}
 
 

@@ -27,7 +27,7 @@ def running_pids(ledger: Ledger) -> dict[int, int]:
 
 def test_repeated_worker_kills_mid_job_lose_nothing(cpu_server, broker_settings):
     # a job may lose at most KILLS attempts here, so the redelivery cap never fails one: all must succeed
-    srv = cpu_server(2, **{"greenjobs.handlers": "handlers.builtin tests.faults.fault_handlers",
+    srv = cpu_server(2, **{"greenjobs.handlers": "greenjobs.handlers.builtin tests.faults.fault_handlers",
                            "greenjobs.workers.redeliveries": KILLS + 2})
     ledger = Ledger(srv.ini.parent)
     for _ in range(4):
@@ -84,7 +84,7 @@ def test_workers_of_a_server_killed_while_they_start_do_not_linger(make_server):
                     cmdline = fh.read()
             except OSError:
                 continue
-            if b"pool.worker" in cmdline and ini in cmdline and alive(int(pid)):
+            if b"greenjobs.pool.cpu.worker" in cmdline and ini in cmdline and alive(int(pid)):
                 found.append(int(pid))
         return found
     wait_until(lambda: not lingering(), 30, message="no worker of the killed server left")

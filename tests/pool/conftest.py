@@ -2,10 +2,10 @@
 import gevent
 import pytest
 
-from handlers.registry import Registry
-from pool.runtime import Runtime
-from pool.store import Store
-from server.settings import load
+from greenjobs.pool.registry import Registry
+from greenjobs.pool.runtime import Runtime
+from greenjobs.pool.store.sqlite import SqliteStore as Store
+from greenjobs.server.settings import load
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +28,7 @@ def make_runtime(tmp_path):
 
     def make(**raw):
         raw = {f"greenjobs.{k.replace('__', '.')}": str(v) for k, v in raw.items()}
-        raw.setdefault("greenjobs.handlers", "handlers.builtin tests.pool.handlers_for_tests")
+        raw.setdefault("greenjobs.handlers", "greenjobs.handlers.builtin tests.pool.handlers_for_tests")
         raw.setdefault("greenjobs.store.synchronous", "normal")
         settings = load(raw, str(tmp_path))
         runtime = Runtime(settings, Registry().load(settings.handlers)).start()

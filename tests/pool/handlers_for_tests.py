@@ -1,7 +1,7 @@
 """Handlers that misbehave on purpose."""
 import gevent
 
-from handlers import current_job, handler
+from greenjobs import current_job, handler
 
 CLEANUPS = []
 
@@ -51,7 +51,7 @@ def big_result_later():
 
 @handler("test.retry_bad_delay")
 def retry_bad_delay():
-    from handlers import Retry
+    from greenjobs import Retry
     if current_job.attempt == 1:
         raise Retry("again", delay="soon")
     return "ok"

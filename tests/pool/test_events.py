@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pool import signals
-from pool.events import NAMES, EventLog
-from pool.job import Job, new_id
-from pool.metrics import BUCKETS, Collector, JobMetrics
-from pool.signals import SignalSender
-from pool.spec import parse_spec
+from greenjobs.pool.observe import signals
+from greenjobs.pool.observe.events import NAMES, EventLog
+from greenjobs.pool.job import Job, new_id
+from greenjobs.pool.observe.metrics import BUCKETS, Collector, JobMetrics
+from greenjobs.pool.observe.signals import SignalSender
+from greenjobs.pool.spec import parse_spec
 
 
 def job(handler="echo", state="queued", **fields) -> Job:
@@ -233,14 +233,14 @@ def test_a_raising_receiver_is_logged_and_the_job_still_succeeds(make_runtime, c
     connected("started", explode)
     connected("succeeded", explode)
     connected("succeeded", lambda sender, job, signal, **kw: calls.append(job["id"]))   # still called
-    with caplog.at_level(logging.ERROR, logger="pool.signals"):
+    with caplog.at_level(logging.ERROR, logger="greenjobs.pool.observe.signals"):
         j = submit(rt, "echo", kwargs={"v": 2})
         done = wait_terminal(rt, j.id)
         gevent.sleep(0.05)
     assert (done.state, done.result) == ("succeeded", {"v": 2})
     assert rt.store.get(j.id).state == "succeeded"
     assert calls == [j.id]
-    records = [r for r in caplog.records if r.name == "pool.signals" and r.exc_info]
+    records = [r for r in caplog.records if r.name == "greenjobs.pool.observe.signals" and r.exc_info]
     assert len(records) == 2, caplog.text
     assert all("receiver exploded on purpose" in str(r.exc_info[1]) for r in records)
     assert "Traceback" in caplog.text and j.id in caplog.text
@@ -285,7 +285,7 @@ def test_backlog_limit_drops_and_counts(connected, caplog):
 
     connected("progress", stuck)
     jobs = [job(state="running") for _ in range(10)]
-    with caplog.at_level(logging.WARNING, logger="pool.signals"):
+    with caplog.at_level(logging.WARNING, logger="greenjobs.pool.observe.signals"):
         for j in jobs:
             sender.send("progress", j)
     assert (sender.pending, sender.dropped) == (3, 7)

@@ -1,9 +1,9 @@
 import gevent
 import pytest
 
-from handlers.registry import Registry
-from pool.errors import JobFinished, Overloaded
-from pool.spec import parse_spec
+from greenjobs.pool.registry import Registry
+from greenjobs.pool.errors import JobFinished, Overloaded
+from greenjobs.pool.spec import parse_spec
 from tests.pool import handlers_for_tests
 
 
@@ -135,7 +135,7 @@ def test_registry_for_tests_loads():
 
 
 def test_job_of_an_unregistered_handler_fails_cleanly(make_runtime):
-    from pool.job import QUEUED, Job, new_id
+    from greenjobs.pool.job import QUEUED, Job, new_id
     rt = make_runtime()
     ghost = Job(id=new_id(), handler="removed.handler", kind="io", state=QUEUED)
     rt.store.insert([ghost], "gone-host:1:x")

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from kombu import Connection, Consumer, Producer, Queue
 
-from pool import sqlite_queue
+from greenjobs.pool.cpu import embedded as sqlite_queue
 
 sqlite_queue.register()
 
@@ -82,7 +82,7 @@ def test_message_of_a_sigkilled_consumer_is_delivered_again(url, tmp_path):
     script = textwrap.dedent(f"""
         import os, time
         from kombu import Connection, Consumer, Queue
-        from pool import sqlite_queue
+        from greenjobs.pool.cpu import embedded as sqlite_queue
         sqlite_queue.register()
         with Connection({url!r}, transport_options={{"polling_interval": 0.001}}) as conn:
             def on_message(body, message):

@@ -1,7 +1,7 @@
 import time
 
-from pool.job import QUEUED, RUNNING, Job, new_id
-from pool.owners import owner_id, owner_is_dead
+from greenjobs.pool.job import QUEUED, RUNNING, Job, new_id
+from greenjobs.pool.owners import owner_id, owner_is_dead
 
 
 def job(state=QUEUED, **kw):
@@ -59,7 +59,7 @@ def test_dead_owner_jobs_are_adopted_and_requeued(store):
     store.claim(running, dead).get()
     import os
     import socket
-    from pool.owners import _start_time
+    from greenjobs.pool.owners import _start_time
     alive = f"{socket.gethostname()}:{os.getppid()}:{_start_time(os.getppid())}:x"
     reused = f"{socket.gethostname()}:{os.getppid()}:1:x"          # same pid, another process
     assert owner_is_dead(dead) and not owner_is_dead(alive) and owner_is_dead(reused)
@@ -72,7 +72,7 @@ def test_dead_owner_jobs_are_adopted_and_requeued(store):
 
 
 def test_expired_leases_are_adopted_live_ones_are_not(tmp_path):
-    from pool.store import Store
+    from greenjobs.pool.store.sqlite import SqliteStore as Store
     s = Store(str(tmp_path / "l.sqlite"), synchronous="normal", lease_seconds=0.2).open()
     try:
         j = job()
@@ -117,8 +117,8 @@ def test_unwritable_store_raises_store_unavailable(tmp_path):
 
     import pytest
 
-    from pool.errors import StoreUnavailable
-    from pool.store import Store
+    from greenjobs.pool.errors import StoreUnavailable
+    from greenjobs.pool.store.sqlite import SqliteStore as Store
     s = Store(str(tmp_path / "full.sqlite"), synchronous="normal").open()
     try:
         s._write(lambda conn: conn.execute("PRAGMA max_page_count = 1"))
@@ -168,7 +168,7 @@ def test_sweep_deletes_only_old_terminal_jobs(store):
 def test_only_promises_to_clients_wait_for_an_fsync(tmp_path):
     """With synchronous=full, a commit holding a submission, cancel or revive is fsynced (FULL);
     a commit of only claims and outcomes is not (NORMAL): losing it to a power cut reruns a job."""
-    from pool.store import Store
+    from greenjobs.pool.store.sqlite import SqliteStore as Store
     s = Store(str(tmp_path / "full.sqlite"), synchronous="full").open()
     try:
         def mode():

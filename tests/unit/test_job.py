@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pool.errors import IllegalTransition
-from pool.job import (CANCELLED, FAILED, QUEUED, RUNNING, SCHEDULED, SUCCEEDED, TERMINAL, Job, check_transition,
+from greenjobs.pool.errors import IllegalTransition
+from greenjobs.pool.job import (CANCELLED, FAILED, QUEUED, RUNNING, SCHEDULED, SUCCEEDED, TERMINAL, Job, check_transition,
                       iso, sources)
 
 

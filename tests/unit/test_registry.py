@@ -3,8 +3,8 @@ import types
 
 import pytest
 
-from handlers.registry import Registry, handler
-from pool.errors import ConfigurationError, HandlerNotFound
+from greenjobs.handlers.registry import Registry, handler
+from greenjobs.pool.errors import ConfigurationError, HandlerNotFound
 
 
 def module_with(name, **functions):
@@ -15,7 +15,7 @@ def module_with(name, **functions):
 
 
 def test_builtins_are_registered_by_their_public_names():
-    registry = Registry().load(["handlers.builtin"])
+    registry = Registry().load(["greenjobs.handlers.builtin"])
     assert set(registry.names()) >= {"echo", "sleep", "http.get", "fail", "flaky", "cpu.pbkdf2", "cpu.spin"}
     assert registry.get("cpu.pbkdf2").kind == "cpu"
     assert registry.get("sleep").kind == "io"
@@ -43,7 +43,7 @@ def test_two_handlers_with_one_name_is_a_startup_error_naming_both():
 
 
 def test_unknown_handler_lists_the_known_ones():
-    registry = Registry().load(["handlers.builtin"])
+    registry = Registry().load(["greenjobs.handlers.builtin"])
     with pytest.raises(HandlerNotFound, match="unknown handler 'fetchurl'; known handlers: cpu.pbkdf2, "):
         registry.get("fetchurl")
 
@@ -67,6 +67,6 @@ def test_kind_is_validated():
 def test_non_strict_load_records_import_errors_and_keeps_the_rest():
     broken = module_with("gj_test_broken_mod")
     sys.modules.pop(broken)
-    registry = Registry().load(["handlers.builtin", "gj_test_no_such_module_at_all"], strict=False)
+    registry = Registry().load(["greenjobs.handlers.builtin", "gj_test_no_such_module_at_all"], strict=False)
     assert "echo" in registry
     assert "cannot import 'gj_test_no_such_module_at_all'" in registry.import_errors["gj_test_no_such_module_at_all"]

@@ -1,14 +1,14 @@
 import pytest
 
-from pool.errors import ConfigurationError
-from server.settings import load
+from greenjobs.pool.errors import ConfigurationError
+from greenjobs.server.settings import load
 
 
 def test_defaults_are_relative_to_here(tmp_path):
     settings = load({}, str(tmp_path))
     assert settings.pool_size == 1000
     assert settings.store_path == str(tmp_path / "var" / "greenjobs.sqlite")
-    assert settings.handlers == ("handlers.builtin",)
+    assert settings.handlers == ("greenjobs.handlers.builtin",)
     assert settings.http_allowed_hosts == ("127.0.0.1", "localhost")
 
 
@@ -31,13 +31,13 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 @pytest.mark.parametrize("text", ["ture", "2", "enabled"])
 def test_booleans_are_strict(text):
-    from pool.settings import as_bool
+    from greenjobs.pool.settings import as_bool
     with pytest.raises(ValueError):
         as_bool(text)
 
 
 def test_bad_server_setting_stops_startup_with_one_line():
-    from server.runner import gevent_server_factory
+    from greenjobs.server.runner import gevent_server_factory
     with pytest.raises(SystemExit) as info:
         gevent_server_factory({}, port="http")
     assert "port = 'http': expected an integer" in str(info.value)
@@ -46,5 +46,5 @@ def test_bad_server_setting_stops_startup_with_one_line():
 
 
 def test_non_loopback_default_is_never_used():
-    from server.runner import TABLE
+    from greenjobs.server.runner import TABLE
     assert {s.key: s.default for s in TABLE}["host"] == "127.0.0.1"

@@ -2,15 +2,15 @@ import time
 
 import pytest
 
-from handlers.registry import Registry
-from pool.errors import HandlerNotFound, InvalidJobParams
-from pool.spec import parse_spec
-from server.settings import load
+from greenjobs.pool.registry import Registry
+from greenjobs.pool.errors import HandlerNotFound, InvalidJobParams
+from greenjobs.pool.spec import parse_spec
+from greenjobs.server.settings import load
 
 
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
-    return Registry().load(["handlers.builtin"]), load({}, str(tmp_path_factory.mktemp("s")))
+    return Registry().load(["greenjobs.handlers.builtin"]), load({}, str(tmp_path_factory.mktemp("s")))
 
 
 def test_defaults_come_from_the_handler(ctx):

@@ -19,11 +19,11 @@ from gevent.event import Event
 from gevent.threadpool import ThreadPool
 from kombu import Consumer, Producer
 
-from pool import broker, sqlite_queue
-from pool.errors import QueueUnavailable
-from pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
-from pool.owners import owner_is_dead, owner_pid
-from pool.retries import retry_at
+from greenjobs.pool.cpu import broker, embedded as sqlite_queue
+from greenjobs.pool.errors import QueueUnavailable
+from greenjobs.pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
+from greenjobs.pool.owners import owner_is_dead, owner_pid
+from greenjobs.pool.lifecycle import retry_at
 
 log = logging.getLogger(__name__)
 

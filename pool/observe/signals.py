@@ -1,6 +1,6 @@
 """Lifecycle signals for application code, in the spirit of Django's and Celery's (blinker signals).
 
-    from pool import signals
+    from greenjobs.pool.observe import signals
 
     @signals.job_failed.connect
     def alert(handler_name, job, **extra):      # job: the job as GET /jobs/{id} shows it
@@ -22,7 +22,7 @@ import logging
 import gevent
 from blinker import Namespace
 
-from pool.errors import ConfigurationError
+from greenjobs.pool.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 

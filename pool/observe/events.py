@@ -13,7 +13,7 @@ import time
 
 from gevent.event import Event
 
-from pool.job import Job, iso
+from greenjobs.pool.job import Job, iso
 
 #: The lifecycle events, in the order one job meets them.
 NAMES = ("submitted", "started", "progress", "retrying", "succeeded", "failed", "cancelled")

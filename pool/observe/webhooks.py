@@ -16,10 +16,10 @@ import hmac
 import json
 import time
 
-from handlers.registry import Handler
-from pool.context import current_job
-from pool.job import QUEUED, Job, iso, new_id
-from pool.urls import check_allowed, http_pool
+from greenjobs.pool.registry import Handler
+from greenjobs.pool.context import current_job
+from greenjobs.pool.job import QUEUED, Job, iso, new_id
+from greenjobs.pool.urls import check_allowed, http_pool
 
 HANDLER = "greenjobs.webhook"
 

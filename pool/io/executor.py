@@ -21,10 +21,10 @@ import gevent
 from gevent import Greenlet
 from gevent.event import Event
 
-from pool.context import JobContext, activate, deactivate
-from pool.errors import Overloaded, Retry
-from pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
-from pool.retries import is_retryable, retry_at
+from greenjobs.pool.context import JobContext, activate, deactivate
+from greenjobs.pool.errors import Overloaded, Retry
+from greenjobs.pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
+from greenjobs.pool.lifecycle import is_retryable, retry_at
 
 log = logging.getLogger(__name__)
 

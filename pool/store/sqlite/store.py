@@ -23,8 +23,8 @@ from gevent.event import AsyncResult, Event
 from gevent.lock import BoundedSemaphore
 from gevent.threadpool import ThreadPool
 
-from pool.errors import IdempotencyConflict, StoreUnavailable
-from pool.job import QUEUED, RUNNING, Job
+from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
+from greenjobs.pool.job import QUEUED, RUNNING, Job
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class _Op:
         return conn.execute(self.sql, self.params).rowcount == 1
 
 
-class Store:
+class SqliteStore:
     """The durable job table.  Call :meth:`open` once from a greenlet before use.
 
     ``synchronous`` is SQLite's: ``full`` fsyncs the WAL on every (group) commit and survives
@@ -141,8 +141,19 @@ class Store:
         self.healthy = True
         self.last_error: str | None = None
 
+    @classmethod
+    def from_url(cls, url: str, *, lease_seconds: float = 30.0, synchronous: str = "full") -> "SqliteStore":
+        """``sqlite:///ABSOLUTE/PATH`` (greenjobs.pool.settings resolves relative paths against the ini)."""
+        return cls(url[len("sqlite:///"):] if url.startswith("sqlite:///") else url,
+                   synchronous=synchronous, lease_seconds=lease_seconds)
+
+    @property
+    def where(self) -> str:
+        """Where the ledger lives, for logs (no credentials)."""
+        return self.path
+
     # -- lifecycle -----------------------------------------------------------------
-    def open(self) -> "Store":
+    def open(self) -> "SqliteStore":
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         self._sync_mode = self.synchronous.upper()

@@ -1,6 +1,6 @@
 """Start, watch and restart CPU worker processes.
 
-Each worker is a fresh interpreter (``python -m pool.worker --one INI``), never a fork of the
+Each worker is a fresh interpreter (``python -m greenjobs.pool.cpu.worker --one INI``), never a fork of the
 gevent server.  The same code runs in the server (where threads and subprocess are gevent's, so
 each watcher is a greenlet) and in ``greenjobs-worker`` (plain threads).
 """
@@ -39,7 +39,7 @@ class Supervisor:
         return self
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "pool.worker", "--one", "--supervised",
+        return subprocess.Popen([sys.executable, "-m", "greenjobs.pool.cpu.worker", "--one", "--supervised",
                                  "--parent", str(os.getpid()), self.ini], env=self.env, stdin=subprocess.DEVNULL)
 
     def _watch(self, slot: int) -> None:

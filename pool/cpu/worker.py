@@ -7,7 +7,7 @@ connection alive (heartbeats) and forwards progress.  The result is published (c
 the message is acked: a worker killed mid-job means the job is delivered again.
 
 ``greenjobs-worker config.ini`` runs ``greenjobs.workers.cpu`` of them under a supervisor;
-``python -m pool.worker --one config.ini`` runs a single one (that is what supervisors start).
+``python -m greenjobs.pool.cpu.worker --one config.ini`` runs a single one (that is what supervisors start).
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from contextvars import copy_context
 
 from kombu import Consumer, Producer
 
-from pool import broker
-from pool.context import JobContext, activate, deactivate
-from pool.errors import Retry
-from pool.job import Job, error_info
-from pool.owners import owner_id
-from pool.retries import is_retryable
+from greenjobs.pool.cpu import broker
+from greenjobs.pool.context import JobContext, activate, deactivate
+from greenjobs.pool.errors import Retry
+from greenjobs.pool.job import Job, error_info
+from greenjobs.pool.owners import owner_id
+from greenjobs.pool.lifecycle import is_retryable
 
 log = logging.getLogger(__name__)
 CLAIM_TIMEOUT = 30.0
@@ -43,9 +43,8 @@ def load_config(ini: str):
     """Settings and handler registry from the ini's [app:main], without Pyramid; logging set up from it."""
     import plaster
 
-    import handlers.settings
-    import pool.settings
-    from handlers.registry import Registry
+    import greenjobs.pool.settings
+    from greenjobs.pool.registry import Registry
     ini = os.path.abspath(ini)
     loader = plaster.get_loader(ini, protocols=["wsgi"])
     try:
@@ -53,7 +52,7 @@ def load_config(ini: str):
     except Exception:  # an ini without logging sections
         logging.basicConfig(level=logging.INFO)
     raw = loader.get_settings("app:main")
-    settings = pool.settings.load((handlers.settings.TABLE,), raw, os.path.dirname(ini), strict=False)
+    settings = greenjobs.pool.settings.load((), raw, os.path.dirname(ini), strict=False)
     registry = Registry().load(settings.handlers, strict=False)
     for message in registry.import_errors.values():
         log.error("%s; jobs of its handlers will fail with this error", message)
@@ -310,7 +309,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.one:
         return run_one(args.ini, supervised=args.supervised, parent=args.parent)
-    from pool.supervisor import Supervisor
+    from greenjobs.pool.cpu.supervisor import Supervisor
     settings, _ = load_config(args.ini)
     count = args.processes or settings.workers_cpu or (os.cpu_count() or 1)
     supervisor = Supervisor(args.ini, count)

@@ -12,7 +12,7 @@ import os
 
 from kombu import Connection, Queue
 
-from pool import sqlite_queue
+from greenjobs.pool.cpu import embedded as sqlite_queue
 
 ACCEPT = ["json"]          # never pickle: every consumer accepts JSON only
 

@@ -24,7 +24,7 @@ from queue import Empty
 
 from kombu.transport import TRANSPORT_ALIASES, virtual
 
-from pool.owners import owner_id, owner_is_dead
+from greenjobs.pool.owners import owner_id, owner_is_dead
 
 log = logging.getLogger(__name__)
 

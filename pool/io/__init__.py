@@ -1,0 +1,1 @@
+"""The greenlet executor: io jobs run here, as greenlets of one bounded pool."""

@@ -1,0 +1,106 @@
+"""The handler registry: name -> Handler, filled from the modules named in ``greenjobs.handlers``.
+
+``@handler(...)`` (greenjobs.handlers.registry) only marks a function; :meth:`Registry.load` imports
+the listed modules and registers what they mark.  Names are never derived from module paths, because
+a CPU job is looked up by name in another process.  The registry lives in ``pool`` because the
+server and the CPU workers both load it, and ``pool`` imports no other greenjobs package.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from greenjobs.pool.errors import ConfigurationError, HandlerNotFound
+
+__all__ = ["Handler", "Registry", "MARK", "NAME_RE"]
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
+MARK = "__greenjobs_handler__"      #: the attribute @handler sets on a function
+#: Module names of earlier releases (before the ``greenjobs.*`` import names), still accepted in ini files.
+RENAMED = {"handlers.builtin": "greenjobs.handlers.builtin"}
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered handler: ``kind`` picks the executor (io: greenlet pool; cpu: worker processes)."""
+
+    name: str
+    fn: Callable
+    kind: str = "io"
+    timeout: float | None = 60.0
+    max_retries: int = 0
+    queue: str = "cpu"
+    retry_on: tuple[type[BaseException], ...] = ()
+    validate: Callable[[list, dict], None] | None = None
+    doc: str = ""
+
+    @property
+    def where(self) -> str:
+        try:
+            return f"{inspect.getsourcefile(self.fn)}:{inspect.getsourcelines(self.fn)[1]}"
+        except (OSError, TypeError):
+            return repr(self.fn)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "timeout": self.timeout,
+                "max_retries": self.max_retries, "queue": self.queue if self.kind == "cpu" else None,
+                "doc": self.doc}
+
+
+class Registry:
+    """Name -> Handler.  Two handlers with one name are a start-up error naming both places."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self.import_errors: dict[str, str] = {}    # module -> why it failed (non-strict loads only)
+
+    def add(self, h: Handler) -> None:
+        old = self._handlers.get(h.name)
+        if old is not None and old.fn is not h.fn:
+            raise ConfigurationError(f"two handlers are named {h.name!r}: {old.where} and {h.where}")
+        self._handlers[h.name] = h
+
+    def load(self, modules: Iterable[str], strict: bool = True) -> "Registry":
+        """Import each module and register every function marked with ``@handler``.
+
+        ``strict=False`` (CPU workers) records a module that fails to import in ``import_errors``
+        instead of raising, so the worker lives on and fails only that module's jobs, saying why.
+        """
+        for modname in modules:
+            if modname in RENAMED:
+                log.warning("greenjobs.handlers: %r is now %r; please update the ini file", modname, RENAMED[modname])
+                modname = RENAMED[modname]
+            try:
+                module = importlib.import_module(modname)
+            except Exception as exc:
+                message = f"greenjobs.handlers: cannot import {modname!r}: {type(exc).__name__}: {exc}"
+                if strict:
+                    raise ConfigurationError(message) from exc
+                self.import_errors[modname] = message
+                continue
+            for value in vars(module).values():
+                mark = getattr(value, "__dict__", {}).get(MARK) if callable(value) else None
+                if isinstance(mark, Handler):
+                    self.add(mark)
+        return self
+
+    def get(self, name: str) -> Handler:
+        try:
+            return self._handlers[name]
+        except KeyError:
+            raise HandlerNotFound(name, self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._handlers
+
+    def __iter__(self):
+        return iter(sorted(self._handlers.values(), key=lambda h: h.name))
