@@ -53,6 +53,7 @@ def _job_outcome(job: dict) -> int:
 
 # -- commands -------------------------------------------------------------------------
 def cmd_submit(client: Client, args) -> int:
+    """``greenjobs submit``: one job (followed to its end with --wait), or many with --from FILE."""
     if args.from_file:
         if args.handler:
             raise UsageError("give either HANDLER or --from FILE, not both")
@@ -78,6 +79,7 @@ def cmd_submit(client: Client, args) -> int:
 
 
 def cmd_submit_bulk(client: Client, args) -> int:
+    """``greenjobs submit --from FILE``: submit a JSON Lines file in batches, with live bars and a summary."""
     from greenjobs_client import bulk
     from greenjobs_client.progress import BulkProgress, summary
 
@@ -114,11 +116,13 @@ def cmd_submit_bulk(client: Client, args) -> int:
 
 
 def cmd_status(client: Client, args) -> int:
+    """``greenjobs status ID``: print the job as one line of JSON."""
     _print_job(client.get(args.id))
     return OK
 
 
 def cmd_wait(client: Client, args) -> int:
+    """``greenjobs wait ID...``: wait for every job, all within one ``--wait-timeout`` (s), printing each."""
     deadline = None if args.wait_timeout is None else time.monotonic() + args.wait_timeout
     code = OK
     for job_id in args.ids:
@@ -137,16 +141,19 @@ def cmd_wait(client: Client, args) -> int:
 
 
 def cmd_cancel(client: Client, args) -> int:
+    """``greenjobs cancel ID``: cancel the job and print it."""
     _print_job(client.job(args.id).cancel())
     return OK
 
 
 def cmd_retry(client: Client, args) -> int:
+    """``greenjobs retry ID``: run the failed job again and print it."""
     _print_job(client.job(args.id).retry())
     return OK
 
 
 def cmd_ls(client: Client, args) -> int:
+    """``greenjobs ls``: recent jobs as a table, or one line of JSON each with --json."""
     jobs = client.jobs(state=args.state, handler=args.handler, limit=args.limit)
     if args.json:
         for job in jobs:
@@ -168,6 +175,7 @@ def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser; the connection flags are accepted before and after the subcommand."""
     parser = argparse.ArgumentParser(
         prog="greenjobs", description="Submit jobs to a greenjobs server and follow them.",
         epilog="exit codes: 0 ok, 1 a job failed or was cancelled, 2 usage error or request rejected, "
@@ -223,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``greenjobs`` command; returns the exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     url = args.url or os.environ.get("GREENJOBS_URL") or "http://127.0.0.1:6543"

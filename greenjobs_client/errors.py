@@ -41,6 +41,7 @@ class UnknownHandler(InvalidRequest):
 
     @property
     def known_handlers(self) -> list[str]:
+        """Names of the handlers the server does have (empty if it did not say)."""
         return list(self.problem.get("known_handlers") or [])
 
 

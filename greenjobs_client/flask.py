@@ -39,6 +39,7 @@ class Greenjobs:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        """Make the app's Client from its GREENJOBS_* config; RuntimeError if GREENJOBS_URL is unset."""
         url = app.config.get("GREENJOBS_URL")
         if not url:
             raise RuntimeError("set app.config['GREENJOBS_URL'] (e.g. 'http://127.0.0.1:6543') before "

@@ -35,9 +35,11 @@ class BulkProgress:
         self.progress.stop()
 
     def submitted(self, count: int) -> None:
+        """Move the submitted bar to ``count`` jobs."""
         self.progress.update(self.tasks["submitted"], completed=count)
 
     def counts(self, counts: dict[str, int]) -> None:
+        """Set the other bars from the number of jobs in each state."""
         for name, states in ROWS[1:]:
             self.progress.update(self.tasks[name], completed=sum(counts.get(s, 0) for s in states))
 

@@ -37,5 +37,6 @@ def _jobs(request) -> Client:
 
 
 def includeme(config) -> None:
+    """Pyramid include hook: one Client for the app, kept on the registry and shared as ``request.jobs``."""
     config.registry.greenjobs_client = client_from_settings(config.get_settings())
     config.add_request_method(_jobs, "jobs", reify=True)

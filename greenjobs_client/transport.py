@@ -66,6 +66,7 @@ class Transport:
         self.pool = urllib3.PoolManager(maxsize=pool_maxsize, block=False, retries=False)
 
     def close(self) -> None:
+        """Close the pooled connections (e.g. at exit); a later request opens new ones."""
         self.pool.clear()
 
     def request(self, method: str, path: str, body: Any = None, query: dict | None = None,

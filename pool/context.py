@@ -24,10 +24,12 @@ class JobContext:
 
     @property
     def id(self) -> str:
+        """The running job's id."""
         return self.job.id
 
     @property
     def handler(self) -> str:
+        """Name of the handler the job was submitted to."""
         return self.job.handler
 
     @property
@@ -37,10 +39,12 @@ class JobContext:
 
     @property
     def args(self) -> list:
+        """The job's positional arguments, as submitted (JSON values)."""
         return self.job.args
 
     @property
     def kwargs(self) -> dict:
+        """The job's keyword arguments, as submitted (JSON values)."""
         return self.job.kwargs
 
     def progress(self, fraction: float, message: str | None = None) -> None:
@@ -59,6 +63,7 @@ def activate(ctx: JobContext | None):
 
 
 def deactivate(token) -> None:
+    """Restore the binding from before the :func:`activate` call that returned ``token``."""
     _current.reset(token)
 
 

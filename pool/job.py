@@ -124,12 +124,9 @@ class Job:
                 "kwargs": self.kwargs, "priority": self.priority, "timeout": self.timeout,
                 "max_retries": self.max_retries, "attempts": self.attempts}
 
-    def encode(self) -> str:
-        return json.dumps(self.message(), separators=(",", ":"))
-
     @classmethod
     def decode(cls, text: str | bytes | dict) -> "Job":
-        """Inverse of :meth:`encode` / :meth:`message`; ValueError on anything that is not a job message."""
+        """Inverse of :meth:`message` (a dict, or its JSON); ValueError on anything that is not a job message."""
         data = text if isinstance(text, dict) else json.loads(text)
         if (not isinstance(data, dict) or not isinstance(data.get("id"), str) or not isinstance(data.get("handler"), str)
                 or not isinstance(data.get("args", []), list) or not isinstance(data.get("kwargs", {}), dict)):

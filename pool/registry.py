@@ -42,12 +42,14 @@ class Handler:
 
     @property
     def where(self) -> str:
+        """``file:line`` of the function, so a duplicate name can point at both definitions."""
         try:
             return f"{inspect.getsourcefile(self.fn)}:{inspect.getsourcelines(self.fn)[1]}"
         except (OSError, TypeError):
             return repr(self.fn)
 
     def describe(self) -> dict:
+        """The handler's public fields, as GET /handlers lists them."""
         return {"name": self.name, "kind": self.kind, "timeout": self.timeout,
                 "max_retries": self.max_retries, "queue": self.queue if self.kind == "cpu" else None,
                 "doc": self.doc}
@@ -61,6 +63,7 @@ class Registry:
         self.import_errors: dict[str, str] = {}    # module -> why it failed (non-strict loads only)
 
     def add(self, h: Handler) -> None:
+        """Register ``h``; the same function again is a no-op, another under the same name a ConfigurationError."""
         old = self._handlers.get(h.name)
         if old is not None and old.fn is not h.fn:
             raise ConfigurationError(f"two handlers are named {h.name!r}: {old.where} and {h.where}")
@@ -91,12 +94,14 @@ class Registry:
         return self
 
     def get(self, name: str) -> Handler:
+        """The handler called ``name``; HandlerNotFound (listing the known names) if there is none."""
         try:
             return self._handlers[name]
         except KeyError:
             raise HandlerNotFound(name, self.names()) from None
 
     def names(self) -> list[str]:
+        """The registered handler names, sorted."""
         return sorted(self._handlers)
 
     def __contains__(self, name: str) -> bool:

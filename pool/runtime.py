@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import random
 import time
 from typing import Iterable
 
@@ -20,6 +19,7 @@ from greenjobs.pool.errors import JobFinished, JobNotFound, ShuttingDown
 from greenjobs.pool.observe.events import EventLog
 from greenjobs.pool.io.executor import GreenletExecutor
 from greenjobs.pool.job import QUEUED, RUNNING, SCHEDULED, Job
+from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST, Backoff
 from greenjobs.pool.observe.metrics import JobMetrics
 from greenjobs.pool.owners import owner_id, owner_is_dead
 from greenjobs.pool.observe.signals import SignalSender
@@ -39,6 +39,7 @@ class Runtime:
     def __init__(self, settings, registry, ini: str | None = None):
         self.settings = settings
         self.registry = registry
+        self.backoff = Backoff(settings.retry_base, settings.retry_max)
         self.owner = owner_id()
         self.store = store_for(settings.store_url, lease_seconds=settings.store_lease_seconds,
                                synchronous=settings.store_synchronous)     # opened by start()
@@ -67,11 +68,6 @@ class Runtime:
         self._wake = gevent.event.Event()
         self._next_wake = math.inf
         self.started_at = time.time()
-
-    def backoff(self, attempt: int) -> float:
-        """Full jitter: a random wait up to base * 2^(attempt-1), capped at greenjobs.retry.max."""
-        cap = min(self.settings.retry_max, self.settings.retry_base * 2 ** min(attempt - 1, 60))
-        return random.uniform(0, cap)
 
     def wake_at(self, run_at: float) -> None:
         """Make the maintenance loop promote scheduled jobs no later than ``run_at``."""
@@ -195,9 +191,9 @@ class Runtime:
                 gevent.sleep(interval)
             if tick:
                 try:
-                    self.store.checkpoint()
+                    self.store.maintain()
                 except Exception as exc:
-                    log.warning("WAL checkpoint failed: %s", exc)
+                    log.warning("store upkeep failed: %s", exc)
 
     def _record_again(self) -> None:
         for executor in self.executors.values():
@@ -326,7 +322,7 @@ class Runtime:
         # Take it out of the local backlog first, so a slot freeing meanwhile cannot start it.
         dropped = [(ex, ex.drop_pending(job_id)) for ex in self.executors.values()]
         try:
-            job, changed = self.store.cancel(job_id)
+            job, changed = self.store.cancel(job_id, CANCELLED_BY_REQUEST)
         except BaseException:
             for executor, pending in dropped:
                 if pending is not None:

@@ -33,6 +33,7 @@ class Setting:
 
 
 def as_int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """Converter factory: an integer in [lo, hi] (None: unbounded)."""
     def convert(text: str) -> int:
         value = int(str(text).strip())
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -43,6 +44,7 @@ def as_int(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]
 
 
 def as_float(lo: float | None = None, hi: float | None = None) -> Callable[[str], float]:
+    """Converter factory: a number in [lo, hi] (None: unbounded); NaN is refused."""
     def convert(text: str) -> float:
         value = float(str(text).strip())
         if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -92,6 +94,7 @@ as_receivers.expects = ("SIGNAL:module.function entries, SIGNAL one of "  # type
 
 
 def as_choice(*choices: str) -> Callable[[str], str]:
+    """Converter factory: one of ``choices``, case-insensitive (the value is lower-cased)."""
     def convert(text: str) -> str:
         value = str(text).strip().lower()
         if value not in choices:
@@ -102,6 +105,7 @@ def as_choice(*choices: str) -> Callable[[str], str]:
 
 
 def as_str(text: str) -> str:
+    """Converter: the text stripped of surrounding whitespace; empty is an error."""
     value = str(text).strip()
     if not value:
         raise ValueError
@@ -112,6 +116,7 @@ as_str.expects = "a non-empty string"  # type: ignore[attr-defined]
 
 
 def as_sqlite_url(text: str) -> str:
+    """Converter: a ``sqlite:///PATH`` URL with a non-empty path."""
     value = str(text).strip()
     if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
         raise ValueError
@@ -122,6 +127,7 @@ as_sqlite_url.expects = "sqlite:///PATH (an absolute or %(here)s-relative path)"
 
 
 def as_broker_url(text: str) -> str:
+    """Converter: an ``embedded:///PATH``, ``amqp://`` or ``pyamqp://`` broker URL."""
     value = str(text).strip()
     if not (value.startswith("embedded:///") or value.startswith("amqp://") or value.startswith("pyamqp://")):
         raise ValueError
@@ -165,6 +171,7 @@ def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults:
 
 
 def default_cpu_count() -> int:
+    """Logical CPUs of this machine (1 if unknown): the default number of CPU worker processes."""
     return os.cpu_count() or 1
 
 

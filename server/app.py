@@ -8,6 +8,7 @@ from __future__ import annotations
 
 
 def ensure_patched() -> None:
+    """Monkey-patch with gevent unless a server factory already did, before Pyramid makes its thread-locals."""
     from gevent import monkey
     if not monkey.is_module_patched("socket"):
         monkey.patch_all()

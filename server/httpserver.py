@@ -27,6 +27,7 @@ class LimitedHandler(WSGIHandler):
     max_header_bytes = 65536
 
     def read_requestline(self):
+        """Wait at most ``idle_timeout`` s for the next request line; "" (close) when stopping or idle."""
         if self.server.stopping:
             return ""      # stopping: no new request on a kept-alive connection
         idle = self.server.idle
@@ -40,6 +41,7 @@ class LimitedHandler(WSGIHandler):
             idle.discard(me)
 
     def read_request(self, raw_requestline):
+        """Read the headers within ``header_timeout`` s and ``max_header_bytes``; ValueError (a 400) if not."""
         with gevent.Timeout(self.header_timeout, False):
             ok = super().read_request(raw_requestline)
             size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
@@ -49,6 +51,7 @@ class LimitedHandler(WSGIHandler):
         raise ValueError(f"request headers not received within {self.header_timeout} s")
 
     def get_environ(self):
+        """The WSGI environ plus ``greenjobs.socket``, so long-lived responses can bound their writes."""
         environ = super().get_environ()
         # long-lived responses (GET /events) bound how long a write may wait for a client that
         # stopped reading, by setting a timeout on the connection's socket
@@ -62,11 +65,14 @@ class LimitedHandler(WSGIHandler):
         return ("400", BAD_REQUEST)
 
     def log_request(self):
+        """One access-log line per request, formatted only when greenjobs.server.access logs INFO."""
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(self.format_request())
 
 
 class Server(WSGIServer):
+    """WSGIServer with LimitedHandler, TCP_NODELAY and a set of idle connections to close on a graceful stop."""
+
     handler_class = LimitedHandler
     nodelay = True
 
@@ -82,6 +88,7 @@ class Server(WSGIServer):
             greenlet.kill(block=False)
 
     def handle(self, sock, address):
+        """Set TCP_NODELAY (so small answers are not held back by Nagle), then serve the connection."""
         if self.nodelay:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -104,6 +111,7 @@ def raise_open_files_limit(wanted: int) -> None:
 
 
 def serve_forever(app, options) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT, then stop accepting and give in-flight requests ``stop_timeout`` s."""
     raise_open_files_limit(options.max_connections + 1024)
     handler = type("Handler", (LimitedHandler,), {"idle_timeout": options.idle_timeout,
                                                   "header_timeout": options.header_timeout,

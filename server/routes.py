@@ -16,5 +16,6 @@ ROUTES = (
 
 
 def includeme(config) -> None:
+    """Pyramid include hook: add every route of ROUTES (views attach to them by name)."""
     for name, pattern in ROUTES:
         config.add_route(name, pattern)

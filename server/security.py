@@ -51,6 +51,7 @@ class Token:
 
     @property
     def permissions(self) -> frozenset[str]:
+        """What the token's roles grant together (see GRANTS)."""
         return frozenset().union(*(GRANTS[role] for role in self.roles))
 
 
@@ -176,6 +177,7 @@ class TokenSecurityPolicy:
         return found
 
     def identity_of(self, token: Token, via: str) -> Identity:
+        """The Identity of a request authenticated with ``token``; ``via`` is "bearer" or "session"."""
         return Identity(self.token_id(token), token.roles, token.permissions, via)
 
     def _load_identity(self, request) -> Identity | None:
@@ -196,13 +198,16 @@ class TokenSecurityPolicy:
 
     # -- ISecurityPolicy ----------------------------------------------------------------
     def identity(self, request) -> Identity | None:
+        """The request's Identity, or None if anonymous; worked out once per request."""
         return self._cache.get_or_create(request)
 
     def authenticated_userid(self, request) -> str | None:
+        """The token id of the request's identity, or None if anonymous."""
         identity = self.identity(request)
         return identity.id if identity is not None else None
 
     def permits(self, request, context, permission: str):
+        """Allowed or Denied for ``permission``; a Denied says what to send or which role is needed."""
         if not self.enabled:
             return Allowed("access control is off")
         identity = self.identity(request)
@@ -265,6 +270,7 @@ def _state(request, identity: Identity | None) -> dict:
 
 @view_config(route_name="session", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def session_state(request):
+    """GET /session: whether access control is on, and the caller's roles, permissions and CSRF token."""
     return _state(request, request.identity)
 
 
@@ -293,6 +299,7 @@ def sign_in(request):
 
 @view_config(route_name="session", request_method="DELETE", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def sign_out(request):
+    """DELETE /session: end the dashboard session; its cookie is refused afterwards, even if replayed."""
     forget(request)
     return _state(request, None)
 

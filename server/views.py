@@ -159,7 +159,7 @@ def list_jobs(request):
     after = request.GET.get("after") or None
     store = _runtime(request).store
     if after is not None and not (after.isdigit() and len(after) <= 18):   # or a job id (earlier versions)
-        after = store.seq_of(after)
+        after = store.cursor_of(after)
         if after is None:
             raise Problem(400, "Invalid query parameter", "?after= must be the `next` value of the previous page")
     jobs, last = store.list(state=state, handler=handler, limit=limit,

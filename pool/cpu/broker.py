@@ -8,13 +8,25 @@ Queues (all on the default exchange, routed by name, durable, priority 0-9):
 """
 from __future__ import annotations
 
-import os
+
+import contextlib
 
 from kombu import Connection, Queue
 
-from greenjobs.pool.cpu import embedded as sqlite_queue
+from greenjobs.pool.cpu import embedded
 
 ACCEPT = ["json"]          # never pickle: every consumer accepts JSON only
+
+
+def queue_names(registry) -> list[str]:
+    """The job queues of the registry's cpu handlers (``cpu`` when there are none): what workers consume."""
+    return sorted({h.queue for h in registry if h.kind == "cpu"}) or ["cpu"]
+
+
+def one_commit(conn):
+    """A context for publishing many messages at once: one transaction on the embedded broker, nothing on AMQP."""
+    transport = conn.transport
+    return transport.one_commit() if isinstance(transport, embedded.Transport) else contextlib.nullcontext()
 
 
 def connect(settings, durable: bool = False) -> Connection:
@@ -26,8 +38,8 @@ def connect(settings, durable: bool = False) -> Connection:
     repaired by a redelivery the claims make harmless, or by the sweep of expired cpu leases.
     """
     url = settings.broker_url
-    if url.startswith(sqlite_queue.ALIAS + "://"):
-        sqlite_queue.register()
+    if url.startswith(embedded.ALIAS + "://"):
+        embedded.register()
         # A message reservation lasts longer than any job may run (a dead owner on this host is
         # detected at once, from its pid and start time).
         return Connection(url, transport_options={
@@ -63,7 +75,3 @@ def reply_queue(settings, worker: str) -> Queue:
     full = f"{settings.broker_namespace}.reply.{safe}"
     # auto-deleted on RabbitMQ when the worker goes; on the embedded broker it is a few rows
     return Queue(full, routing_key=full, durable=False, auto_delete=True, queue_arguments=_dead_letter(settings))
-
-
-def default_broker_url(here: str) -> str:
-    return f"{sqlite_queue.ALIAS}:///" + os.path.join(here, "var", "queue.sqlite")

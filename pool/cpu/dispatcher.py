@@ -9,9 +9,11 @@ and a job that was cancelled or timed out never runs again.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import socket
+import time
 from typing import Callable
 
 import gevent
@@ -19,11 +21,11 @@ from gevent.event import Event
 from gevent.threadpool import ThreadPool
 from kombu import Consumer, Producer
 
-from greenjobs.pool.cpu import broker, embedded as sqlite_queue
+from greenjobs.pool.cpu import broker
 from greenjobs.pool.errors import QueueUnavailable
 from greenjobs.pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
 from greenjobs.pool.owners import owner_is_dead, owner_pid
-from greenjobs.pool.lifecycle import retry_at
+from greenjobs.pool.lifecycle import judge_worker_claim, retry_at
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +204,7 @@ class CpuDispatcher:
         return Producer(channel, serializer="json")
 
     def _queues(self):
-        names = sorted({h.queue for h in self.registry if h.kind == "cpu"}) or ["cpu"]
+        names = broker.queue_names(self.registry)
         return [broker.dead_queue(self.settings), broker.control_queue(self.settings)] + \
             [broker.job_queue(self.settings, n) for n in names]
 
@@ -210,22 +212,13 @@ class CpuDispatcher:
         """(publisher thread) publish jobs; on the embedded broker in one (durable) transaction."""
         conn = self._pub.conn
         conn.heartbeat_check()
-        db = getattr(conn.transport, "db", None) if isinstance(conn.transport, sqlite_queue.Transport) else None
-        if db is not None:
-            db.execute("BEGIN IMMEDIATE")
-        try:
+        with broker.one_commit(conn):
             for job in jobs:
                 handler = self.registry.get(job.handler) if job.handler in self.registry else None
                 queue = broker.job_queue(self.settings, handler.queue if handler else "cpu")
                 self.producer.publish(job.message(), routing_key=queue.name, priority=job.priority,
                                       delivery_mode=2, timeout=self.settings.broker_confirm_timeout,
                                       confirm_timeout=self.settings.broker_confirm_timeout)
-            if db is not None:
-                db.execute("COMMIT")
-        except BaseException:
-            if db is not None and db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
     # -- consuming worker messages ---------------------------------------------------------
     def _consume_loop(self) -> None:
@@ -321,9 +314,11 @@ class CpuDispatcher:
 
     def _on_claim(self, body) -> None:
         worker = str(body.get("worker"))
-        verdict, job = self.store.claim_for_worker(
-            body["job"], worker, bool(body.get("redelivered")), self.settings.workers_redeliveries,
-            lambda holder: owner_is_dead(holder))
+        judge = functools.partial(judge_worker_claim, redelivered=bool(body.get("redelivered")),
+                                  worker_dead=owner_is_dead, max_redeliveries=self.settings.workers_redeliveries,
+                                  lease_seconds=self.store.lease_seconds, now=time.time())
+        verdict, job = self.store.claim_for_worker(body["job"], worker,
+                                                   lambda job, lease: judge(job, lease.owner, lease.expires))
         reply = {"corr": body.get("corr"), "go": verdict == "go"}
         if verdict in ("go", "lost"):
             previous = self._running.pop(body["job"], None)     # an earlier attempt whose worker died

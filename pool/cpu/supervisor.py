@@ -32,6 +32,7 @@ class Supervisor:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> "Supervisor":
+        """Start one watcher thread per slot, each running and restarting its worker; returns self."""
         for slot in range(self.count):
             thread = threading.Thread(target=self._watch, args=(slot,), name=f"worker-{slot}", daemon=True)
             thread.start()
@@ -63,9 +64,11 @@ class Supervisor:
             backoff = min(backoff * 2, 30.0)
 
     def pids(self) -> list[int]:
+        """Process ids of the workers running now."""
         return [p.pid for p in self.procs.values() if p.poll() is None]
 
     def alive(self) -> int:
+        """How many workers are running now."""
         return len(self.pids())
 
     def kill(self, pid: int) -> bool:
@@ -80,6 +83,7 @@ class Supervisor:
         return True
 
     def request_stop(self) -> None:
+        """Safe in a signal handler: only sets the stop event, so run_forever stops the workers."""
         self._stop.set()
 
     def stop(self) -> None:

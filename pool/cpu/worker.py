@@ -111,7 +111,7 @@ class Worker:
 
     def _session(self) -> None:
         settings = self.settings
-        names = sorted({h.queue for h in self.registry if h.kind == "cpu"}) or ["cpu"]
+        names = broker.queue_names(self.registry)
         self.conn = broker.connect(settings)
         self.conn.ensure_connection(max_retries=None, interval_start=0.5, interval_step=1, interval_max=5,
                                     callback=lambda: log.warning("waiting for the broker ..."))

@@ -1,17 +1,209 @@
 """The JobStore interface: what every ledger backend provides, in terms of Jobs only.
 
-Placeholder for slice 1; the full contract is written with the store seam.
+No driver or gevent type appears in a signature: a backend takes and returns :class:`Job`
+objects, JSON-ready values and plain tuples.  The rules (which state follows an outcome, which
+kinds are leased or published, when a worker is lost) come from ``greenjobs.pool.lifecycle``; a
+backend carries them out atomically.  Every backend passes one contract suite
+(``tests/store/test_contract.py``).
+
+Calls block the calling greenlet, never the hub.  Writes that promise something to a client
+(insert, cancel, revive) are durable when they return; claims, outcomes and leases may ride a
+later commit (losing one to a power cut only means a job runs again).
 """
 from __future__ import annotations
 
-from typing import Protocol
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
+
+from greenjobs.pool.job import Job
 
 
 class Pending(Protocol):
-    """A write queued for the next commit: ``get()`` waits for it and says whether it took effect."""
+    """A write queued for a later commit: ``get()`` waits for it and says whether it took effect."""
 
     def get(self) -> bool: ...
 
 
-class JobStore(Protocol):
-    """The durable job ledger."""
+class Lease(NamedTuple):
+    """Who holds a job and until when (epoch seconds); both None when nobody does."""
+
+    owner: str | None
+    expires: float | None
+
+
+class JobStore(ABC):
+    """The durable job ledger.  ``open()`` once from a greenlet before any other call."""
+
+    lease_seconds: float
+    #: False while writes fail (disk full, locked, database down); /health reports it with ``last_error``.
+    healthy: bool
+    last_error: str | None
+
+    # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, *, lease_seconds: float = 30.0, **options) -> "JobStore":
+        """A store for ``url``, not yet opened."""
+
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """Where the ledger lives, for logs (never a password)."""
+
+    @abstractmethod
+    def open(self) -> "JobStore":
+        """Connect and bring the schema up to date; returns self."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush queued writes and disconnect."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Wait until every write queued so far is committed (or has failed)."""
+
+    @abstractmethod
+    def ping(self) -> bool:
+        """True if the ledger answers and accepts writes."""
+
+    def maintain(self) -> None:
+        """Backend upkeep, called once per maintenance tick (SQLite: a passive WAL checkpoint)."""
+
+    # -- reads -----------------------------------------------------------------------
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+
+    @abstractmethod
+    def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
+             after: int | None = None) -> tuple[list[Job], int | None]:
+        """Newest first, filtered; returns (jobs, the cursor of the last one).  ``after`` is such a
+        cursor, which stays valid when its job is deleted meanwhile."""
+
+    @abstractmethod
+    def cursor_of(self, job_id: str) -> int | None:
+        """The list cursor of a job (so a job id can start a page), or None."""
+
+    @abstractmethod
+    def batch_counts(self, batch_id: str) -> dict[str, Any] | None:
+        """``{"total", "created_at", "counts": {state: n}}`` of a batch, or None."""
+
+    @abstractmethod
+    def batch_active(self, batch_id: str) -> int:
+        """How many of a batch's jobs are scheduled, queued or running."""
+
+    @abstractmethod
+    def batch_of(self, job_ids: list[str]) -> str | None:
+        """The batch that holds exactly these jobs, or None."""
+
+    @abstractmethod
+    def active_counts(self) -> list[tuple[str, str, int]]:
+        """(handler, state, count) of active jobs; its cost must not grow with finished jobs kept."""
+
+    @abstractmethod
+    def owners(self, me: str) -> list[tuple[str, float]]:
+        """Lease owners of active jobs other than ``me``, each with its latest lease expiry."""
+
+    # -- submission and outcomes ------------------------------------------------------
+    @abstractmethod
+    def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
+               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
+        """Store new jobs in one durable transaction (all or nothing); leased kinds are leased to
+        ``owner``, published kinds flagged for the outbox.
+
+        ``keys`` maps a job's index to its (Idempotency-Key, request fingerprint): a key stored
+        within ``idempotency_ttl`` s makes that job a repeat, not stored; the result maps its index
+        to the original job's id.  A known key with another fingerprint raises IdempotencyConflict
+        and stores nothing.  The batch row counts only the jobs inserted."""
+
+    @abstractmethod
+    def claim(self, job: Job, owner: str, bump: bool = True) -> Pending:
+        """queued -> running for ``owner`` (attempts + 1 if ``bump``); the job object changes at once,
+        the returned Pending says whether the store agreed."""
+
+    @abstractmethod
+    def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
+        """running (leased to ``owner``) -> terminal ``state``.  False if the lease was lost or the job cancelled."""
+
+    @abstractmethod
+    def retry(self, job: Job, owner: str, run_at: float, error: dict) -> bool:
+        """running (leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's error."""
+
+    def conclude(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None,
+                 retry_at: float | None = None) -> str | None:
+        """Record an attempt's outcome as decided above: "retried" (``retry_at`` given), "finished",
+        or None when ``owner`` no longer holds the job."""
+        if retry_at is not None:
+            return "retried" if self.retry(job, owner, retry_at, error) else None
+        return "finished" if self.finish(job, owner, state, result_json, error) else None
+
+    @abstractmethod
+    def set_progress(self, job_id: str, progress: dict) -> None:
+        """Record progress without waiting (coalesced: only the latest value per job is written)."""
+
+    @abstractmethod
+    def cancel(self, job_id: str, error: dict) -> tuple[Job | None, bool]:
+        """Any active state -> cancelled, durably; returns (the job as it now is, whether this call did it)."""
+
+    @abstractmethod
+    def revive(self, job_id: str, owner: str) -> tuple[Job | None, bool]:
+        """failed -> queued (same id, next attempt), durably; returns (the job as it now is, changed)."""
+
+    # -- leases, adoption and due jobs -------------------------------------------------
+    @abstractmethod
+    def renew(self, owner: str) -> int:
+        """Extend every lease ``owner`` holds on queued or running jobs (one statement)."""
+
+    @abstractmethod
+    def release(self, owner: str) -> int:
+        """Unlease ``owner``'s queued jobs (shutdown) so any runner may adopt them."""
+
+    @abstractmethod
+    def requeue(self, jobs: Iterable[Job], owner: str) -> int:
+        """Give ``owner``'s running jobs back (running -> queued, unleased), undoing the interrupted attempt."""
+
+    @abstractmethod
+    def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:
+        """Lease to ``owner`` the active jobs of ``kinds`` whose owner is dead, whose lease expired or
+        that have none; running ones go back to queued."""
+
+    @abstractmethod
+    def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
+        """scheduled -> queued for jobs whose ``run_at`` has come (leased or published by kind)."""
+
+    @abstractmethod
+    def sweep(self, finished_before: float, limit: int = 2000) -> int:
+        """Delete up to ``limit`` terminal jobs per state that finished before ``finished_before``."""
+
+    # -- cpu jobs: the outbox and worker claims ----------------------------------------
+    @abstractmethod
+    def unpublished(self, after_seq: int = 0, limit: int = 5000) -> tuple[list[Job], int]:
+        """Queued jobs in the outbox, a page after ``after_seq``; returns (jobs, the page's last cursor)."""
+
+    @abstractmethod
+    def mark_published(self, ids: list[str]) -> None:
+        """The broker confirmed these: out of the outbox (fire and forget; a lost mark only republishes)."""
+
+    @abstractmethod
+    def claim_for_worker(self, job_id: str, worker: str,
+                         judge: Callable[[Job, Lease], Any]) -> tuple[str, Job | None]:
+        """Carry out ``judge(job, lease)`` (greenjobs.pool.lifecycle.judge_worker_claim) atomically:
+        ("go", job) leased to ``worker``, ("skip", job or None) or ("lost", job) failed."""
+
+    @abstractmethod
+    def requeue_stale_cpu(self) -> list[Job]:
+        """Running published jobs whose lease ran out: queued again and back in the outbox."""
+
+    # -- webhooks ------------------------------------------------------------------------
+    @abstractmethod
+    def add_delivery(self, job_id: str, delivery: Job, url: str, owner: str) -> bool:
+        """Link the webhook ``delivery`` job to finished ``job_id`` and store it, in one transaction;
+        False if the job already has one."""
+
+    @abstractmethod
+    def record_delivery(self, job_id: str, attempt: dict, state: str, keep: int = 20) -> None:
+        """Append a delivery attempt (the last ``keep``) and the delivery state to the job's ``callback``."""
+
+    @abstractmethod
+    def callbacks_due(self, limit: int = 500) -> list[Job]:
+        """Finished jobs with a callback_url and no delivery yet (a crash came between the two)."""

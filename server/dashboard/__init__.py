@@ -6,4 +6,5 @@ Pyramid wiring lives in :mod:`greenjobs.server.dashboard.views`, so importing th
 
 
 def includeme(config) -> None:
+    """Pyramid include hook: defer to the views module, so importing this package imports no Pyramid."""
     config.include("greenjobs.server.dashboard.views")

@@ -70,6 +70,7 @@ def dashboard(request):
 
 
 def includeme(config) -> None:
+    """Add the dashboard route and its public static assets, cache-busted by a hash of their content."""
     config.add_route("dashboard", "/")
     config.add_static_view("dashboard/static", ASSETS, cache_max_age=ASSET_MAX_AGE,
                            permission=NO_PERMISSION_REQUIRED)

@@ -229,7 +229,7 @@ def test_paging_survives_the_deletion_of_the_page_boundary_job(app):
     first = app.get("/jobs?limit=2").json
     assert [j["id"] for j in first["jobs"]] == ids[::-1][:2]
     store = app.app.registry.greenjobs_runtime.store
-    store._write(lambda conn: conn.execute("DELETE FROM jobs WHERE id = ?", (first["jobs"][-1]["id"],)))
+    store._db.write(lambda conn: conn.execute("DELETE FROM jobs WHERE id = ?", (first["jobs"][-1]["id"],)))
     second = app.get(f"/jobs?limit=2&after={first['next']}").json
     assert [j["id"] for j in second["jobs"]] == ids[::-1][2:4]
     old_style = app.get(f"/jobs?limit=2&after={ids[4]}").json          # a job id still works as a cursor

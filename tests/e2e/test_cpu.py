@@ -43,8 +43,8 @@ def broker_url(srv, broker_settings: dict) -> str:
     """The kombu URL of the broker the server uses (the embedded one lives next to its ini)."""
     if "greenjobs.broker.url" in broker_settings:
         return broker_settings["greenjobs.broker.url"]
-    from greenjobs.pool.cpu import embedded as sqlite_queue
-    sqlite_queue.register()
+    from greenjobs.pool.cpu import embedded
+    embedded.register()
     return "embedded:///" + str(Path(srv.ini).parent / "var" / "queue.sqlite")
 
 

@@ -6,8 +6,8 @@ def store_limit(request):
     pages = int(request.GET["pages"])
     store = request.registry.greenjobs_runtime.store
     if pages == 0:       # "the disk is full from now on": cap at the current size
-        pages = store._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-    store._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
+        pages = store._db.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    store._db.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))
     return {"max_page_count": pages}
 
 

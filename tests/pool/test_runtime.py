@@ -139,7 +139,7 @@ def test_job_of_an_unregistered_handler_fails_cleanly(make_runtime):
     rt = make_runtime()
     ghost = Job(id=new_id(), handler="removed.handler", kind="io", state=QUEUED)
     rt.store.insert([ghost], "gone-host:1:x")
-    rt.store._write(lambda conn: conn.execute("UPDATE jobs SET lease_owner = NULL"))
+    rt.store._db.write(lambda conn: conn.execute("UPDATE jobs SET lease_owner = NULL"))
     rt._adopt()
     done = rt.wait(ghost.id, 5)
     assert done.state == "failed" and done.error["kind"] == "unknown_handler"
@@ -170,11 +170,11 @@ def test_outcome_that_could_not_be_stored_is_stored_once_the_store_recovers(make
     rt = make_runtime()
     job = submit(rt, "test.big_result_later")
     rt.store.flush()
-    pages = rt.store._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-    rt.store._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))   # the disk is "full"
+    pages = rt.store._db.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+    rt.store._db.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {pages}"))   # the disk is "full"
     gevent.sleep(0.6)
     assert rt.store.get(job.id).state == "running" and not rt.store.healthy
-    rt.store._write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))  # space again
+    rt.store._db.write(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))  # space again
     done = rt.wait(job.id, 10)
     assert done.state == "succeeded" and rt.store.get(job.id).result == "x" * 200_000
 

@@ -8,9 +8,9 @@ import textwrap
 import pytest
 from kombu import Connection, Consumer, Producer, Queue
 
-from greenjobs.pool.cpu import embedded as sqlite_queue
+from greenjobs.pool.cpu import embedded
 
-sqlite_queue.register()
+embedded.register()
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_message_of_a_sigkilled_consumer_is_delivered_again(url, tmp_path):
     script = textwrap.dedent(f"""
         import os, time
         from kombu import Connection, Consumer, Queue
-        from greenjobs.pool.cpu import embedded as sqlite_queue
-        sqlite_queue.register()
+        from greenjobs.pool.cpu import embedded
+        embedded.register()
         with Connection({url!r}, transport_options={{"polling_interval": 0.001}}) as conn:
             def on_message(body, message):
                 print("got", body, flush=True)

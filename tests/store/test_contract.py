@@ -1,5 +1,7 @@
+"""The JobStore contract: every backend passes these (tests/store/conftest.py lists the backends)."""
 import time
 
+from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST
 from greenjobs.pool.job import QUEUED, RUNNING, Job, new_id
 from greenjobs.pool.owners import owner_id, owner_is_dead
 
@@ -44,11 +46,11 @@ def test_cancel_wins_over_a_later_finish(store):
     j = job()
     store.insert([j], "me")
     store.claim(j, "me").get()
-    cancelled, changed = store.cancel(j.id)
+    cancelled, changed = store.cancel(j.id, CANCELLED_BY_REQUEST)
     assert changed and cancelled.state == "cancelled"
     assert store.finish(j, "me", "succeeded", "1", None) is False
     assert store.get(j.id).state == "cancelled"
-    assert store.cancel(j.id)[1] is False
+    assert store.cancel(j.id, CANCELLED_BY_REQUEST)[1] is False
 
 
 def test_dead_owner_jobs_are_adopted_and_requeued(store):
@@ -71,17 +73,13 @@ def test_dead_owner_jobs_are_adopted_and_requeued(store):
     assert store.get(running.id).attempts == 1        # the interrupted attempt is counted
 
 
-def test_expired_leases_are_adopted_live_ones_are_not(tmp_path):
-    from greenjobs.pool.store.sqlite import SqliteStore as Store
-    s = Store(str(tmp_path / "l.sqlite"), synchronous="normal", lease_seconds=0.2).open()
-    try:
-        j = job()
-        s.insert([j], "other-host:1:x")
-        assert s.adopt("me", [], ("io",)) == []
-        time.sleep(0.3)
-        assert [a.id for a in s.adopt("me", [], ("io",))] == [j.id]
-    finally:
-        s.close()
+def test_expired_leases_are_adopted_live_ones_are_not(make_store):
+    s = make_store("l", lease_seconds=0.2)
+    j = job()
+    s.insert([j], "other-host:1:x")
+    assert s.adopt("me", [], ("io",)) == []
+    time.sleep(0.3)
+    assert [a.id for a in s.adopt("me", [], ("io",))] == [j.id]
 
 
 def test_batch_insert_is_all_or_nothing(store):
@@ -112,29 +110,6 @@ def test_a_failing_op_does_not_fail_its_neighbours_in_the_same_commit(store):
     assert all(store.get(g.id) is not None for g in good)
 
 
-def test_unwritable_store_raises_store_unavailable(tmp_path):
-    import os
-
-    import pytest
-
-    from greenjobs.pool.errors import StoreUnavailable
-    from greenjobs.pool.store.sqlite import SqliteStore as Store
-    s = Store(str(tmp_path / "full.sqlite"), synchronous="normal").open()
-    try:
-        s._write(lambda conn: conn.execute("PRAGMA max_page_count = 1"))
-        page = s._write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
-        s._write(lambda conn: conn.execute(f"PRAGMA max_page_count = {page}"))
-        with pytest.raises(StoreUnavailable):
-            s.insert([job(kwargs={"pad": "x" * 100000})], "me")
-        assert s.healthy is False
-        s._write(lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
-        s.insert([job()], "me")
-        assert s.healthy is True
-    finally:
-        s.close()
-    assert os.path.exists(tmp_path / "full.sqlite")
-
-
 def test_promote_due_scheduled_jobs(store):
     due, later = job(state="scheduled", run_at=time.time() - 1), job(state="scheduled", run_at=time.time() + 60)
     store.insert([due, later], "me")
@@ -146,7 +121,7 @@ def test_grouped_swaps_report_each_rows_own_result(store):
     import gevent
     jobs = [job() for _ in range(50)]
     store.insert(jobs, "me")
-    store.cancel(jobs[17].id)                 # this one can no longer be claimed
+    store.cancel(jobs[17].id, CANCELLED_BY_REQUEST)                 # this one can no longer be claimed
     results = [store.claim(j, "me") for j in jobs]   # all land in one group commit
     gevent.sleep(0)
     outcomes = [r.get() for r in results]
@@ -157,32 +132,84 @@ def test_grouped_swaps_report_each_rows_own_result(store):
 def test_sweep_deletes_only_old_terminal_jobs(store):
     old, recent, active = job(), job(), job()
     store.insert([old, recent, active], "me")
-    for j in (old, recent):
-        store.claim(j, "me").get()
-        store.finish(j, "me", "succeeded", "1", None)
-    store._write(lambda conn: conn.execute("UPDATE jobs SET finished_at = 1 WHERE id = ?", (old.id,)))
-    assert store.sweep(time.time() - 3600) == 1
+    store.claim(old, "me").get()
+    store.finish(old, "me", "succeeded", "1", None)
+    time.sleep(0.01)
+    cut = time.time()
+    time.sleep(0.01)
+    store.claim(recent, "me").get()
+    store.finish(recent, "me", "succeeded", "1", None)
+    assert store.sweep(cut) == 1
     assert store.get(old.id) is None and store.get(recent.id) is not None and store.get(active.id) is not None
 
 
-def test_only_promises_to_clients_wait_for_an_fsync(tmp_path):
-    """With synchronous=full, a commit holding a submission, cancel or revive is fsynced (FULL);
-    a commit of only claims and outcomes is not (NORMAL): losing it to a power cut reruns a job."""
-    from greenjobs.pool.store.sqlite import SqliteStore as Store
-    s = Store(str(tmp_path / "full.sqlite"), synchronous="full").open()
-    try:
-        def mode():
-            return s._writer_pool.apply(lambda: s._writer.execute("PRAGMA synchronous").fetchone()[0])
-        j = job()
-        s.insert([j], "me")
-        assert mode() == 2                                   # FULL
-        assert s.claim(j, "me").get() is True
-        assert s.finish(j, "me", "succeeded", "1", None) is True
-        assert mode() == 1                                   # NORMAL
-        other = job()
-        s.insert([other], "me")
-        assert mode() == 2
-        s.cancel(other.id)
-        assert mode() == 2 and s.get(other.id).state == "cancelled"
-    finally:
-        s.close()
+
+
+# -- the seam: a backend carries out what the lifecycle decided ------------------------------
+from greenjobs.pool import lifecycle  # noqa: E402
+
+
+def cpu_job(state=QUEUED, **kw):
+    return Job(id=new_id(), handler="cpu.pbkdf2", kind="cpu", state=state, **kw)
+
+
+def test_new_jobs_are_leased_or_published_by_kind(store):
+    io, cpu = job(), cpu_job()
+    store.insert([io, cpu], "me")
+    assert [j.id for j in store.unpublished()[0]] == [cpu.id]
+    assert [j.id for j in store.adopt("other", [], ("io", "cpu"))] == [cpu.id]   # only the unleased one
+
+
+def test_cancel_records_the_error_it_is_given(store):
+    j = job()
+    store.insert([j], "me")
+    cancelled, changed = store.cancel(j.id, lifecycle.CANCELLED_BY_REQUEST)
+    assert changed and cancelled.error == lifecycle.CANCELLED_BY_REQUEST
+    assert store.get(j.id).error == lifecycle.CANCELLED_BY_REQUEST
+
+
+def test_revive_and_promote_lease_io_jobs_and_publish_cpu_jobs(store):
+    due_io, due_cpu = job(state="scheduled", run_at=time.time() - 1), cpu_job(state="scheduled", run_at=time.time() - 1)
+    store.insert([due_io, due_cpu], "me")
+    promoted = {j.id: j for j in store.promote_due("me", ("io", "cpu"))}
+    assert set(promoted) == {due_io.id, due_cpu.id}
+    assert [j.id for j in store.unpublished()[0]] == [due_cpu.id]
+    assert store.adopt("other", [], ("io",)) == []          # the io job is leased to "me"
+    failed = cpu_job()
+    store.insert([failed], "me")
+    store.mark_published([failed.id, due_cpu.id])
+    answer, failed = store.claim_for_worker(failed.id, "w1", _judge())
+    assert answer == "go"
+    assert store.finish(failed, "w1", "failed", None, {"kind": "exception", "message": "x", "traceback": None})
+    revived, changed = store.revive(failed.id, "me")
+    assert changed and revived.state == QUEUED
+    assert [j.id for j in store.unpublished()[0]] == [failed.id]
+
+
+def _judge(**kw):
+    options = dict(redelivered=False, worker_dead=lambda holder: False, max_redeliveries=1, lease_seconds=5.0,
+                   now=time.time())
+    options.update(kw)
+    return lambda job, lease: lifecycle.judge_worker_claim(job, lease.owner, lease.expires, **options)
+
+
+def test_worker_claims_follow_the_lifecycle_verdict(store):
+    j = cpu_job(timeout=10.0)
+    store.insert([j], "me")
+    answer, got = store.claim_for_worker(j.id, "w1", _judge())
+    assert answer == "go" and got.state == RUNNING and got.attempts == 1
+    assert store.claim_for_worker(j.id, "w2", _judge())[0] == "skip"             # w1 holds it
+    answer, got = store.claim_for_worker(j.id, "w2", _judge(redelivered=True))    # w1 died: orphaned
+    assert answer == "go" and got.attempts == 2
+    answer, got = store.claim_for_worker(j.id, "w3", _judge(redelivered=True))    # past max_redeliveries
+    assert answer == "lost" and got.state == "failed" and got.error["kind"] == "worker_lost"
+    assert got.errors[-1]["kind"] == "worker_lost"
+    assert store.claim_for_worker("no-such-job", "w1", _judge()) == ("skip", None)
+
+
+def test_cursor_of_pages_from_a_job(store):
+    jobs = [job() for _ in range(5)]
+    store.insert(jobs, "me")
+    page, _ = store.list(limit=10, after=store.cursor_of(jobs[2].id))
+    assert [j.id for j in page] == [jobs[1].id, jobs[0].id]
+    assert store.cursor_of("nope") is None

@@ -1,0 +1,93 @@
+"""What only the SQLite backend promises: group-commit fsync policy, a full disk, schema versions."""
+import sqlite3
+import time
+
+import pytest
+
+from greenjobs.pool.job import QUEUED, Job, new_id
+from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST
+from greenjobs.pool.store.sqlite import SqliteStore as Store
+from greenjobs.pool.store.sqlite import schema
+
+
+def job(state=QUEUED, **kw):
+    return Job(id=new_id(), handler="echo", kind="io", state=state, **kw)
+
+
+def test_unwritable_store_raises_store_unavailable(tmp_path):
+    import os
+
+    import pytest
+
+    from greenjobs.pool.errors import StoreUnavailable
+    from greenjobs.pool.store.sqlite import SqliteStore as Store
+    s = Store(str(tmp_path / "full.sqlite"), synchronous="normal").open()
+    try:
+        s._db.write(lambda conn: conn.execute("PRAGMA max_page_count = 1"))
+        page = s._db.write(lambda conn: conn.execute("PRAGMA page_count").fetchone()[0])
+        s._db.write(lambda conn: conn.execute(f"PRAGMA max_page_count = {page}"))
+        with pytest.raises(StoreUnavailable):
+            s.insert([job(kwargs={"pad": "x" * 100000})], "me")
+        assert s.healthy is False
+        s._db.write(lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
+        s.insert([job()], "me")
+        assert s.healthy is True
+    finally:
+        s.close()
+    assert os.path.exists(tmp_path / "full.sqlite")
+
+
+
+def test_only_promises_to_clients_wait_for_an_fsync(tmp_path):
+    """With synchronous=full, a commit holding a submission, cancel or revive is fsynced (FULL);
+    a commit of only claims and outcomes is not (NORMAL): losing it to a power cut reruns a job."""
+    from greenjobs.pool.store.sqlite import SqliteStore as Store
+    s = Store(str(tmp_path / "full.sqlite"), synchronous="full").open()
+    try:
+        def mode():
+            return s._db._writer_pool.apply(lambda: s._db._writer.execute("PRAGMA synchronous").fetchone()[0])
+        j = job()
+        s.insert([j], "me")
+        assert mode() == 2                                   # FULL
+        assert s.claim(j, "me").get() is True
+        assert s.finish(j, "me", "succeeded", "1", None) is True
+        assert mode() == 1                                   # NORMAL
+        other = job()
+        s.insert([other], "me")
+        assert mode() == 2
+        s.cancel(other.id, CANCELLED_BY_REQUEST)
+        assert mode() == 2 and s.get(other.id).state == "cancelled"
+    finally:
+        s.close()
+
+
+def test_a_ledger_from_before_schema_versions_is_migrated(tmp_path):
+    """A first-release ledger (no user_version, no callback columns) opens, keeps its jobs, gains the columns."""
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, handler TEXT NOT NULL,"
+                 " kind TEXT NOT NULL, state TEXT NOT NULL, priority INTEGER NOT NULL DEFAULT 0, args TEXT NOT NULL,"
+                 " kwargs TEXT NOT NULL, timeout REAL, max_retries INTEGER NOT NULL DEFAULT 0, run_at REAL,"
+                 " attempts INTEGER NOT NULL DEFAULT 0, result TEXT, error TEXT, errors TEXT, progress TEXT,"
+                 " batch_id TEXT, lease_owner TEXT, lease_expires REAL, outbox INTEGER NOT NULL DEFAULT 0,"
+                 " created_at REAL NOT NULL, started_at REAL, finished_at REAL)")
+    conn.execute("INSERT INTO jobs (id, handler, kind, state, args, kwargs, created_at) VALUES"
+                 " ('old1', 'echo', 'io', 'succeeded', '[]', '{}', 1.0)")
+    conn.commit()
+    conn.close()
+    s = Store(str(path), synchronous="normal").open()
+    try:
+        assert s.get("old1").state == "succeeded" and s.get("old1").callback_url is None
+        assert s._db.write(lambda c: c.execute("PRAGMA user_version").fetchone()[0]) == schema.CURRENT
+        s.insert([job(callback_url="http://127.0.0.1/x")], "me")
+    finally:
+        s.close()
+
+
+def test_a_ledger_from_a_newer_release_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {schema.CURRENT + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version"):
+        Store(str(path), synchronous="normal").open()
