@@ -29,12 +29,20 @@ class InvalidJobParams(GreenjobsError):
         super().__init__(f"{field}: {message}")
 
 
+class InvalidIdempotencyKey(InvalidJobParams):
+    """An Idempotency-Key (header or batch item) is not 1-255 printable ASCII characters."""
+
+
 class IdempotencyConflict(GreenjobsError):
     """An Idempotency-Key was reused with a different request body."""
 
 
 class JobNotFound(GreenjobsError):
     """No job (or batch) with that id exists in the store."""
+
+
+class BadCursor(GreenjobsError):
+    """A list request's ``after`` cursor is not one this server handed out."""
 
 
 class JobFinished(GreenjobsError):

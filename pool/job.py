@@ -16,6 +16,8 @@ STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
 ACTIVE = (SCHEDULED, QUEUED, RUNNING)
 KINDS = ("io", "cpu")
+#: The lifecycle events, in the order one job meets them (listeners, the event stream, signals).
+EVENTS = ("submitted", "started", "progress", "retrying", SUCCEEDED, FAILED, CANCELLED)
 
 #: Allowed moves.  running -> queued is a lease given back (shutdown, owner death);
 #: running -> scheduled and failed -> queued are retries.
@@ -88,8 +90,9 @@ class Job:
         return self.state in TERMINAL
 
     def transition(self, target: str) -> None:
-        """Move to ``target`` in memory, rejecting illegal moves."""
-        check_transition(self.state, target)
+        """Move to ``target`` in memory, rejecting illegal moves (IllegalTransition)."""
+        if target not in TRANSITIONS[self.state]:
+            raise IllegalTransition(f"a job cannot move from {self.state} to {target}")
         self.state = target
 
     def public(self) -> dict[str, Any]:

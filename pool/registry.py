@@ -100,6 +100,10 @@ class Registry:
         except KeyError:
             raise HandlerNotFound(name, self.names()) from None
 
+    def find(self, name: str) -> Handler | None:
+        """The handler named ``name``, or None (a job stored by a server that had a handler this one lacks)."""
+        return self._handlers.get(name)
+
     def names(self) -> list[str]:
         """The registered handler names, sorted."""
         return sorted(self._handlers)

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
 from greenjobs.pool.errors import ConfigurationError
+from greenjobs.pool.job import EVENTS
 
 PREFIX = "greenjobs."
 
@@ -75,7 +76,7 @@ def as_words(text: str) -> tuple[str, ...]:
 as_words.expects = "a list of words separated by spaces"  # type: ignore[attr-defined]
 
 
-SIGNAL_NAMES = ("submitted", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+SIGNAL_NAMES = EVENTS     # one signal per lifecycle event
 
 
 def as_receivers(text: str) -> tuple[tuple[str, str], ...]:

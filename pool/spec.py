@@ -9,9 +9,29 @@ from greenjobs.pool.errors import InvalidJobParams
 from greenjobs.pool.job import QUEUED, Job, new_id
 from greenjobs.pool.urls import check_allowed, check_url
 
-FIELDS = ("handler", "args", "kwargs", "priority", "timeout", "max_retries", "delay", "run_at", "callback_url")
 RESERVED = "greenjobs."      # handler names the server uses itself (webhook deliveries)
-MAX_DELAY = 366 * 86400.0
+MAX_DELAY = 366 * 86400.0    # seconds
+MAX_PRIORITY = 9
+MAX_RETRIES = 100
+
+#: The JSON Schema of a submitted job: GET /openapi.json publishes it, parse_spec enforces it (and more).
+SCHEMA = {
+    "type": "object", "required": ["handler"], "additionalProperties": False,
+    "properties": {
+        "handler": {"type": "string", "description": "a name from GET /handlers"},
+        "args": {"type": "array"},
+        "kwargs": {"type": "object"},
+        "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY, "default": 0},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds; default from the handler"},
+        "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
+        "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY, "description": "seconds before the job may start"},
+        "run_at": {"type": "string", "format": "date-time"},
+        "callback_url": {"type": "string", "format": "uri", "maxLength": 2048,
+                         "description": "POSTed the finished job, signed (X-Greenjobs-Signature: sha256=HMAC of "
+                                        "'<X-Greenjobs-Timestamp>.<body>'); host on greenjobs.http.allowed_hosts"},
+    },
+}
+FIELDS = tuple(SCHEMA["properties"])
 
 
 def _is_number(value: Any) -> bool:
@@ -39,15 +59,15 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
     if not isinstance(kwargs, dict):
         raise InvalidJobParams(f"{where}kwargs", "must be a JSON object")
     priority = data.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 9:
-        raise InvalidJobParams(f"{where}priority", "must be an integer from 0 (lowest) to 9 (highest)")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidJobParams(f"{where}priority", f"must be an integer from 0 (lowest) to {MAX_PRIORITY} (highest)")
     # every job has a timeout: it bounds a cpu job's hard limit and its lease in the store
     timeout = data.get("timeout", handler.timeout or settings.job_max_timeout)
     if not _is_number(timeout) or not 0 < timeout <= settings.job_max_timeout:
         raise InvalidJobParams(f"{where}timeout", f"must be a number of seconds in (0, {settings.job_max_timeout}]")
     max_retries = data.get("max_retries", handler.max_retries)
-    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= 100:
-        raise InvalidJobParams(f"{where}max_retries", "must be an integer from 0 to 100")
+    if not isinstance(max_retries, int) or isinstance(max_retries, bool) or not 0 <= max_retries <= MAX_RETRIES:
+        raise InvalidJobParams(f"{where}max_retries", f"must be an integer from 0 to {MAX_RETRIES}")
     run_at = None
     if "delay" in data and "run_at" in data:
         raise InvalidJobParams(f"{where}delay", "give either delay or run_at, not both")

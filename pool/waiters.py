@@ -10,10 +10,13 @@ from typing import Iterator
 
 from gevent.event import AsyncResult, Event
 
-from greenjobs.pool.job import Job
+from greenjobs.pool.job import TERMINAL, Job
+from greenjobs.pool.listeners import Listener
 
 
-class Waiters:
+class Waiters(Listener):
+    """Parked long-polls by job and by batch; a listener that wakes them when a job ends."""
+
     def __init__(self) -> None:
         self._jobs: dict[str, list[AsyncResult]] = {}
         self._batches: dict[str, list[Event]] = {}
@@ -37,8 +40,10 @@ class Waiters:
         finally:
             _remove(self._batches, batch_id, waiter)
 
-    def finished(self, job: Job) -> None:
-        """Wake everyone waiting for ``job`` (and its batch)."""
+    def job_event(self, name: str, job: Job) -> None:
+        """A job ended: wake everyone waiting for it (and count it for its batch's waiters)."""
+        if name not in TERMINAL:
+            return
         for result in self._jobs.pop(job.id, ()):
             result.set(job)
         if job.batch_id is not None:

@@ -6,6 +6,7 @@ import copy
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
+from greenjobs.pool import spec
 from greenjobs.pool.job import STATES
 
 _problem = {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -27,22 +28,7 @@ _batch = {"description": "accepted", "content": {"application/json": {"schema": 
         "repeated": {"type": "array", "items": {"type": "integer"},
                      "description": "indexes of items whose idempotency_key named an existing job"}}}}}}
 
-JOB_SPEC = {
-    "type": "object", "required": ["handler"], "additionalProperties": False,
-    "properties": {
-        "handler": {"type": "string", "description": "a name from GET /handlers"},
-        "args": {"type": "array"},
-        "kwargs": {"type": "object"},
-        "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0},
-        "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "seconds; default from the handler"},
-        "max_retries": {"type": "integer", "minimum": 0, "maximum": 100},
-        "delay": {"type": "number", "minimum": 0, "description": "seconds before the job may start"},
-        "run_at": {"type": "string", "format": "date-time"},
-        "callback_url": {"type": "string", "format": "uri", "maxLength": 2048,
-                         "description": "POSTed the finished job, signed (X-Greenjobs-Signature: sha256=HMAC of "
-                                        "'<X-Greenjobs-Timestamp>.<body>'); host on greenjobs.http.allowed_hosts"},
-    },
-}
+JOB_SPEC = spec.SCHEMA     # one schema: the one parse_spec enforces
 
 BATCH_ITEM = {**JOB_SPEC, "properties": {**JOB_SPEC["properties"], "idempotency_key": {
     "type": "string", "maxLength": 255,

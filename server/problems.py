@@ -29,8 +29,10 @@ class Problem(Exception):
 STATUS = {
     errors.HandlerNotFound: (422, "Unknown handler"),
     errors.InvalidJobParams: (422, "Invalid job"),
+    errors.InvalidIdempotencyKey: (422, "Invalid Idempotency-Key"),
     errors.IdempotencyConflict: (422, "Idempotency-Key reused"),
     errors.JobNotFound: (404, "Not found"),
+    errors.BadCursor: (400, "Invalid query parameter"),
     errors.JobFinished: (409, "Job already finished"),
     errors.IllegalTransition: (409, "Illegal state change"),
     errors.Overloaded: (429, "Too many jobs pending"),
@@ -38,6 +40,15 @@ STATUS = {
     errors.ShuttingDown: (503, "Shutting down"),
     errors.QueueUnavailable: (503, "Queue unavailable"),
 }
+
+
+def status_of(exc: errors.GreenjobsError) -> tuple[int, str]:
+    """(status, title) of the nearest class in ``exc``'s MRO that STATUS maps, so a subclass of a
+    known error keeps its family's status; (500, ...) only for an unmapped family."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500, "Internal error"
 
 
 def problem_response(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> Response:
@@ -55,7 +66,7 @@ def problem_view(exc: Problem, request):
 
 @exception_view_config(errors.GreenjobsError)
 def greenjobs_error_view(exc: errors.GreenjobsError, request):
-    status, title = STATUS.get(type(exc), (500, "Internal error"))
+    status, title = status_of(exc)
     headers, extra = {}, {}
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:

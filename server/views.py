@@ -8,7 +8,7 @@ import math
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
-from greenjobs.pool.errors import InvalidJobParams
+from greenjobs.pool.errors import InvalidIdempotencyKey, InvalidJobParams
 from greenjobs.pool.job import STATES, new_id
 from greenjobs.pool.spec import parse_spec
 from greenjobs.server.body import read_json
@@ -44,8 +44,9 @@ def _wait(request) -> float:
 
 
 def _checked_key(key, where: str) -> str:
+    """One rule for the Idempotency-Key header and a batch item's ``idempotency_key`` (422 for both)."""
     if not isinstance(key, str) or not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
-        raise InvalidJobParams(where, "an idempotency key must be 1-255 printable ASCII characters")
+        raise InvalidIdempotencyKey(where, "an idempotency key must be 1-255 printable ASCII characters")
     return key
 
 
@@ -58,8 +59,8 @@ def _fingerprint(data) -> str:
 def submit(request):
     settings = _settings(request)
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (1 <= len(key) <= 255 and key.isprintable() and key.isascii()):
-        raise Problem(400, "Invalid Idempotency-Key", "the Idempotency-Key header must be 1-255 printable ASCII characters")
+    if key is not None:
+        _checked_key(key, "Idempotency-Key")
     body = read_json(request, settings.api_max_body, settings.api_read_timeout)
     job = parse_spec(body, request.registry.greenjobs_handlers, settings)
     keys = {0: (key, _fingerprint(body))} if key is not None else None
@@ -157,13 +158,7 @@ def list_jobs(request):
     limit = _query_number(request, "limit", 1, _settings(request).api_max_page, integer=True) or 50
     handler = request.GET.get("handler") or None
     after = request.GET.get("after") or None
-    store = _runtime(request).store
-    if after is not None and not (after.isdigit() and len(after) <= 18):   # or a job id (earlier versions)
-        after = store.cursor_of(after)
-        if after is None:
-            raise Problem(400, "Invalid query parameter", "?after= must be the `next` value of the previous page")
-    jobs, last = store.list(state=state, handler=handler, limit=limit,
-                            after=int(after) if after is not None else None)
+    jobs, last = _runtime(request).list(state, handler, limit, after)
     return {"jobs": [job.public() for job in jobs], "next": str(last) if len(jobs) == limit else None}
 
 
@@ -183,12 +178,7 @@ def list_handlers(request):
 
 @view_config(route_name="health", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def health(request):
-    runtime = _runtime(request)
-    store_ok = runtime.store.ping()
-    io = runtime.executors["io"].stats()
-    ok = store_ok and runtime.accepting
-    if not ok:
+    report = _runtime(request).health()
+    if report["status"] != "ok":
         request.response.status_code = 503
-    return {"status": "ok" if ok else "unavailable", "accepting": runtime.accepting,
-            "pool": io, "cpu": runtime.cpu.stats(), "waiters": runtime.waiters.count(),
-            "store": {"ok": store_ok, "error": runtime.store.last_error}}
+    return report

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import json
 import logging
 import socket
 import time
@@ -23,9 +22,11 @@ from kombu import Consumer, Producer
 
 from greenjobs.pool.cpu import broker
 from greenjobs.pool.errors import QueueUnavailable
-from greenjobs.pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
+from greenjobs.pool import outcomes
+from greenjobs.pool.job import Job
+from greenjobs.pool.lifecycle import judge_worker_claim
+from greenjobs.pool.outcomes import Outcome
 from greenjobs.pool.owners import owner_is_dead, owner_pid
-from greenjobs.pool.lifecycle import judge_worker_claim, retry_at
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +71,11 @@ class _Link:
 class CpuDispatcher:
     """Publishes cpu jobs, answers worker claims, and turns worker results into store updates."""
 
-    def __init__(self, settings, store, registry, on_terminal: Callable[[Job], None],
-                 backoff: Callable[[int], float], wake_at: Callable[[float], None], supervisor=None,
-                 emit: Callable[[str, Job], None] = lambda name, job: None,
-                 on_progress: Callable[[str, dict], None] | None = None):
+    def __init__(self, settings, store, registry, sink, supervisor=None):
         self.settings = settings
-        self.emit = emit                      # lifecycle events: emit("started", job), emit("retrying", job)
-        self.on_progress = on_progress or store.set_progress
         self.store = store
         self.registry = registry
-        self.on_terminal = on_terminal
-        self.backoff = backoff
-        self.wake_at = wake_at
+        self.sink = sink                      # greenjobs.pool.listeners.Sink: starts, progress, outcomes
         self.supervisor = supervisor
         self._jobs: collections.deque = collections.deque()      # jobs to publish
         self._replies: collections.deque = collections.deque()   # (reply_to, body): claim answers
@@ -306,7 +300,7 @@ class CpuDispatcher:
             elif kind == "result":
                 self._on_result(body)
             elif kind == "progress" and isinstance(body.get("progress"), dict):
-                self.on_progress(body["job"], body["progress"])
+                self.sink.progress(body["job"], body["progress"])
         except Exception as exc:
             log.error("could not handle a %s message for job %s (%s); it goes back to the queue",
                       body.get("type"), body.get("job"), exc)
@@ -330,11 +324,11 @@ class CpuDispatcher:
                 timer.start(lambda: gevent.spawn(self._expire, job.id))
             self._running[job.id] = (job, worker, timer)
             reply.update(attempts=job.attempts, timeout=job.timeout)
-            self.emit("started", job)
+            self.sink.started(job)
         else:
             reply["reason"] = "unknown job" if job is None else f"job is {job.state}"
             if verdict == "lost":
-                self.on_terminal(job)
+                self.sink.ended(job)
         reply_to = body.get("reply_to") or f"{self.settings.broker_namespace}.reply.{worker.replace(':', '_')}"
         self._replies.append((reply_to, reply))     # sent by the consumer loop right after this batch
 
@@ -347,27 +341,14 @@ class CpuDispatcher:
             job, timer = self.store.get(job_id), None     # claimed before a restart, or a stale attempt
             if job is None:
                 return
-        if body.get("state") == SUCCEEDED:
-            self._conclude(job, worker, SUCCEEDED, body.get("result"), None)
-        else:
-            error = body.get("error") if isinstance(body.get("error"), dict) else \
-                error_info("exception", "the worker reported a failure without details")
-            self._conclude(job, worker, FAILED, None, error,
-                           retry_at(job, bool(body.get("retryable")), body.get("delay"), self.backoff))
+        self._conclude(job, worker, outcomes.from_message(body, self.settings.job_max_result_bytes))
         if timer is not None:           # recorded (a store failure raised above and keeps it)
             timer.close()
             self._running.pop(job_id, None)
 
-    def _conclude(self, job: Job, worker: str, state: str, result, error, when: float | None = None) -> bool:
-        """Store an outcome reported for ``worker``'s attempt; False if that attempt no longer holds the job."""
-        text = None if result is None else json.dumps(result, separators=(",", ":"), allow_nan=False)
-        recorded = self.store.conclude(job, worker, state, text, error, when)
-        if recorded == "retried":
-            self.wake_at(when)
-            self.emit("retrying", job)
-        elif recorded == "finished":
-            self.on_terminal(job)
-        return recorded is not None
+    def _conclude(self, job: Job, worker: str, outcome: Outcome) -> bool:
+        """Record ``worker``'s outcome; False if that attempt no longer holds the job."""
+        return self.sink.record(job, worker, outcome) is not None
 
     def _expire(self, job_id: str) -> None:
         """A cpu job ran past its timeout: record it, then kill its worker process (hard limit)."""
@@ -375,8 +356,7 @@ class CpuDispatcher:
         if entry is None:
             return
         job, worker, _ = entry
-        error = error_info("timeout", f"the job ran longer than its timeout of {job.timeout} s; its worker was killed")
-        if not self._conclude(job, worker, FAILED, None, error, retry_at(job, True, None, self.backoff)):
+        if not self._conclude(job, worker, outcomes.timed_out(job.timeout, "; its worker was killed")):
             return                  # the result won the race: nothing to stop
         self._kill(worker)
 
@@ -388,7 +368,7 @@ class CpuDispatcher:
         job, worker, timer = entry
         if timer is not None:
             timer.close()
-        if not self._conclude(job, worker, CANCELLED, None, error_info("cancelled", "cancelled by request")):
+        if not self._conclude(job, worker, outcomes.cancelled()):
             return None
         self._kill(worker)
         return job

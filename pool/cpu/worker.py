@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
 import logging.config
 import os
@@ -30,10 +29,9 @@ from kombu import Consumer, Producer
 
 from greenjobs.pool.cpu import broker
 from greenjobs.pool.context import JobContext, activate, deactivate
-from greenjobs.pool.errors import Retry
-from greenjobs.pool.job import Job, error_info
+from greenjobs.pool import outcomes
+from greenjobs.pool.job import Job
 from greenjobs.pool.owners import owner_id
-from greenjobs.pool.lifecycle import is_retryable
 
 log = logging.getLogger(__name__)
 CLAIM_TIMEOUT = 30.0
@@ -206,7 +204,7 @@ class Worker:
             handler = self.registry.get(job.handler)
         except Exception as exc:
             why = "; ".join([str(exc)] + list(self.registry.import_errors.values()))
-            return {"state": "failed", "error": error_info("unknown_handler", why), "retryable": False}
+            return outcomes.to_message(outcomes.unknown_handler(why))
         box: dict = {}
 
         def report(job_id, progress):
@@ -240,20 +238,9 @@ class Worker:
                 log.warning("worker %s: broker connection lost while job %s runs (%s)", self.id, job.id, exc)
                 self._broken = True
         if "exc" in box:
-            exc = box["exc"]
-            kind = "retry" if isinstance(exc, Retry) else "exception"
-            return {"state": "failed", "error": error_info(kind, f"{type(exc).__name__}: {exc}", box["tb"]),
-                    "retryable": is_retryable(handler, kind, exc), "delay": getattr(exc, "delay", None)}
-        try:
-            size = len(json.dumps(box.get("result"), allow_nan=False))
-        except (TypeError, ValueError) as exc:
-            return {"state": "failed", "retryable": False,
-                    "error": error_info("result_not_json", f"the handler returned a value that is not JSON: {exc}")}
-        limit = self.settings.job_max_result_bytes
-        if size > limit:
-            return {"state": "failed", "retryable": False, "error": error_info(
-                "result_too_large", f"the result is {size} bytes; the limit is greenjobs.job.max_result_bytes={limit}")}
-        return {"state": "succeeded", "result": box.get("result")}
+            return outcomes.to_message(outcomes.from_exception(box["exc"], handler, box["tb"]))
+        value = box.get("result")
+        return outcomes.to_message(outcomes.succeeded(value, self.settings.job_max_result_bytes), value)
 
 
 def _is_connection_error(exc: BaseException) -> bool:

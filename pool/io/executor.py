@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
-import traceback
-from typing import Callable
 
 import gevent
 from gevent import Greenlet
 from gevent.event import Event
 
+from greenjobs.pool import outcomes
 from greenjobs.pool.context import JobContext, activate, deactivate
-from greenjobs.pool.errors import Overloaded, Retry
-from greenjobs.pool.job import CANCELLED, FAILED, SUCCEEDED, Job, error_info
-from greenjobs.pool.lifecycle import is_retryable, retry_at
+from greenjobs.pool.errors import Overloaded
+from greenjobs.pool.job import Job
+from greenjobs.pool.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,9 @@ class JobInterrupt(BaseException):
 
 
 class _Run:
-    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "claimed", "done", "exception")
+    """One attempt in this pool: its greenlet, timeout timer, pending claim and (once settled) outcome."""
+
+    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "claimed", "done")
 
     def __init__(self, job: Job, handler, claim: bool):
         self.job = job
@@ -43,23 +43,15 @@ class _Run:
         self.claimed = None                 # the claim's pending result (an AsyncResult)
         self.greenlet: Greenlet | None = None
         self.timer = None
-        self.outcome: tuple | None = None
-        self.exception: BaseException | None = None   # what the handler raised, for retry decisions
+        self.outcome: Outcome | None = None
         self.done = Event()
 
 
 class GreenletExecutor:
-    """Runs the jobs of one kind.  ``invoke(handler, job)`` calls the handler (directly for io jobs).
+    """Runs the jobs of one kind as greenlets; reports starts, progress and outcomes to ``sink``
+    (greenjobs.pool.listeners.Sink)."""
 
-    ``on_terminal(job)`` is called after a job's final state is committed.
-    """
-
-    def __init__(self, kind: str, store, registry, settings, owner: str, size: int, max_pending: int,
-                 on_terminal: Callable[[Job], None], invoke: Callable | None = None, max_result_bytes: int = 1 << 20,
-                 backoff: Callable[[int], float] = lambda attempt: 1.0,
-                 on_scheduled: Callable[[float], None] = lambda run_at: None,
-                 emit: Callable[[str, Job], None] = lambda name, job: None,
-                 on_progress: Callable[[str, dict], None] | None = None):
+    def __init__(self, kind: str, store, registry, settings, owner: str, size: int, max_pending: int, sink):
         self.kind = kind
         self.store = store
         self.registry = registry
@@ -67,13 +59,7 @@ class GreenletExecutor:
         self.owner = owner
         self.size = size
         self.max_pending = max_pending
-        self.max_result_bytes = max_result_bytes
-        self.on_terminal = on_terminal
-        self.backoff = backoff              # attempt number -> seconds before the retry
-        self.on_scheduled = on_scheduled    # called with the run_at of a retry
-        self.emit = emit                    # lifecycle events: emit("started", job), emit("retrying", job)
-        self.on_progress = on_progress or store.set_progress
-        self.invoke = invoke or (lambda h, job: h.fn(*job.args, **job.kwargs))
+        self.sink = sink
         self._busy = 0                      # running + reserved slots
         self._pending: list = []            # heap of (-priority, seq, job)
         self._pending_ids: dict[str, Job] = {}
@@ -124,7 +110,7 @@ class GreenletExecutor:
             self._spawn(job, claim=True)
 
     def _spawn(self, job: Job, claim: bool) -> None:
-        run = _Run(job, self.registry.get(job.handler) if job.handler in self.registry else None, claim)
+        run = _Run(job, self.registry.find(job.handler), claim)
         self._running[job.id] = run
         run.greenlet = gevent.spawn(self._body, run)
 
@@ -133,89 +119,56 @@ class GreenletExecutor:
         job = run.job
         if run.claim:     # optimistic: start now, check the claim's commit before recording the outcome
             run.claimed = self.store.claim(job, self.owner)
-        self.emit("started", job)
+        self.sink.started(job)
         if run.handler is None:   # stored by a server whose config had a handler this one lacks
-            self._settle(run, FAILED, None, error_info("unknown_handler", f"handler {job.handler!r} is not "
-                                                       f"registered here; known: {', '.join(self.registry.names())}"))
+            self._end(run, outcomes.unknown_handler(f"handler {job.handler!r} is not registered here; "
+                                                    f"known: {', '.join(self.registry.names())}"))
             return
         if job.timeout:
             run.timer = gevent.get_hub().loop.timer(job.timeout)
             run.timer.start(self._expire, run)
-        token = activate(JobContext(job, self.settings, self.on_progress))
+        token = activate(JobContext(job, self.settings, self.sink.progress))
         try:
-            result = self.invoke(run.handler, job)
+            result = run.handler.fn(*job.args, **job.kwargs)
         except JobInterrupt:
             return                           # settled by whoever interrupted us
         except (Exception, gevent.Timeout) as exc:   # a handler's own gevent.Timeout is an ordinary failure
-            run.exception = exc
-            kind = "retry" if isinstance(exc, Retry) else "exception"
-            self._settle(run, FAILED, None, error_info(kind, f"{type(exc).__name__}: {exc}",
-                                                       traceback.format_exc(limit=20)))
+            self._end(run, outcomes.from_exception(exc, run.handler))
         except BaseException as exc:         # GreenletExit from a stray kill, KeyboardInterrupt, SystemExit
             if run.outcome is None:
-                self._settle(run, FAILED, None, error_info("interrupted", f"{type(exc).__name__}: {exc}"))
+                self._end(run, outcomes.failed("interrupted", f"{type(exc).__name__}: {exc}"))
             if not isinstance(exc, gevent.GreenletExit):
                 raise
         else:
-            self._settle_result(run, result)
+            self._end(run, outcomes.succeeded(result, self.settings.job_max_result_bytes))
         finally:
             deactivate(token)
 
-    def _settle_result(self, run: _Run, result) -> None:
-        try:
-            text = json.dumps(result, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            self._settle(run, FAILED, None, error_info("result_not_json", f"the handler returned a value that is not "
-                                                                          f"JSON-serialisable: {exc}"))
-            return
-        if len(text) > self.max_result_bytes:
-            self._settle(run, FAILED, None, error_info("result_too_large", f"the result is {len(text)} bytes; "
-                                                       f"the limit is greenjobs.job.max_result_bytes={self.max_result_bytes}"))
-            return
-        self._settle(run, SUCCEEDED, text, None)
-
     def _expire(self, run: _Run) -> None:
         # Runs in the hub (a timer callback): hand the work to a greenlet.
-        gevent.spawn(self._interrupt, run, FAILED,
-                     error_info("timeout", f"the job ran longer than its timeout of {run.job.timeout} s"))
+        gevent.spawn(self._end, run, outcomes.timed_out(run.job.timeout), True)
 
-    def _interrupt(self, run: _Run, state: str, error: dict) -> bool:
-        """Settle ``run`` from outside its greenlet: decide, kill the greenlet, then record."""
-        if not self._decide(run, state, None, error):
+    def _end(self, run: _Run, outcome: Outcome, from_outside: bool = False) -> bool:
+        """Settle ``run`` with ``outcome`` unless it is settled already (then False), and record it.
+
+        From outside the job's greenlet (timeout, cancel) the greenlet is killed first, so a handler
+        that swallows the kill with a bare ``except:`` cannot keep the job alive or change its outcome.
+        """
+        if run.outcome is not None:
             return False
-        if run.greenlet is not None and not run.greenlet.dead:
+        run.outcome = outcome
+        if run.timer is not None:
+            run.timer.close()
+        if from_outside and run.greenlet is not None and not run.greenlet.dead:
             run.greenlet.kill(JobInterrupt, block=False)
         self._record(run)
         return True
-
-    def _settle(self, run: _Run, state: str, result_json: str | None, error: dict | None) -> bool:
-        """Record the one outcome of ``run``; later calls are no-ops and return False."""
-        if not self._decide(run, state, result_json, error):
-            return False
-        self._record(run)
-        return True
-
-    def _decide(self, run: _Run, state: str, result_json: str | None, error: dict | None) -> bool:
-        if run.outcome is not None:
-            return False
-        run.outcome = (state, result_json, error)
-        if run.timer is not None:
-            run.timer.close()
-        return True
-
-    def _retry_at(self, run: _Run) -> float | None:
-        state, _, error = run.outcome
-        if state != FAILED:
-            return None
-        exc = run.exception
-        return retry_at(run.job, is_retryable(run.handler, error["kind"], exc), getattr(exc, "delay", None),
-                        self.backoff)
 
     def _record(self, run: _Run) -> None:
         """Give the slot back (committing is store work, not handler work), then store the outcome."""
         self._busy -= 1
         self._fill()
-        state, result_json, error = run.outcome
+        outcome = run.outcome
         job = run.job
         try:
             try:
@@ -226,25 +179,22 @@ class GreenletExecutor:
                 raise
             if not claimed:
                 log.info("job %s (%s): cancelled or taken over before its claim committed; outcome %s dropped",
-                         job.id, job.handler, state)
+                         job.id, job.handler, outcome.state)
             else:
-                retry_at = self._retry_at(run)
-                recorded = self.store.conclude(job, self.owner, state, result_json, error, retry_at)
+                recorded = self.sink.record(job, self.owner, outcome)
                 if recorded == "retried":
                     log.info("job %s (%s): attempt %d failed (%s); retry at %.3f", job.id, job.handler,
-                             job.attempts, error["kind"], retry_at)
-                    self.on_scheduled(retry_at)
-                    self.emit("retrying", job)
+                             job.attempts, outcome.error["kind"], job.run_at)
                 elif recorded == "finished":
                     self.completed += 1
-                    self.on_terminal(job)
                 else:
                     log.warning("job %s (%s): lease lost before it finished; outcome %s dropped",
-                                job.id, job.handler, state)
+                                job.id, job.handler, outcome.state)
         except Exception as exc:
             # The job stays running in the store, leased to us and renewed: keep the outcome and
             # try again from the maintenance loop, or it would be stuck for as long as we live.
-            log.error("job %s (%s): could not record its outcome %s (%s); will retry", job.id, job.handler, state, exc)
+            log.error("job %s (%s): could not record its outcome %s (%s); will retry", job.id, job.handler,
+                      outcome.state, exc)
             self._unrecorded.append(run)
             return
         self._running.pop(job.id, None)
@@ -270,7 +220,7 @@ class GreenletExecutor:
         run = self._running.get(job_id)
         if run is None:
             return None
-        if not self._interrupt(run, CANCELLED, error_info("cancelled", "cancelled by request")):
+        if not self._end(run, outcomes.cancelled(), from_outside=True):
             run.done.wait(10.0)     # it is finishing; if the store is stuck, the caller falls back to it
         return run.job
 
@@ -292,7 +242,7 @@ class GreenletExecutor:
         gevent.joinall([r.greenlet for r in runs if r.greenlet is not None], timeout=grace)
         left = [r for r in self._running.values() if r.outcome is None]
         for run in left:
-            run.outcome = ("interrupted", None, None)
+            run.outcome = outcomes.INTERRUPTED
             if run.timer is not None:
                 run.timer.close()
             if run.greenlet is not None:

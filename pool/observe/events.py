@@ -13,10 +13,10 @@ import time
 
 from gevent.event import Event
 
-from greenjobs.pool.job import Job, iso
+from greenjobs.pool.job import EVENTS, Job, iso
+from greenjobs.pool.listeners import Listener
 
-#: The lifecycle events, in the order one job meets them.
-NAMES = ("submitted", "started", "progress", "retrying", "succeeded", "failed", "cancelled")
+NAMES = EVENTS     # the event names a stream may filter on
 
 
 class JobEvent:
@@ -62,7 +62,7 @@ class JobEvent:
         return self._sse
 
 
-class EventLog:
+class EventLog(Listener):
     """The ring of recent events.  Ids increase monotonically, also across restarts (they start
     from the clock in microseconds), so a client's Last-Event-ID stays meaningful."""
 
@@ -76,6 +76,7 @@ class EventLog:
         self.closed = False
 
     def append(self, name: str, job: Job) -> JobEvent:
+        """Add an event (O(1) whatever the number of subscribers) and wake the readers."""
         event = JobEvent(self._next, name, job)
         self._next += 1
         self._ring.append(event)
@@ -83,6 +84,8 @@ class EventLog:
             wake, self._wake = self._wake, Event()
             wake.set()
         return event
+
+    job_event = append      # as a listener: every lifecycle event goes into the ring
 
     @property
     def last_id(self) -> int:

@@ -9,6 +9,8 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from greenjobs.pool.listeners import Listener
+
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 
 
@@ -31,7 +33,7 @@ class _Histogram:
         return out
 
 
-class JobMetrics:
+class JobMetrics(Listener):
     """Totals kept from the lifecycle events of this server process."""
 
     def __init__(self):
@@ -39,7 +41,8 @@ class JobMetrics:
         self.duration: dict[str, _Histogram] = collections.defaultdict(_Histogram)
         self.queue_wait: dict[str, _Histogram] = collections.defaultdict(_Histogram)
 
-    def observe(self, name: str, job) -> None:
+    def job_event(self, name: str, job) -> None:
+        """Count the event; time queue waits (at start) and run times (at the end)."""
         self.events[(name, job.handler)] += 1
         if name == "started" and job.started_at is not None:
             self.queue_wait[job.handler].observe(max(0.0, job.started_at - (job.run_at or job.created_at)))
@@ -91,7 +94,7 @@ class Collector:
         for handler, state, n in self._active_counts():
             jobs.add_metric([handler, state], n)
         yield jobs
-        io = rt.executors["io"].stats()
+        io = rt.io.stats()
         for key, text in (("size", "greenlets the io pool may run at once"), ("busy", "io jobs running"),
                           ("pending", "io jobs waiting for a slot")):
             yield GaugeMetricFamily(f"greenjobs_pool_{key}", text, value=io[key])

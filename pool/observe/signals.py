@@ -23,6 +23,8 @@ import gevent
 from blinker import Namespace
 
 from greenjobs.pool.errors import ConfigurationError
+from greenjobs.pool.job import EVENTS
+from greenjobs.pool.listeners import Listener
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,10 @@ job_cancelled = _ns.signal("cancelled", doc="the job was cancelled")
 
 BY_NAME = {s.name: s for s in (job_submitted, job_started, job_progress, job_retrying, job_succeeded, job_failed,
                                 job_cancelled)}
+assert tuple(BY_NAME) == EVENTS, "one signal per lifecycle event (greenjobs.pool.job.EVENTS)"
 
 
-class SignalSender:
+class SignalSender(Listener):
     """Calls the receivers of a lifecycle signal, each in its own greenlet, with a bound on the backlog."""
 
     def __init__(self, limit: int = 10_000):
@@ -49,6 +52,7 @@ class SignalSender:
         self.failed = 0
 
     def send(self, name: str, job) -> None:
+        """Call the receivers of signal ``name`` (if any), each in its own greenlet, within the backlog bound."""
         signal = BY_NAME[name]
         if not signal.receivers:        # the common case costs one attribute check
             return
@@ -65,6 +69,8 @@ class SignalSender:
                 continue
             self.pending += 1
             gevent.spawn(self._call, receiver, name, job.handler, snapshot)
+
+    job_event = send      # as a listener: every lifecycle event is a signal
 
     def _call(self, receiver, name: str, sender: str, snapshot: dict) -> None:
         try:

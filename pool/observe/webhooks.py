@@ -16,10 +16,18 @@ import hmac
 import json
 import time
 
-from greenjobs.pool.registry import Handler
+import logging
+from typing import Callable
+
+import gevent
+
 from greenjobs.pool.context import current_job
-from greenjobs.pool.job import QUEUED, Job, iso, new_id
+from greenjobs.pool.job import QUEUED, TERMINAL, Job, iso, new_id
+from greenjobs.pool.listeners import Listener
+from greenjobs.pool.registry import Handler
 from greenjobs.pool.urls import check_allowed, http_pool
+
+log = logging.getLogger(__name__)
 
 HANDLER = "greenjobs.webhook"
 
@@ -30,14 +38,33 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-class Webhooks:
-    """Creates delivery jobs and is the handler that runs them."""
+class Webhooks(Listener):
+    """Creates delivery jobs when jobs with a callback_url end (a listener), and is the handler that
+    runs them; ``enqueue(jobs)`` hands stored delivery jobs to the io pool."""
 
-    def __init__(self, settings, store):
+    def __init__(self, settings, store, owner: str, enqueue: Callable[[list[Job]], None]):
         self.settings = settings
         self.store = store
+        self.owner = owner
+        self.enqueue = enqueue
+
+    def job_event(self, name: str, job: Job) -> None:
+        """A job with a callback_url ended: store and start its delivery, off the caller's greenlet."""
+        if name in TERMINAL and job.callback_url is not None and job.handler != HANDLER:
+            gevent.spawn(self.send, job)
+
+    def send(self, job: Job) -> None:
+        """Store and start the delivery of finished ``job`` (maintenance repairs one that fails here)."""
+        try:
+            delivery = self.delivery_for(job, self.owner)
+        except Exception as exc:
+            log.warning("job %s: could not store its webhook delivery yet (%s); will retry", job.id, exc)
+            return
+        if delivery is not None:
+            self.enqueue([delivery])
 
     def handler(self) -> Handler:
+        """The internal delivery handler, registered by the runtime (never submitted by clients)."""
         return Handler(HANDLER, self.deliver, kind="io", timeout=self.settings.webhooks_timeout,
                        max_retries=self.settings.webhooks_max_attempts - 1,
                        doc="POST a finished job to its callback_url (internal)")

@@ -129,14 +129,6 @@ class JobStore(ABC):
     def retry(self, job: Job, owner: str, run_at: float, error: dict) -> bool:
         """running (leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's error."""
 
-    def conclude(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None,
-                 retry_at: float | None = None) -> str | None:
-        """Record an attempt's outcome as decided above: "retried" (``retry_at`` given), "finished",
-        or None when ``owner`` no longer holds the job."""
-        if retry_at is not None:
-            return "retried" if self.retry(job, owner, retry_at, error) else None
-        return "finished" if self.finish(job, owner, state, result_json, error) else None
-
     @abstractmethod
     def set_progress(self, job_id: str, progress: dict) -> None:
         """Record progress without waiting (coalesced: only the latest value per job is written)."""

@@ -167,7 +167,7 @@ def test_idempotency_key_returns_the_original_job(app):
     other = post(app, {"handler": "sleep", "kwargs": {"seconds": 0.02}}, status=422,
                  headers={"Idempotency-Key": "order-42"})
     assert_problem(other, 422, "different request")
-    assert_problem(post(app, body, status=400, headers={"Idempotency-Key": "x" * 300}), 400, "Idempotency-Key")
+    assert_problem(post(app, body, status=422, headers={"Idempotency-Key": "x" * 300}), 422, "Idempotency-Key")
     assert count(app) == 1
 
 

@@ -317,9 +317,9 @@ def test_histograms_put_each_observation_in_its_bucket():
     t0 = 1000.0
     for wait, run in ((0.0005, 0.002), (0.02, 0.3), (7.0, 45.0), (5000.0, 9000.0)):
         j = job(state="running", created_at=t0, started_at=t0 + wait)
-        m.observe("started", j)
+        m.job_event("started", j)
         j.state, j.finished_at = "succeeded", t0 + wait + run
-        m.observe("succeeded", j)
+        m.job_event("succeeded", j)
     waits = dict(m.queue_wait["echo"].cumulative())
     runs = dict(m.duration["echo"].cumulative())
     assert waits["0.001"] == 1 and waits["0.025"] == 2 and waits["10.0"] == 3 and waits["3600.0"] == 3
@@ -335,7 +335,7 @@ def test_boundary_values_fall_in_the_le_bucket():
     m = JobMetrics()
     for bound in BUCKETS:
         j = job(state="running", created_at=0.0, started_at=bound)
-        m.observe("started", j)
+        m.job_event("started", j)
     cumulative = m.queue_wait["echo"].cumulative()
     for i, (le, count) in enumerate(cumulative[:-1]):
         assert count == i + 1, (le, count)       # a value equal to a bound counts as <= bound
@@ -344,10 +344,10 @@ def test_boundary_values_fall_in_the_le_bucket():
 def test_queue_wait_counts_from_run_at_and_cancel_has_no_duration():
     m = JobMetrics()
     j = job(state="running", created_at=100.0, run_at=160.0, started_at=160.5)
-    m.observe("started", j)
+    m.job_event("started", j)
     assert m.queue_wait["echo"].total == pytest.approx(0.5)
     c = job(state="cancelled", created_at=0.0)
-    m.observe("cancelled", c)
+    m.job_event("cancelled", c)
     assert "echo" not in m.duration and m.events[("cancelled", "echo")] == 1
 
 

@@ -70,3 +70,15 @@ def test_non_strict_load_records_import_errors_and_keeps_the_rest():
     registry = Registry().load(["greenjobs.handlers.builtin", "gj_test_no_such_module_at_all"], strict=False)
     assert "echo" in registry
     assert "cannot import 'gj_test_no_such_module_at_all'" in registry.import_errors["gj_test_no_such_module_at_all"]
+
+
+def test_a_subclass_of_a_mapped_error_keeps_its_familys_status():
+    from greenjobs.pool import errors
+    from greenjobs.server.problems import status_of
+
+    class StoreFull(errors.StoreUnavailable):
+        """e.g. a backend's own refinement"""
+
+    assert status_of(StoreFull("disk full")) == (503, "Store unavailable")
+    assert status_of(errors.InvalidIdempotencyKey("Idempotency-Key", "bad"))[0] == 422
+    assert status_of(errors.GreenjobsError("unmapped"))[0] == 500

@@ -1,0 +1,140 @@
+"""The runtime's background duties, one method each, run by one greenlet on a timer.
+
+Like River's and Oban's maintenance services, each duty is small and named: renew this process's
+leases, record outcomes that failed to commit, adopt the jobs of dead or expired runners, repair
+the cpu outbox, repair missed webhook deliveries, promote scheduled jobs when due, sweep old
+jobs, and the store's own upkeep.  A duty that fails is logged and tried again next tick; it
+never stops the others.  As a listener, it wakes early for a retry or a job scheduled sooner
+than the next tick.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import gevent
+import gevent.event
+
+from greenjobs.pool.job import SCHEDULED, Job
+from greenjobs.pool.lifecycle import LEASED_KINDS
+from greenjobs.pool.listeners import Listener
+from greenjobs.pool.owners import owner_is_dead
+
+log = logging.getLogger(__name__)
+
+#: Seconds between sweeps of jobs past greenjobs.store.ttl.
+SWEEP_EVERY = 60.0
+
+
+class Maintenance(Listener):
+    """Keeps the ledger healthy for one runtime (``runtime``: its store, executors and owner id)."""
+
+    def __init__(self, runtime):
+        self.rt = runtime
+        self.settings = runtime.settings
+        self.tick = min(1.0, self.settings.store_lease_seconds / 3)      # seconds
+        self._greenlet = None
+        self._recorder = None
+        self._wake = gevent.event.Event()
+        self._next_due = math.inf          # epoch seconds of the earliest scheduled job we know of
+
+    # -- as a listener: wake for scheduled jobs -----------------------------------------
+    def job_event(self, name: str, job: Job) -> None:
+        """A retry, or a job submitted for later: promote it no later than its ``run_at``."""
+        if (name == "retrying" or (name == "submitted" and job.state == SCHEDULED)) and job.run_at is not None:
+            self.wake_at(job.run_at)
+
+    def wake_at(self, run_at: float) -> None:
+        """Run :meth:`promote_due` no later than ``run_at`` (epoch seconds)."""
+        if run_at < self._next_due:
+            self._next_due = run_at
+            self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Adopt what dead runners left (before serving), then run the duties in a greenlet."""
+        self.adopt_orphans()
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop the duties (shutdown)."""
+        if self._greenlet is not None:
+            self._greenlet.kill()
+            self._greenlet = None
+
+    @property
+    def running(self) -> bool:
+        """True while the duties run."""
+        return self._greenlet is not None
+
+    def _run(self) -> None:
+        renew_every = self.settings.store_lease_seconds / 3
+        last_renew = last_tick = last_sweep = time.monotonic()
+        while True:
+            self._wake.wait(max(0.0, min(self.tick, self._next_due - time.time())))
+            self._wake.clear()
+            now = time.monotonic()
+            tick = now - last_tick >= self.tick
+            duties = []
+            if now - last_renew >= renew_every:
+                duties.append(self.renew_leases)
+                last_renew = now
+            if tick:
+                duties += [self.record_again, self.adopt_orphans, self.repair_outbox, self.repair_callbacks]
+                last_tick = now
+            if self.settings.store_ttl and now - last_sweep >= SWEEP_EVERY:
+                duties.append(self.sweep)
+                last_sweep = now
+            if tick or self._next_due <= time.time():
+                duties.append(self.promote_due)
+            if tick:
+                duties.append(self.rt.store.maintain)
+            for duty in duties:
+                try:
+                    duty()
+                except Exception:
+                    log.exception("maintenance: %s failed; it runs again next tick", duty.__name__)
+
+    # -- the duties -------------------------------------------------------------------------
+    def renew_leases(self) -> None:
+        """Extend every lease this runtime holds (one statement)."""
+        self.rt.store.renew(self.rt.owner)
+
+    def record_again(self) -> None:
+        """Store outcomes whose commit failed earlier (in a greenlet: the store may still be failing)."""
+        if self._recorder is None or self._recorder.dead:
+            self._recorder = gevent.spawn(self.rt.io.record_again)
+
+    def adopt_orphans(self) -> None:
+        """Take over the active leased (io) jobs of runners that died (same host) or whose lease expired.
+
+        cpu jobs are not adopted here: a dead worker's job is redelivered by the broker and claimed
+        again (or given up as worker_lost), and one whose message was lost is repaired by the outbox."""
+        store, me = self.rt.store, self.rt.owner
+        dead = [owner for owner, _ in store.owners(me) if owner_is_dead(owner, me)]
+        jobs = store.adopt(me, dead, LEASED_KINDS)
+        if jobs:
+            log.info("adopted %d jobs from dead or expired runners", len(jobs))
+            self.rt.dispatch(jobs)
+
+    def repair_outbox(self) -> None:
+        """Requeue cpu jobs whose worker vanished past their lease, and publish what the broker never confirmed."""
+        self.rt.cpu.publish(self.rt.store.requeue_stale_cpu())
+        self.rt.cpu.republish_outbox()
+
+    def repair_callbacks(self) -> None:
+        """Store the webhook delivery of finished jobs that missed it (a crash between the two)."""
+        for job in self.rt.store.callbacks_due():
+            self.rt.webhooks.send(job)
+
+    def promote_due(self) -> None:
+        """Move scheduled jobs whose time has come to queued, and hand them to their executor."""
+        self._next_due = math.inf
+        self.rt.dispatch(self.rt.store.promote_due(self.rt.owner, ("io", "cpu")))
+
+    def sweep(self) -> None:
+        """Delete jobs finished more than greenjobs.store.ttl seconds ago."""
+        deleted = self.rt.store.sweep(time.time() - self.settings.store_ttl)
+        if deleted:
+            log.info("deleted %d jobs finished more than %s s ago", deleted, self.settings.store_ttl)
