@@ -87,6 +87,7 @@ class Job:
 
     @property
     def terminal(self) -> bool:
+        """True once the job succeeded, failed or was cancelled."""
         return self.state in TERMINAL
 
     def transition(self, target: str) -> None:

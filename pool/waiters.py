@@ -33,6 +33,7 @@ class Waiters(Listener):
 
     @contextmanager
     def batch(self, batch_id: str) -> Iterator["BatchWaiter"]:
+        """Register a batch long-poll (a BatchWaiter) before reading the batch's counts."""
         waiter = BatchWaiter()
         self._batches.setdefault(batch_id, []).append(waiter)
         try:
@@ -61,6 +62,7 @@ class Waiters(Listener):
                 waiter.event.set()
 
     def count(self) -> int:
+        """Long-polls parked now (for /health and /metrics)."""
         return sum(len(v) for v in self._jobs.values()) + sum(len(v) for v in self._batches.values())
 
 
@@ -88,6 +90,7 @@ class BatchWaiter:
             self.event.set()
 
     def finished_one(self) -> None:
+        """One of the batch's jobs ended: wake the waiter once as many ended as were active."""
         self.ended += 1
         if self.ended >= self.active:
             self.event.set()

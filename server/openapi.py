@@ -183,6 +183,7 @@ def with_security(document: dict, registry) -> dict:
 
 @view_config(route_name="openapi", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def openapi(request):
+    """GET /openapi.json: the OpenAPI 3.1 document, with this server's limits filled in."""
     document = getattr(request.registry, "greenjobs_openapi", None)
     if document is None:
         document = request.registry.greenjobs_openapi = with_security(DOCUMENT, request.registry)

@@ -52,6 +52,8 @@ def status_of(exc: errors.GreenjobsError) -> tuple[int, str]:
 
 
 def problem_response(status: int, title: str, detail: str, headers: dict | None = None, **extra) -> Response:
+    """An application/problem+json response (RFC 9457) with ``status``, ``title`` and a ``detail`` that says what
+    to fix."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
     response = Response(json.dumps(body), status=status, content_type="application/problem+json", charset="utf-8")
     for key, value in (headers or {}).items():
@@ -61,11 +63,13 @@ def problem_response(status: int, title: str, detail: str, headers: dict | None 
 
 @exception_view_config(Problem)
 def problem_view(exc: Problem, request):
+    """A view's own client error (bad body or query parameter) as problem+json."""
     return problem_response(exc.status, exc.title, exc.detail, exc.headers)
 
 
 @exception_view_config(errors.GreenjobsError)
 def greenjobs_error_view(exc: errors.GreenjobsError, request):
+    """A greenjobs error as problem+json, with its family's status (and Retry-After where it has one)."""
     status, title = status_of(exc)
     headers, extra = {}, {}
     retry_after = getattr(exc, "retry_after", None)
@@ -98,6 +102,7 @@ def _methods(registry, route_name: str) -> list[str]:
 
 @notfound_view_config()
 def not_found_view(exc, request):
+    """404 for an unknown path; 405 with Allow when the path exists but the method does not."""
     route = request.matched_route
     if route is not None:      # the path exists; the method does not
         allowed = ", ".join(_methods(request.registry, route.name))
@@ -131,6 +136,7 @@ def csrf_failed_view(exc, request):
 
 @exception_view_config(HTTPException)
 def http_exception_view(exc: HTTPException, request):
+    """Pyramid's own HTTP exceptions (e.g. 405 from a predicate) as problem+json."""
     detail = exc.detail or exc.explanation or exc.title
     if exc.code == 405:
         detail = f"{request.method} is not allowed on {request.path}; see GET /openapi.json"
@@ -140,9 +146,11 @@ def http_exception_view(exc: HTTPException, request):
 
 @exception_view_config(Exception)
 def unexpected_error_view(exc: Exception, request):
+    """Anything else: logged with its traceback, answered 500 without internals."""
     log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
     return problem_response(500, "Internal error", "the server failed unexpectedly; the error is in its log")
 
 
 def includeme(config) -> None:
+    """Register the error views (config.include('greenjobs.server.problems'))."""
     config.scan(__name__)

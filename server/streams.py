@@ -51,6 +51,7 @@ def _last_event_id(request) -> int | None:
 
 @view_config(route_name="events", request_method="GET", permission="read")
 def events(request):
+    """GET /events: a Server-Sent Events stream of lifecycle events (filters, Last-Event-ID resume, heartbeats)."""
     handlers = _words(request, "handler")
     states = _words(request, "state", STATES)
     names = _words(request, "event", NAMES)

@@ -57,6 +57,8 @@ def _fingerprint(data) -> str:
 
 @view_config(route_name="jobs", request_method="POST", renderer="json", permission="submit")
 def submit(request):
+    """POST /jobs: store one job (202, Location), or return the original for a repeated Idempotency-Key (200);
+    ?wait= holds the answer until it ends."""
     settings = _settings(request)
     key = request.headers.get("Idempotency-Key")
     if key is not None:
@@ -130,6 +132,7 @@ def submit_batch(request):
 
 @view_config(route_name="job", request_method="GET", renderer="json", permission="read")
 def get_job(request):
+    """GET /jobs/{id}: the job; ?wait=S long-polls until it is terminal or S seconds pass."""
     wait = _wait(request)
     runtime = _runtime(request)
     job_id = request.matchdict["id"]
@@ -139,11 +142,13 @@ def get_job(request):
 
 @view_config(route_name="job", request_method="DELETE", renderer="json", permission="admin")
 def cancel_job(request):
+    """DELETE /jobs/{id}: cancel a scheduled, queued or running job (409 if it already ended)."""
     return _runtime(request).cancel(request.matchdict["id"]).public()
 
 
 @view_config(route_name="job_retry", request_method="POST", renderer="json", permission="admin")
 def retry_job(request):
+    """POST /jobs/{id}/retry: run a failed job again under the same id (202; 409 unless it failed)."""
     job = _runtime(request).retry(request.matchdict["id"])
     request.response.status_code = 202
     request.response.headers["Location"] = f"/jobs/{job.id}"
@@ -152,6 +157,7 @@ def retry_job(request):
 
 @view_config(route_name="jobs", request_method="GET", renderer="json", permission="read")
 def list_jobs(request):
+    """GET /jobs: newest first, filtered by ?state= and ?handler=, paged with ?limit= and ?after=."""
     state = request.GET.get("state")
     if state is not None and state not in STATES:
         raise Problem(400, "Invalid query parameter", f"?state= must be one of {', '.join(STATES)} (got {state!r})")
@@ -164,6 +170,7 @@ def list_jobs(request):
 
 @view_config(route_name="batch", request_method="GET", renderer="json", permission="read")
 def get_batch(request):
+    """GET /batches/{id}: counts per state and whether every job ended; ?wait= long-polls until done."""
     batch_id = request.matchdict["id"]
     info = _runtime(request).batch(batch_id, _wait(request))
     counts = {state: info["counts"].get(state, 0) for state in STATES}
@@ -173,11 +180,13 @@ def get_batch(request):
 
 @view_config(route_name="handlers", request_method="GET", renderer="json", permission="read")
 def list_handlers(request):
+    """GET /handlers: the registered handlers, their kind, defaults and doc."""
     return {"handlers": [h.describe() for h in request.registry.greenjobs_handlers]}
 
 
 @view_config(route_name="health", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def health(request):
+    """GET /health: 200 while the server accepts jobs and its store writes, else 503; pools, workers and store."""
     report = _runtime(request).health()
     if report["status"] != "ok":
         request.response.status_code = 503

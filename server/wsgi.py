@@ -39,6 +39,7 @@ def make_app(global_config, **raw_settings):
 
 
 def includeme(config) -> None:
+    """The app's routes, security, error views, views, streams, OpenAPI and dashboard."""
     config.include("greenjobs.server.routes")
     config.include("greenjobs.server.security")
     config.include("greenjobs.server.problems")

@@ -52,6 +52,7 @@ def connect(settings, durable: bool = False) -> Connection:
 
 
 def dead_queue(settings) -> Queue:
+    """``{ns}.dead``: where undecodable messages go, never deserialised."""
     return Queue(f"{settings.broker_namespace}.dead", routing_key=f"{settings.broker_namespace}.dead", durable=True)
 
 
@@ -60,17 +61,20 @@ def _dead_letter(settings) -> dict:
 
 
 def job_queue(settings, name: str) -> Queue:
+    """``{ns}.jobs.{name}``: cpu jobs of one handler queue, priorities 0-9, dead-lettered when undecodable."""
     full = f"{settings.broker_namespace}.jobs.{name}"
     return Queue(full, routing_key=full, durable=True, max_priority=10,
                  queue_arguments={"x-max-priority": 10, **_dead_letter(settings)})
 
 
 def control_queue(settings) -> Queue:
+    """``{ns}.control``: worker -> server messages (claims, results, progress)."""
     full = f"{settings.broker_namespace}.control"
     return Queue(full, routing_key=full, durable=True, queue_arguments=_dead_letter(settings))
 
 
 def reply_queue(settings, worker: str) -> Queue:
+    """``{ns}.reply.{worker}``: the server's answers to one worker's claims (transient)."""
     safe = worker.replace(":", "_")
     full = f"{settings.broker_namespace}.reply.{safe}"
     # auto-deleted on RabbitMQ when the worker goes; on the embedded broker it is a few rows

@@ -91,9 +91,11 @@ class CpuDispatcher:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        """Start the publisher and consumer greenlets (each connects, and reconnects, on its own)."""
         self._greenlets = [gevent.spawn(self._publish_loop), gevent.spawn(self._consume_loop)]
 
     def stop(self) -> None:
+        """Stop both loops, the hard-timeout timers and the broker connections."""
         gevent.killall(self._greenlets)
         for _, _, timer in self._running.values():
             timer.close()
@@ -101,12 +103,14 @@ class CpuDispatcher:
         self._con.kill()
 
     def stats(self) -> dict:
+        """Broker connection, running and unpublished cpu jobs, workers alive and restarted (for /health, /metrics)."""
         return {"broker_connected": self.connected, "running": len(self._running),
                 "to_publish": len(self._jobs), "published": self.published,
                 "workers": self.supervisor.alive() if self.supervisor else None,
                 "worker_restarts": self.supervisor.restarts if self.supervisor else None}
 
     def check_available(self) -> None:
+        """Raise QueueUnavailable (503) unless the broker is connected (waits for the first attempt after start)."""
         if not self.connected:      # just started? the first connection attempt decides
             self._first_attempt.wait(self.settings.broker_connect_timeout + 1)
         if not self.connected:
@@ -379,8 +383,10 @@ class CpuDispatcher:
             log.warning("cannot kill worker %s (not one of ours); its result will be ignored", worker)
 
     def running(self, job_id: str) -> bool:
+        """Whether a worker is running ``job_id`` under a claim this server granted."""
         return job_id in self._running
 
     def running_job(self, job_id: str) -> Job | None:
+        """The job a worker runs under our claim, or None."""
         entry = self._running.get(job_id)
         return entry[0] if entry is not None else None

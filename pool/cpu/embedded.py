@@ -51,10 +51,12 @@ class QoS(virtual.QoS):
     """Acks, rejects and restores act on the reserved row; the in-memory map is only a cache."""
 
     def ack(self, delivery_tag):
+        """Delete the reserved row, then forget the delivery."""
         self.channel._db_ack(delivery_tag)
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag, requeue=False):
+        """requeue: un-reserve the row (redelivered); else move it to the queue's dead-letter queue."""
         if requeue:
             self.channel._db_unreserve(delivery_tag)
         else:
@@ -62,6 +64,7 @@ class QoS(virtual.QoS):
         super().ack(delivery_tag)       # not super().reject(): that would _put a second copy
 
     def restore_unacked(self):
+        """Un-reserve every delivery not yet acked (channel closing); returns the errors kombu expects."""
         self._flush()
         errors = []
         while self._delivered:
@@ -75,6 +78,8 @@ class QoS(virtual.QoS):
 
 
 class Channel(virtual.Channel):
+    """A kombu virtual channel whose queues are rows of one SQLite database, reserved (not removed) on get."""
+
     QoS = QoS
     visibility_timeout = 3600.0     # a reservation without a live owner check lasts this long
     reclaim_interval = 1.0
@@ -86,6 +91,7 @@ class Channel(virtual.Channel):
 
     @property
     def db(self) -> sqlite3.Connection:
+        """The transport's connection (one per process-side connection, in WAL mode)."""
         return self.connection.db
 
     @staticmethod
@@ -188,12 +194,14 @@ class Channel(virtual.Channel):
         return self.db.execute("SELECT 1 FROM queues WHERE name = ?", (queue,)).fetchone() is not None
 
     def basic_get(self, queue, no_ack=False, **kwargs):
+        """kombu's basic_get; with no_ack the row is deleted at once, since no ack will come."""
         message = super().basic_get(queue, no_ack=no_ack, **kwargs)
         if message is not None and no_ack:
             self._db_ack(message.delivery_tag)      # no ack will come: delivered is done
         return message
 
     def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
+        """kombu's basic_consume; with no_ack each delivery's row is deleted before the callback."""
         if no_ack:
             inner = callback
 
@@ -207,6 +215,8 @@ class Channel(virtual.Channel):
 
 
 class Transport(virtual.Transport):
+    """The ``embedded://`` kombu transport: durable SQLite queues with priorities, leases and dead-lettering."""
+
     Channel = Channel
     can_parse_url = True
     default_port = 0
@@ -243,6 +253,7 @@ class Transport(virtual.Transport):
 
     @property
     def db(self) -> sqlite3.Connection:
+        """The SQLite connection, opened (and the schema created) on first use."""
         if self._db is None:
             folder = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(folder, exist_ok=True)
@@ -255,12 +266,15 @@ class Transport(virtual.Transport):
         return self._db
 
     def touched(self) -> None:
+        """Our own write happened: forget the cached emptiness (our commits do not move data_version)."""
         self._empty.clear()         # our own commits do not change our PRAGMA data_version
 
     def mark_empty(self, queue: str) -> None:
+        """Remember that ``queue`` was empty at the database's current data_version."""
         self._empty[queue] = self.db.execute("PRAGMA data_version").fetchone()[0]
 
     def nothing_new(self, queue: str) -> bool:
+        """True while nobody committed since ``queue`` was seen empty (an idle poll costs one PRAGMA)."""
         seen = self._empty.get(queue)
         return seen is not None and seen == self.db.execute("PRAGMA data_version").fetchone()[0]
 
@@ -282,19 +296,23 @@ class Transport(virtual.Transport):
                 time.sleep(interval)          # looked up at call time: gevent's when patched
 
     def establish_connection(self):
+        """Open the database before kombu's own connection bookkeeping."""
         self.db
         return super().establish_connection()
 
     def close_connection(self, connection):
+        """Close kombu's side, then the SQLite connection."""
         super().close_connection(connection)
         if self._db is not None:
             self._db.close()
             self._db = None
 
     def driver_version(self):
+        """The SQLite library version."""
         return sqlite3.sqlite_version
 
     def as_uri(self, uri, include_password=False, mask="**"):
+        """The URL as given (it holds no password)."""
         return uri
 
 

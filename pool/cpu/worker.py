@@ -265,6 +265,8 @@ def _die_with_parent() -> None:
 
 
 def run_one(ini: str, supervised: bool = False, parent: int | None = None) -> int:
+    """Run one worker in this process until SIGTERM/SIGINT (``--supervised``: die with the parent); returns the
+    exit code."""
     if supervised:
         # Ask for the signal first, then check the parent is still there (the race-free order): a
         # server killed while we were starting would otherwise leave us running with no parent.
@@ -287,6 +289,7 @@ def run_one(ini: str, supervised: bool = False, parent: int | None = None) -> in
 
 
 def main(argv=None) -> int:
+    """``greenjobs-worker config.ini``: supervise ``greenjobs.workers.cpu`` workers, or with ``--one`` be one."""
     parser = argparse.ArgumentParser(prog="greenjobs-worker", description="Run greenjobs CPU worker processes.")
     parser.add_argument("ini", help="the same config.ini the server uses")
     parser.add_argument("--one", action="store_true", help="run one worker in this process (what supervisors start)")

@@ -84,6 +84,7 @@ class GreenletExecutor:
         return start
 
     def unreserve(self, count: int) -> None:
+        """Give back ``count`` slots reserved by admit() for jobs that were not stored."""
         self._busy -= count
         self._fill()
 
@@ -209,9 +210,11 @@ class GreenletExecutor:
 
     # -- control -----------------------------------------------------------------------
     def running(self, job_id: str) -> bool:
+        """Whether ``job_id`` runs in this pool now."""
         return job_id in self._running
 
     def running_job(self, job_id: str) -> Job | None:
+        """The job running here under ``job_id``, or None."""
         run = self._running.get(job_id)
         return run.job if run is not None else None
 
@@ -229,6 +232,7 @@ class GreenletExecutor:
         return self._pending_ids.pop(job_id, None)
 
     def stats(self) -> dict:
+        """Slots (size, busy), backlog and jobs completed, for /health and /metrics."""
         return {"size": self.size, "busy": self._busy, "pending": len(self._pending_ids),
                 "completed": self.completed}
 

@@ -45,6 +45,7 @@ class JobEvent:
 
     @property
     def data(self) -> dict:
+        """The event as its stream's JSON shows it."""
         kind, attempts, batch, extra, run_at = self._job
         data = {"id": self.id, "event": self.name, "job": self.job_id, "handler": self.handler, "kind": kind,
                 "state": self.state, "attempts": attempts, "batch": batch, "at": iso(self.at)}
@@ -89,6 +90,7 @@ class EventLog(Listener):
 
     @property
     def last_id(self) -> int:
+        """The id of the newest event (what a new stream starts after)."""
         return self._next - 1
 
     def since(self, after: int) -> tuple[list[JobEvent], bool]:

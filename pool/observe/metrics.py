@@ -66,6 +66,7 @@ class Collector:
         return rows
 
     def collect(self):
+        """The metric families of one scrape: event totals, histograms, live gauges."""
         rt = self.runtime
         m = rt.metrics
         events = {"submitted": "greenjobs_jobs_submitted", "started": "greenjobs_jobs_started",

@@ -21,7 +21,8 @@ from greenjobs.pool.job import Job
 class Pending(Protocol):
     """A write queued for a later commit: ``get()`` waits for it and says whether it took effect."""
 
-    def get(self) -> bool: ...
+    def get(self) -> bool:
+        """Block the calling greenlet until the write is committed; True if it took effect."""
 
 
 class Lease(NamedTuple):

@@ -35,6 +35,7 @@ class Op:
         self.result = AsyncResult()
 
     def run(self, conn: sqlite3.Connection) -> Any:
+        """(writer thread) run the op alone; True/False for a row swap."""
         if self.fn is not None:
             return self.fn(conn)
         return conn.execute(self.sql, self.params).rowcount == 1
@@ -70,6 +71,7 @@ class GroupCommitter:
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> None:
+        """Open the writer connection (WAL, schema set-up) and start the committer greenlet."""
         self._sync_mode = self.synchronous.upper()
         self._writer = self._writer_pool.apply(self._connect_writer)
         self._committer = gevent.spawn(self._commit_loop)

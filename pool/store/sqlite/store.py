@@ -36,6 +36,7 @@ def _loads(text: str | None) -> Any:
 
 
 def row_to_job(row: tuple) -> Job:
+    """A row of ``schema.COLUMNS`` as a Job (JSON columns decoded)."""
     (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
      result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback) = row
     return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
@@ -111,6 +112,7 @@ class SqliteStore(JobStore):
 
     @property
     def last_error(self) -> str | None:
+        """Why the last write failed, while writes fail; else None."""
         return self._db.last_error
 
     def _progress_writes(self):
@@ -127,6 +129,7 @@ class SqliteStore(JobStore):
         return row_to_job(row) if row else None
 
     def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
         return self._db.read(self._get, job_id)
 
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
@@ -158,6 +161,7 @@ class SqliteStore(JobStore):
         return None if row is None else row[0]
 
     def batch_counts(self, batch_id: str) -> dict[str, Any] | None:
+        """``{total, created_at, counts: {state: n}}`` of a batch, or None."""
         def query(conn):
             row = conn.execute("SELECT total, created_at FROM batches WHERE id = ?", (batch_id,)).fetchone()
             if row is None:
@@ -188,6 +192,7 @@ class SqliteStore(JobStore):
         return self._db.read(query)
 
     def batch_active(self, batch_id: str) -> int:
+        """How many of a batch's jobs are scheduled, queued or running."""
         def query(conn):
             return conn.execute(f"SELECT count(*) FROM jobs WHERE batch_id = ? AND state IN {ACTIVE_SQL}",
                                 (batch_id,)).fetchone()[0]
@@ -200,6 +205,7 @@ class SqliteStore(JobStore):
             f"AND lease_owner != ? AND state IN {ACTIVE_SQL} GROUP BY lease_owner", (me,)).fetchall())
 
     def ping(self) -> bool:
+        """True if a read answers and the last write succeeded."""
         try:
             self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
             return self.healthy
