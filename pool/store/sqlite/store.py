@@ -122,6 +122,10 @@ class SqliteStore(JobStore):
         rows, self._progress = [(p, i) for i, p in self._progress.items()], {}
         return lambda conn: conn.executemany(f"UPDATE jobs SET progress = ? WHERE id = ? AND state = '{RUNNING}'", rows)
 
+    def _write_returning(self, sql: str, params: tuple) -> list[Job]:
+        """One write statement ``... RETURNING {SELECT}``: the jobs it changed."""
+        return self._db.write(lambda conn: [row_to_job(r) for r in conn.execute(sql, params).fetchall()])
+
     # -- reads -----------------------------------------------------------------------
     @staticmethod
     def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
@@ -423,31 +427,23 @@ class SqliteStore(JobStore):
         now = time.time()
         marks = ",".join("?" * len(dead_owners)) or "NULL"
         kind_marks = ",".join("?" * len(kinds))
-
-        def op(conn):
-            rows = conn.execute(
-                f"UPDATE jobs SET state = '{QUEUED}', lease_owner = ?, lease_expires = ?"
-                f" WHERE state IN ('{QUEUED}', '{RUNNING}')"
-                f" AND kind IN ({kind_marks}) AND (lease_owner IS NULL OR lease_owner IN ({marks}) OR"
-                f" (lease_owner != ? AND lease_expires < ?)) RETURNING {SELECT}",
-                (owner, now + self.lease_seconds, *kinds, *dead_owners, owner, now)).fetchall()
-            return [row_to_job(r) for r in rows]
-        return self._db.write(op)
+        return self._write_returning(
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = ?, lease_expires = ?"
+            f" WHERE state IN ('{QUEUED}', '{RUNNING}')"
+            f" AND kind IN ({kind_marks}) AND (lease_owner IS NULL OR lease_owner IN ({marks}) OR"
+            f" (lease_owner != ? AND lease_expires < ?)) RETURNING {SELECT}",
+            (owner, now + self.lease_seconds, *kinds, *dead_owners, owner, now))
 
     def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         """scheduled -> queued for jobs whose ``run_at`` has come, leased to ``owner``."""
         now = time.time()
         kind_marks = ",".join("?" * len(kinds))
-
-        def op(conn):
-            rows = conn.execute(
-                f"UPDATE jobs SET state = '{QUEUED}', lease_owner = CASE WHEN kind IN {_LEASED} THEN ? END,"
-                f" lease_expires = CASE WHEN kind IN {_LEASED} THEN ? END, outbox = (kind IN {_PUBLISHED}) WHERE id IN"
-                f" (SELECT id FROM jobs WHERE state IN {_FROM['promote']} AND run_at <= ? AND kind IN ({kind_marks})"
-                f" ORDER BY run_at LIMIT ?) RETURNING {SELECT}",
-                (owner, now + self.lease_seconds, now, *kinds, limit)).fetchall()
-            return [row_to_job(r) for r in rows]
-        return self._db.write(op)
+        return self._write_returning(
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = CASE WHEN kind IN {_LEASED} THEN ? END,"
+            f" lease_expires = CASE WHEN kind IN {_LEASED} THEN ? END, outbox = (kind IN {_PUBLISHED}) WHERE id IN"
+            f" (SELECT id FROM jobs WHERE state IN {_FROM['promote']} AND run_at <= ? AND kind IN ({kind_marks})"
+            f" ORDER BY run_at LIMIT ?) RETURNING {SELECT}",
+            (owner, now + self.lease_seconds, now, *kinds, limit))
 
     # -- cpu jobs: the outbox and the claims of worker processes ------------------------
     def unpublished(self, after_seq: int = 0, limit: int = 5000) -> tuple[list[Job], int]:
@@ -496,9 +492,9 @@ class SqliteStore(JobStore):
     def requeue_stale_cpu(self) -> list[Job]:
         """Running published (cpu) jobs whose lease ran out (worker gone, message lost): queued and to republish."""
         now = time.time()
-        return self._db.write(lambda conn: [row_to_job(r) for r in conn.execute(
+        return self._write_returning(
             f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL, outbox = 1"
-            f" WHERE state = '{RUNNING}' AND kind IN {_PUBLISHED} AND lease_expires < ? RETURNING {SELECT}", (now,))])
+            f" WHERE state = '{RUNNING}' AND kind IN {_PUBLISHED} AND lease_expires < ? RETURNING {SELECT}", (now,))
 
     def set_progress(self, job_id: str, progress: dict) -> None:
         """Record progress without waiting: coalesced, only the latest value per job is written."""
