@@ -7,6 +7,7 @@ server and the CPU workers both load it, and ``pool`` imports no other greenjobs
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
@@ -39,6 +40,14 @@ class Handler:
     retry_on: tuple[type[BaseException], ...] = ()
     validate: Callable[[list, dict], None] | None = None
     doc: str = ""
+
+    @functools.cached_property
+    def signature(self) -> inspect.Signature | None:
+        """The handler function's signature (checked against a job's args and kwargs at submit), or None."""
+        try:
+            return inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return None
 
     @property
     def where(self) -> str:

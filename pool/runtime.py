@@ -211,7 +211,8 @@ class Runtime:
         earlier page (or, as earlier versions sent, a job id); BadCursor if it is neither."""
         cursor = None
         if after is not None:
-            cursor = int(after) if after.isdigit() and len(after) <= 18 else self.store.cursor_of(after)
+            numeric = after.isascii() and after.isdigit() and len(after) <= 18
+            cursor = int(after) if numeric else self.store.cursor_of(after)
             if cursor is None:
                 raise BadCursor("?after= must be the `next` value of the previous page")
         return self.store.list(state=state, handler=handler, limit=limit, after=cursor)

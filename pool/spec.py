@@ -93,6 +93,13 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
             handler.validate(args, kwargs)
         except (ValueError, TypeError) as exc:
             raise InvalidJobParams(f"{where}{str(exc).split(' ', 1)[0]}", str(exc).split(" ", 1)[-1]) from None
+    signature = handler.signature
+    if signature is not None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidJobParams(f"{where}kwargs" if kwargs or not args else f"{where}args",
+                                   f"do not fit the handler {handler.name!r}{signature}: {exc}") from None
     return Job(id=new_id(), handler=handler.name, kind=handler.kind, state=QUEUED, args=args, kwargs=kwargs,
                priority=priority, timeout=float(timeout), max_retries=max_retries,
                run_at=run_at, callback_url=callback_url)

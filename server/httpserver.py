@@ -19,12 +19,34 @@ access_log = logging.getLogger("greenjobs.server.access")
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
+def check_framing(headers) -> None:
+    """Refuse (ValueError: a 400 that closes) a request whose body length is ambiguous, the stuff of
+    request smuggling behind a proxy: Content-Length with Transfer-Encoding, two Content-Lengths, a
+    Transfer-Encoding other than chunked, or a Content-Length that is not plain digits."""
+    lengths = headers.get_all("Content-Length") or []
+    encodings = headers.get_all("Transfer-Encoding") or []
+    if len(lengths) > 1:
+        raise ValueError("more than one Content-Length header")
+    if encodings and lengths:
+        raise ValueError("both Content-Length and Transfer-Encoding")
+    if len(encodings) > 1 or (encodings and encodings[0].strip().lower() != "chunked"):
+        raise ValueError("the only Transfer-Encoding accepted is chunked")
+    if lengths and not (lengths[0].strip().isascii() and lengths[0].strip().isdigit()):
+        raise ValueError("Content-Length is not a number")
+
+
 class LimitedHandler(WSGIHandler):
     """Closes connections that idle too long or dribble their headers (slowloris)."""
 
     idle_timeout = 75.0
     header_timeout = 15.0
     max_header_bytes = 65536
+
+    def MessageClass(self, *args):
+        """pywsgi's header parser, then the framing check (before pywsgi drops a Content-Length beside chunked)."""
+        headers = super().MessageClass(*args)
+        check_framing(headers)
+        return headers
 
     def read_requestline(self):
         """Wait at most ``idle_timeout`` s for the next request line; "" (close) when stopping or idle."""

@@ -104,8 +104,9 @@ def _methods(registry, route_name: str) -> list[str]:
 def not_found_view(exc, request):
     """404 for an unknown path; 405 with Allow when the path exists but the method does not."""
     route = request.matched_route
-    if route is not None:      # the path exists; the method does not
-        allowed = ", ".join(_methods(request.registry, route.name))
+    methods = _methods(request.registry, route.name) if route is not None else []
+    if methods and request.method not in methods:      # the path exists; the method does not
+        allowed = ", ".join(methods)
         return problem_response(405, "Method not allowed", f"{request.method} is not allowed on {request.path};"
                                 f" allowed: {allowed}", {"Allow": allowed})
     return problem_response(404, "Not found", f"no route for {request.method} {request.path}; see GET /openapi.json")

@@ -7,6 +7,7 @@ entry by position and never echo a token, so a bad config.ini does not leak secr
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import ipaddress
@@ -63,6 +64,9 @@ class Identity:
     roles: frozenset[str]
     permissions: frozenset[str]
     via: str        # "bearer" or "session"
+    #: Stable across restarts (derived from the token's digest, not from the per-start session secret):
+    #: what scopes a principal's Idempotency-Keys, so one token can never reach another's jobs by key.
+    principal: str = ""
 
 
 def parse_tokens(entries) -> tuple[Token, ...]:
@@ -178,7 +182,8 @@ class TokenSecurityPolicy:
 
     def identity_of(self, token: Token, via: str) -> Identity:
         """The Identity of a request authenticated with ``token``; ``via`` is "bearer" or "session"."""
-        return Identity(self.token_id(token), token.roles, token.permissions, via)
+        principal = hashlib.sha256(b"greenjobs.principal." + token.digest).hexdigest()[:32]
+        return Identity(self.token_id(token), token.roles, token.permissions, via, principal)
 
     def _load_identity(self, request) -> Identity | None:
         if not self.enabled:
@@ -274,6 +279,38 @@ def session_state(request):
     return _state(request, request.identity)
 
 
+class SignInLimiter:
+    """Failed sign-ins per client address: past ``limit`` in ``window`` seconds, 429 until the oldest ages out.
+
+    Kept in memory (per server process) and bounded: at most ``clients`` addresses are remembered.
+    """
+
+    def __init__(self, limit: int = 10, window: float = 60.0, clients: int = 10_000):
+        self.limit, self.window, self.clients = limit, window, clients
+        self._failures: dict[str, collections.deque] = {}
+
+    def retry_after(self, client: str) -> int:
+        """Seconds this client must wait before another attempt (0: it may try now)."""
+        times = self._failures.get(client)
+        if not times:
+            return 0
+        now = time.monotonic()
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[client]
+            return 0
+        return int(times[0] + self.window - now) + 1 if len(times) >= self.limit else 0
+
+    def failed(self, client: str) -> int:
+        """Count a failure; returns how many this client has in the window."""
+        if client not in self._failures and len(self._failures) >= self.clients:
+            self._failures.pop(next(iter(self._failures)))      # forget the oldest-seen client
+        times = self._failures.setdefault(client, collections.deque())
+        times.append(time.monotonic())
+        return len(times)
+
+
 @view_config(route_name="session", request_method="POST", renderer="json", permission=NO_PERMISSION_REQUIRED,
              require_csrf=False)
 def sign_in(request):
@@ -282,15 +319,23 @@ def sign_in(request):
     if not policy.enabled:
         raise Problem(409, "Access control is off", "no greenjobs.auth.tokens are configured: there is nothing to "
                                                     "sign in to, and every request is permitted")
-    if (request.content_type or "").lower() in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        text = request.POST.get("token")
-    else:
-        body = read_json(request, 4096, request.registry.greenjobs_settings.api_read_timeout)
-        text = body.get("token") if isinstance(body, dict) else None
+    client = request.client_addr or "?"
+    limiter = request.registry.greenjobs_sign_in_limiter
+    wait = limiter.retry_after(client)
+    if wait:
+        raise Problem(429, "Too many failed sign-ins", f"too many wrong tokens from {client}; retry in {wait} s",
+                      {"Retry-After": str(wait)})
+    # JSON only: a cross-site HTML form cannot send application/json without a CORS preflight, so
+    # another site cannot sign a browser in with the attacker's token (login CSRF)
+    body = read_json(request, 4096, request.registry.greenjobs_settings.api_read_timeout)
+    text = body.get("token") if isinstance(body, dict) else None
     if not isinstance(text, str) or not text:
-        raise Problem(400, "Missing token", 'send {"token": "..."} (JSON) or token=... (a form)')
+        raise Problem(400, "Missing token", 'send {"token": "..."} as JSON')
     token = policy.lookup(text)
     if token is None:
+        count = limiter.failed(client)
+        if count == 1 or count == limiter.limit:
+            log.warning("failed dashboard sign-in from %s (%d in the last %d s)", client, count, limiter.window)
         raise Problem(401, "Unauthorized", "the token is not valid", {"WWW-Authenticate": CHALLENGE})
     remember(request, policy.token_id(token))
     log.info("dashboard sign-in by token %d (%s)", token.position, ",".join(sorted(token.roles)))
@@ -334,6 +379,7 @@ def includeme(config) -> None:
         timeout=timeout, reissue_time=max(1, timeout // 10)))
     policy = TokenSecurityPolicy(tokens, secret, timeout)
     config.registry.greenjobs_security = policy
+    config.registry.greenjobs_sign_in_limiter = SignInLimiter()
     config.set_security_policy(policy)
     # a view that forgets its permission is admin-only, not public
     config.set_default_permission("admin")

@@ -44,7 +44,7 @@ def _last_event_id(request) -> int | None:
     text = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
     if text is None or text == "":
         return None
-    if not text.isdigit() or len(text) > 20:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         raise Problem(400, "Invalid Last-Event-ID", "Last-Event-ID must be the decimal id of an event")
     return int(text)
 

@@ -28,7 +28,8 @@ def _query_number(request, name: str, lo: float, hi: float | None = None, clamp:
     if text is None:
         return None
     try:
-        value = int(text) if integer else float(text)
+        # ASCII only: int() and float() also read other scripts' digits ("٣" as 3), which nobody means
+        value = (int(text) if integer else float(text)) if text.isascii() else math.nan
     except ValueError:
         value = math.nan
     if value != value or value < lo or (hi is not None and value > hi and not clamp):
@@ -50,6 +51,13 @@ def _checked_key(key, where: str) -> str:
     return key
 
 
+def _scoped(request, key: str) -> str:
+    """An Idempotency-Key as stored: scoped by the caller's principal, so a key replayed by another token
+    is another key (with access control off there is one principal)."""
+    identity = request.identity
+    return f"{identity.principal}/{key}" if identity is not None and identity.principal else key
+
+
 def _fingerprint(data) -> str:
     """What makes two requests under one Idempotency-Key "the same": their canonical JSON."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -65,7 +73,7 @@ def submit(request):
         _checked_key(key, "Idempotency-Key")
     body = read_json(request, settings.api_max_body, settings.api_read_timeout)
     job = parse_spec(body, request.registry.greenjobs_handlers, settings)
-    keys = {0: (key, _fingerprint(body))} if key is not None else None
+    keys = {0: (_scoped(request, key), _fingerprint(body))} if key is not None else None
     wait = _wait(request)       # ?wait=S: submit, then hold the answer until the job ends (or S s)
     if wait:
         job, created = _runtime(request).submit_and_wait(job, keys, wait)
@@ -89,6 +97,9 @@ def submit_batch(request):
     items = body.get("jobs") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
         raise Problem(422, "Invalid batch", "the body must be {\"jobs\": [job, ...]} with at least one job")
+    unknown = sorted(set(body) - {"jobs"})
+    if unknown:                 # strict, like the fields of a job
+        raise InvalidJobParams(unknown[0], "unknown field of a batch; the body is {\"jobs\": [job, ...]}")
     if len(items) > settings.api_max_batch:
         raise Problem(422, "Invalid batch", f"a batch holds at most greenjobs.api.max_batch={settings.api_max_batch}"
                                             f" jobs; this one has {len(items)}; split it")
@@ -108,7 +119,7 @@ def submit_batch(request):
             same_as[i] = j
         else:
             first_with[key] = (i, fingerprint)
-            keys[i] = (key, fingerprint)
+            keys[i] = (_scoped(request, key), fingerprint)
     batch_id = new_id()
     if not keys:                # the common case: no item keys, nothing to map
         _runtime(request).submit(jobs, batch_id)

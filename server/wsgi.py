@@ -8,6 +8,7 @@ import logging
 import os
 
 from pyramid.config import Configurator
+from pyramid.response import Response
 
 from greenjobs.pool.registry import Registry
 from greenjobs.pool.observe import signals
@@ -38,8 +39,18 @@ def make_app(global_config, **raw_settings):
     return app
 
 
+class RelativeLocationResponse(Response):
+    """A response whose Location stays as the view set it (``/jobs/{id}``): WebOb would make it absolute
+    from the request's Host header, which a client chooses (``Host: evil.example``)."""
+
+    def _abs_headerlist(self, environ):
+        return list(self.headerlist)
+
+
 def includeme(config) -> None:
     """The app's routes, security, error views, views, streams, OpenAPI and dashboard."""
+    config.include("greenjobs.server.guard")
+    config.set_response_factory(lambda request: RelativeLocationResponse())
     config.include("greenjobs.server.routes")
     config.include("greenjobs.server.security")
     config.include("greenjobs.server.problems")

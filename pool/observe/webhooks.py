@@ -20,6 +20,7 @@ import logging
 from typing import Callable
 
 import gevent
+import urllib3
 
 from greenjobs.pool.context import current_job
 from greenjobs.pool.job import QUEUED, TERMINAL, Job, iso, new_id
@@ -30,6 +31,9 @@ from greenjobs.pool.urls import check_allowed, http_pool
 log = logging.getLogger(__name__)
 
 HANDLER = "greenjobs.webhook"
+#: Seconds a delivery job may run past its request's own limit (greenjobs.webhooks.timeout): the request
+#: times out first, as an ordinary failure that is recorded on the job, before the job's timeout kills it.
+GRACE = 5.0
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -65,7 +69,7 @@ class Webhooks(Listener):
 
     def handler(self) -> Handler:
         """The internal delivery handler, registered by the runtime (never submitted by clients)."""
-        return Handler(HANDLER, self.deliver, kind="io", timeout=self.settings.webhooks_timeout,
+        return Handler(HANDLER, self.deliver, kind="io", timeout=self.settings.webhooks_timeout + GRACE,
                        max_retries=self.settings.webhooks_max_attempts - 1,
                        doc="POST a finished job to its callback_url (internal)")
 
@@ -74,7 +78,8 @@ class Webhooks(Listener):
         if job.callback_url is None or job.handler == HANDLER:
             return None
         delivery = Job(id=new_id(), handler=HANDLER, kind="io", state=QUEUED, kwargs={"job": job.id},
-                       timeout=self.settings.webhooks_timeout, max_retries=self.settings.webhooks_max_attempts - 1)
+                       timeout=self.settings.webhooks_timeout + GRACE,
+                       max_retries=self.settings.webhooks_max_attempts - 1)
         return delivery if self.store.add_delivery(job.id, delivery, job.callback_url, owner) else None
 
     def deliver(self, job: str) -> dict:
@@ -94,12 +99,16 @@ class Webhooks(Listener):
                        "X-Greenjobs-Delivery": f"{current_job.id}/{attempt}",
                        "X-Greenjobs-Signature": signature(self.settings.webhooks_secret, stamp, body)}
             response = http_pool().request("POST", finished.callback_url, body=body, headers=headers,
-                                          redirect=False, timeout=self.settings.webhooks_timeout)
+                                          redirect=False, timeout=urllib3.Timeout(total=self.settings.webhooks_timeout))
             record["status"] = response.status
             if not 200 <= response.status < 300:
                 raise DeliveryFailed(f"{finished.callback_url} answered {response.status}")
         except Exception as exc:
             record.setdefault("error", f"{type(exc).__name__}: {exc}")
+            self.store.record_delivery(finished.id, record, "failed" if last else "retrying")
+            raise
+        except BaseException:       # the job's own timeout (or a cancel) killed the attempt: still on the record
+            record.setdefault("error", f"interrupted after {self.settings.webhooks_timeout + GRACE} s (timeout or cancel)")
             self.store.record_delivery(finished.id, record, "failed" if last else "retrying")
             raise
         self.store.record_delivery(finished.id, record, "delivered")

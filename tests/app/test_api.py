@@ -236,3 +236,13 @@ def test_paging_survives_the_deletion_of_the_page_boundary_job(app):
     assert [j["id"] for j in old_style["jobs"]] == ids[::-1][2:4]
     assert_problem(app.get("/jobs?after=nope", status=400), 400, "next")
     assert app.get("/jobs?after=" + "9" * 40, status=400)
+
+
+def test_unknown_batch_fields_are_422_like_job_fields(app):
+    res = app.post("/jobs/batch", json.dumps({"jobs": [{"handler": "echo"}], "jbos": []}),
+                   content_type="application/json", status=422)
+    assert res.json["field"] == "jbos" and count(app) == 0
+
+
+def test_a_missing_dashboard_asset_is_404(app):
+    assert app.get("/dashboard/static/no-such-file.js", status=404).content_type == "application/problem+json"

@@ -197,9 +197,28 @@ def test_sign_in_sets_a_strict_httponly_cookie(app):
     assert state["authenticated"] and state["csrf_token"] == response.json["csrf_token"]
 
 
-def test_sign_in_by_form_and_with_a_hashed_token(app):
-    assert sign_in(app, HASHED, form=True).json["roles"] == ["read"]
+def test_sign_in_with_a_hashed_token(app):
+    assert sign_in(app, HASHED).json["roles"] == ["read"]
     assert app.get("/jobs").status_int == 200
+
+
+def test_a_form_cannot_sign_in_so_a_cross_site_form_cannot_either(app):
+    """Login CSRF: an HTML form on another site could post token=ATTACKERS; only JSON is accepted."""
+    assert_problem(sign_in(app, ADMIN, form=True, status=415), 415, "application/json")
+    assert app.get("/session").json["authenticated"] is False
+
+
+def test_failed_sign_ins_are_limited_per_client(app, caplog):
+    with caplog.at_level("WARNING", logger="greenjobs.server.security"):
+        for _ in range(10):
+            sign_in(app, WRONG, status=401)
+        refused = sign_in(app, ADMIN, status=429)       # even the right token waits
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert_problem(refused, 429, "retry in")
+    assert any("failed dashboard sign-in" in r.getMessage() for r in caplog.records)
+    other = app.post("/session", json.dumps({"token": ADMIN}), content_type="application/json",
+                     extra_environ={"REMOTE_ADDR": "10.9.9.9"})
+    assert other.json["authenticated"] is True            # another client is not held back
 
 
 @pytest.mark.parametrize("body,status", [({"token": WRONG}, 401), ({"token": ""}, 400), ({}, 400), ([ADMIN], 400)])
@@ -366,3 +385,21 @@ def test_bind_hosts_reads_every_server_section_and_waitress_listen(tmp_path):
     hosts = bind_hosts({"__file__": str(path), "here": str(tmp_path), "addr": "192.168.0.9"})
     assert hosts == ["127.0.0.1", "127.0.0.1", "[::1]", "0.0.0.0", "0.0.0.0", "192.168.0.9"]
     assert bind_hosts({"here": str(tmp_path)}) == []
+
+
+def test_idempotency_keys_are_scoped_by_token(app):
+    """A submit-only token replaying an admin's key (same body, or another) reaches nothing of the admin's."""
+    body = {"handler": "echo", "kwargs": {"secret": "admin's"}}
+    post = lambda token, data, status: app.post(  # noqa: E731
+        "/jobs", json.dumps(data), content_type="application/json", status=status,
+        headers={**bearer(token), "Idempotency-Key": "order-1"})
+    admins = post(ADMIN, body, 202).json
+    again = post(ADMIN, body, 200).json
+    assert again["id"] == admins["id"]
+    theirs = post(SUBMIT, body, 202).json                     # the same key and body: their own new job
+    assert theirs["id"] != admins["id"]
+    other = post(SUBMIT, {"handler": "echo"}, 422)             # their key, their body: a conflict with *their* job
+    assert admins["id"] not in other.text and theirs["id"] in other.text
+    batch = app.post("/jobs/batch", json.dumps({"jobs": [{**body, "idempotency_key": "order-1"}]}),
+                     content_type="application/json", headers=bearer(READ), status=403)
+    assert admins["id"] not in batch.text

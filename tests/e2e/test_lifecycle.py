@@ -279,7 +279,7 @@ def test_list_pagination_and_filters(make_server):
     submitted = []          # (id, handler), oldest first
     for i in range(24):
         handler = ("fail", "sleep")[(i // 6) % 2] if i % 6 == 5 else "echo"
-        kwargs = {"seconds": 30} if handler == "sleep" else {"i": i}
+        kwargs = {"seconds": 30} if handler == "sleep" else {"message": f"job {i}"} if handler == "fail" else {"i": i}
         submitted.append((srv.submit(handler, kwargs=kwargs)["id"], handler))
     for job_id, handler in submitted:
         if handler != "sleep":

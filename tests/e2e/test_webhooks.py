@@ -159,3 +159,20 @@ def test_a_finished_job_without_its_delivery_gets_one_at_the_next_start(make_ser
     srv.start()
     callback_of(srv, job.id)
     assert len(hook.received) == 1 and json.loads(hook.received[0][1])["id"] == job.id
+
+
+def test_a_receiver_that_never_answers_is_on_the_record(make_server):
+    """Every attempt that ends by timeout is recorded; the delivery ends failed, not pending forever."""
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)                      # accepts connections (kernel backlog), never answers
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        srv = make_server(app={**APP, "greenjobs.webhooks.timeout": 0.5, "greenjobs.webhooks.max_attempts": 2})
+        job = srv.submit("echo", callback_url=url)
+        callback = callback_of(srv, job["id"], state="failed", timeout=60)
+        assert [a["attempt"] for a in callback["attempts"]] == [1, 2], callback
+        assert all("error" in a and "status" not in a for a in callback["attempts"]), callback
+    finally:
+        silent.close()

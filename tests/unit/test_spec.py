@@ -72,3 +72,21 @@ def test_http_get_urls_that_could_dodge_the_allow_list_are_refused(ctx, url):
 def test_every_job_gets_a_finite_timeout(ctx):
     with pytest.raises(InvalidJobParams):
         parse_spec({"handler": "echo", "timeout": None}, *ctx)
+
+
+@pytest.mark.parametrize("body,field,words", [
+    ({"handler": "sleep", "kwargs": {"seconds": 1, "extra": 1}}, "kwargs", "unexpected keyword argument 'extra'"),
+    ({"handler": "sleep", "args": [1], "kwargs": {"seconds": 1}}, "kwargs", "multiple values"),
+    ({"handler": "fail", "args": [1, 2]}, "args", "too many positional arguments"),
+])
+def test_args_and_kwargs_must_fit_the_handlers_signature(ctx, body, field, words):
+    registry, settings = ctx
+    with pytest.raises(InvalidJobParams) as err:
+        parse_spec(body, registry, settings)
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_a_handler_taking_anything_takes_anything(ctx):
+    registry, settings = ctx
+    assert parse_spec({"handler": "echo", "kwargs": {"any": 1, "thing": 2}}, registry, settings).kwargs == {"any": 1,
+                                                                                                            "thing": 2}

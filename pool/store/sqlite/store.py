@@ -257,8 +257,8 @@ class SqliteStore(JobStore):
             return repeats, None
         repeats, conflict = self._db.write(op, durable=True)
         if conflict is not None:
-            raise IdempotencyConflict(f"the Idempotency-Key {conflict[0]!r} was used for a different request"
-                                      f" (job {conflict[1]}); use a new key for a new job")
+            raise IdempotencyConflict(f"this Idempotency-Key was used for a different request (job {conflict[1]});"
+                                      " use a new key for a new job")
         return repeats
 
     # -- webhooks ----------------------------------------------------------------------

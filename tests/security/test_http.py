@@ -1,0 +1,137 @@
+"""Hardening of the HTTP layer against a real pserve: body limits for every body, request framing,
+Location, number and path parsing (issue 12 findings 1, 6, 7, 8).  Sockets are raw: no client
+library rewrites what is sent."""
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.e2e.helpers import PROBLEM, QUICK_STOP, parse_response, raw_request
+
+pytestmark = pytest.mark.e2e
+
+TOKENS = {"greenjobs.auth.tokens": "admin-token-for-tests:admin"}
+
+
+def vm_kb(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError(key)
+
+
+def send_raw(srv, payload: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    return parse_response(b"".join(chunks))
+
+
+@pytest.fixture
+def srv(make_server):
+    return make_server(app={**QUICK_STOP, **TOKENS, "greenjobs.workers.cpu": 0})
+
+
+def big_sign_in(srv, size: int, results: list) -> None:
+    """POST /session with a form body of ``size`` bytes, sent as fast as the server takes it."""
+    head = (f"POST /session HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {size}\r\nConnection: close\r\n\r\ntoken=").encode()
+    chunk = b"a" * (1 << 20)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+        sock.sendall(head)
+        sent = 0
+        try:
+            while sent < size:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass                        # the server answered and closed: what we want
+        try:
+            results.append(sock.recv(4096).split(b" ", 2)[1])
+        except OSError:
+            results.append(b"closed")
+
+
+def test_eight_50_mb_sign_in_forms_do_not_grow_the_server(srv, capsys):
+    pid = srv.proc.pid
+    before = vm_kb(pid, "VmRSS")
+    results: list = []
+    threads = [threading.Thread(target=big_sign_in, args=(srv, 50 << 20, results)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    peak = vm_kb(pid, "VmHWM")
+    with capsys.disabled():
+        print(f"\n[security] RSS before {before / 1024:.1f} MB, peak under 8 x 50 MB sign-in bodies "
+              f"{peak / 1024:.1f} MB")
+    assert results and set(results) <= {b"413", b"closed"}, results
+    assert b"413" in results
+    assert peak - before < 30 * 1024, (before, peak)      # KB: nothing like 8 x 50 MB was buffered
+    assert srv.get("/health").status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_413(srv):
+    chunk = b"x" * 65536
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(40)) + b"0\r\n\r\n"   # 2.5 MB > 1 MB
+    status, headers, text = send_raw(srv, b"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-for-tests"
+                                          b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                                          b"Connection: close\r\n\r\n" + body)
+    assert status == 413, text[:300]
+    assert headers["content-type"].startswith(PROBLEM)
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 20\r\nTransfer-Encoding: chunked\r\n",
+    b"Content-Length: 20\r\nContent-Length: 21\r\n",
+    b"Content-Length: 20\r\nContent-Length: 20\r\n",
+    b"Content-Length: +20\r\n",
+])
+def test_ambiguous_body_framing_is_refused(srv, framing):
+    body = b'{"handler": "echo"}\n'
+    status, _, _ = send_raw(srv, b"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-for-tests\r\n"
+                                 b"Content-Type: application/json\r\n" + framing + b"Connection: close\r\n\r\n" + body)
+    assert status == 400
+    assert srv.get("/jobs", headers={"Authorization": "Bearer admin-token-for-tests"}).json()["jobs"] == []
+
+
+def test_location_is_relative_whatever_the_host_header(srv):
+    status, headers, _ = raw_request(srv.url, "POST", "/jobs", b'{"handler": "echo"}',
+                                     {"Content-Type": "application/json", "Content-Length": "19",
+                                      "Authorization": "Bearer admin-token-for-tests", "X-Forwarded-Host": "evil.example"})
+    assert status == 202 and headers["location"].startswith("/jobs/"), headers
+    payload = (b"POST /jobs HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer admin-token-for-tests\r\n"
+               b"Content-Type: application/json\r\nContent-Length: 19\r\nConnection: close\r\n\r\n{\"handler\": \"echo\"}")
+    status, headers, _ = send_raw(srv, payload)
+    assert status == 202 and headers["location"].startswith("/jobs/"), headers
+
+
+@pytest.mark.parametrize("path", ["/%ff", "/jobs/%c0%ae", "/dashboard/%fe%ff"])
+def test_an_undecodable_path_is_400_problem_json(srv, path):
+    status, headers, body = raw_request(srv.url, "GET", path)
+    assert status == 400 and headers["content-type"].startswith(PROBLEM), body[:200]
+    assert b"UTF-8" in body
+    assert "Traceback" not in srv.log()
+
+
+@pytest.mark.parametrize("query", ["/jobs?after=%E2%91%A0", "/jobs?after=%C2%B95", "/jobs?after=%D9%A3",
+                                   "/jobs?limit=%D9%A3", "/jobs/x?wait=%D9%A3", "/events?last_event_id=%C2%B2"])
+def test_numbers_in_the_query_are_ascii_digits_only(srv, query):
+    status, headers, body = raw_request(srv.url, "GET", query, headers={"Authorization": "Bearer admin-token-for-tests"})
+    assert status == 400 and headers["content-type"].startswith(PROBLEM), (status, body[:200])
+
+
+def test_sign_in_is_json_only_and_rate_limited(srv):
+    form = srv.http.post(srv.url + "/session", data={"token": "admin-token-for-tests"}, timeout=10)
+    assert form.status_code == 415
+    statuses = [srv.http.post(srv.url + "/session", json={"token": "wrong"}, timeout=10).status_code
+                for _ in range(12)]
+    assert statuses[:10] == [401] * 10 and statuses[10:] == [429, 429], statuses
+    assert "failed dashboard sign-in from 127.0.0.1" in srv.log()
