@@ -35,6 +35,38 @@ def check_framing(headers) -> None:
         raise ValueError("Content-Length is not a number")
 
 
+class _BoundedInput:
+    """pywsgi's request body, whose ``_discard`` (run after the response, to read what the application left)
+    is bounded: a client that announced more than it sends (a 408) or a large body refused unread (a 413)
+    would otherwise hold the connection, and a ``max_connections`` slot, forever."""
+
+    #: What is read of an unread body after the response (so the client sees the answer before the close,
+    #: not a reset): at most this many bytes, for at most ``header_timeout`` seconds.
+    LINGER_BYTES = 4 << 20
+
+    def __init__(self, body, handler):
+        self._body, self._handler = body, handler
+        self.read, self.readline, self.readlines = body.read, body.readline, body.readlines
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def _discard(self) -> None:
+        handler, body = self._handler, self._body
+        if not body.chunked_input and body.position >= (body.content_length or 0):
+            return                                  # all read: the connection stays in step
+        drained, done = 0, False
+        with gevent.Timeout(handler.header_timeout, False):
+            while drained < self.LINGER_BYTES:
+                data = body.read(65536)
+                if not data:
+                    done = True
+                    break
+                drained += len(data)
+        if not done:
+            handler.close_connection = True        # the rest is too slow or too large to read: close
+
+
 class LimitedHandler(WSGIHandler):
     """Closes connections that idle too long or dribble their headers (slowloris)."""
 
@@ -48,17 +80,22 @@ class LimitedHandler(WSGIHandler):
         check_framing(headers)
         return headers
 
+    served = 0             # request lines read on this connection
+
     def read_requestline(self):
-        """Wait at most ``idle_timeout`` s for the next request line; "" (close) when stopping or idle."""
+        """Wait for the next request line: ``header_timeout`` s on a new connection (one that sends nothing
+        must not hold a slot for long), ``idle_timeout`` s between kept-alive requests; "" closes."""
         if self.server.stopping:
             return ""      # stopping: no new request on a kept-alive connection
         idle = self.server.idle
         me = gevent.getcurrent()
         idle.add(me)       # waiting for a request: safe to close at once on shutdown
         try:
-            with gevent.Timeout(self.idle_timeout, False):
-                return super().read_requestline()
-            return ""      # idle keep-alive connection: close it quietly
+            with gevent.Timeout(self.idle_timeout if self.served else self.header_timeout, False):
+                line = super().read_requestline()
+                self.served += 1
+                return line
+            return ""      # idle or silent connection: close it quietly
         finally:
             idle.discard(me)
 
@@ -78,6 +115,8 @@ class LimitedHandler(WSGIHandler):
         # long-lived responses (GET /events) bound how long a write may wait for a client that
         # stopped reading, by setting a timeout on the connection's socket
         environ["greenjobs.socket"] = self.socket
+        if environ.get("wsgi.input") is self.wsgi_input:
+            self.wsgi_input = environ["wsgi.input"] = _BoundedInput(self.wsgi_input, self)
         return environ
 
     def _handle_client_error(self, ex):
@@ -119,8 +158,9 @@ class Server(WSGIServer):
         super().handle(sock, address)
 
 
-def raise_open_files_limit(wanted: int) -> None:
-    """Long-polls are connections: lift the soft limit on open files toward ``wanted`` (up to the hard one)."""
+def raise_open_files_limit(wanted: int) -> int | None:
+    """Long-polls are connections: lift the soft limit on open files toward ``wanted`` (up to the hard one).
+    Returns the soft limit in force afterwards (None: unlimited or unknown)."""
     try:
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -128,17 +168,35 @@ def raise_open_files_limit(wanted: int) -> None:
         if soft != resource.RLIM_INFINITY and soft < target:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             log.info("raised the open-files limit from %s to %s", soft, target)
+            soft = target
+        return None if soft == resource.RLIM_INFINITY else soft
     except (ImportError, ValueError, OSError) as exc:
         log.warning("could not raise the open-files limit: %s", exc)
+        return None
+
+
+#: File descriptors kept for what is not a client connection (store, broker, workers, outbound HTTP).
+RESERVED_FDS = 512
+
+
+def fit_connections(wanted: int, open_files: int | None) -> int:
+    """``max_connections``, lowered (with a warning) so the open-files limit can hold it: past that limit
+    accept() fails with EMFILE and the server stops answering even /health."""
+    if open_files is None or wanted + RESERVED_FDS <= open_files:
+        return wanted
+    fitted = max(1, open_files - RESERVED_FDS)
+    log.warning("max_connections = %d does not fit the open-files limit (%d); serving at most %d connections "
+                "(raise the limit with ulimit -n or systemd's LimitNOFILE)", wanted, open_files, fitted)
+    return fitted
 
 
 def serve_forever(app, options) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then stop accepting and give in-flight requests ``stop_timeout`` s."""
-    raise_open_files_limit(options.max_connections + 1024)
+    max_connections = fit_connections(options.max_connections, raise_open_files_limit(options.max_connections + 1024))
     handler = type("Handler", (LimitedHandler,), {"idle_timeout": options.idle_timeout,
                                                   "header_timeout": options.header_timeout,
                                                   "max_header_bytes": options.max_header_bytes})
-    server = Server((options.host, options.port), app, spawn=Pool(options.max_connections),
+    server = Server((options.host, options.port), app, spawn=Pool(max_connections),
                     handler_class=handler, backlog=options.backlog, log=None, error_log=log)
     server.nodelay = options.nodelay
     server.stop_timeout = options.stop_timeout

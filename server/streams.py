@@ -5,8 +5,9 @@ cursor: it sleeps until something is appended, sends the events its filters matc
 (5 ms after the first event, and at most one write per 50 ms: a write costs the same for one event
 as for a hundred, so a busy server with a thousand streams pays per write, not per event), and sends a heartbeat comment when
 idle so proxies keep the connection open.  A subscriber that
-falls behind the ring because its client reads too slowly gets a final ``dropped`` event and is
-closed; one overrun while it kept up (a burst larger than the ring, e.g. a huge batch) gets a
+reads too slowly (a write took over a second) and so falls more than ``greenjobs.events.max_lag``
+seconds behind (its next event that old), or behind the ring, gets a final ``dropped`` event and is closed; one write
+holds at most MAX_WRITE bytes, and at most ``greenjobs.events.max_streams`` streams are open; one overrun while it kept up (a burst larger than the ring, e.g. a huge batch) gets a
 ``reset`` event and goes on.  A client reconnecting with Last-Event-ID gets what it missed, or a
 ``reset`` first if some of that is gone.
 """
@@ -24,6 +25,7 @@ from greenjobs.pool.job import STATES
 from greenjobs.server.problems import Problem
 
 MAX_CHUNK = 1000          # events per write, so one busy stream cannot hog the hub
+MAX_WRITE = 64 * 1024     # bytes per write: what one stalled stream holds unsent, beside the kernel's buffer
 SLOW_WRITE = 1.0          # s: a client that takes longer to accept a write is a slow one
 STALLED = 60.0            # s: a write that makes no progress this long drops the stream
 COALESCE = 0.05           # s: at most ~20 writes a second per stream; events in between go in one write
@@ -58,7 +60,11 @@ def events(request):
     jobs = _words(request, "job")
     last = _last_event_id(request)
     runtime = request.registry.greenjobs_runtime
-    log, heartbeat = runtime.events, request.registry.greenjobs_settings.events_heartbeat
+    settings = request.registry.greenjobs_settings
+    log, heartbeat, max_lag = runtime.events, settings.events_heartbeat, settings.events_max_lag
+    if log.subscribers >= settings.events_max_streams:
+        raise Problem(503, "Too many event streams", f"{log.subscribers} event streams are open, the limit of "
+                      f"greenjobs.events.max_streams; retry shortly", {"Retry-After": "5"})
 
     def wanted(event) -> bool:
         return ((not handlers or event.handler in handlers) and (not states or event.state in states)
@@ -83,11 +89,19 @@ def events(request):
             elif last is not None:              # an id this server never issued: start from now
                 yield _control("reset", "Last-Event-ID is not one of this server's events; streaming from now")
             sent_at = time.monotonic()
+            opened_at = time.time()             # a replay's events count as late from here, not from their time
             gathered = False                    # did we already wait for this write's events to gather?
+            behind = False                      # did the last write leave events for the next one?
             slow = False                        # did the client take long to accept the last write?
             while not log.closed:
                 wake = log.watch()               # before reading, so no append slips between
                 new, gap = log.since(cursor)
+                if new and slow and time.time() - max(new[0].at, opened_at) > max_lag:
+                    # behind by more than max_lag because the client is slow to take our writes (a busy hub
+                    # that is late to serve a quick reader is not the reader's fault): it gets stale events only
+                    log.dropped += 1
+                    yield _control("dropped", f"this stream fell more than {max_lag} s behind; reconnect")
+                    return
                 if gap:
                     if slow:
                         log.dropped += 1
@@ -102,14 +116,22 @@ def events(request):
                     # wrote just now: gather a little more first, unless events come so fast that
                     # waiting could let the ring run past this stream
                     elapsed = time.monotonic() - sent_at
-                    if not gathered and len(new) * (1 + COALESCE / max(elapsed, 0.001)) < log.size / 2:
+                    if not gathered and not behind and len(new) * (1 + COALESCE / max(elapsed, 0.001)) < log.size / 2:
                         gathered = True
                         gevent.sleep(max(COALESCE - elapsed, GATHER))
                         continue
                     gathered = False
-                    new = new[:MAX_CHUNK]
-                    cursor = new[-1].id
-                    chunk = b"".join(e.sse() for e in new if wanted(e))
+                    parts, size = [], 0
+                    behind = len(new) > MAX_CHUNK      # more is waiting: write again at once, no gathering
+                    for event in new[:MAX_CHUNK]:
+                        cursor = event.id
+                        if wanted(event):
+                            parts.append(event.sse())
+                            size += len(parts[-1])
+                            if size >= MAX_WRITE:
+                                behind = event is not new[-1]
+                                break
+                    chunk = b"".join(parts)
                     if chunk:
                         started = time.monotonic()
                         writing = True

@@ -530,7 +530,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_slow_subscriber_is_dropped_and_others_are_unaffected(make_server, streams):
-    srv = make_server(app={**QUICK_STOP, "greenjobs.events.replay": 1000, "greenjobs.store.synchronous": "normal"})
+    srv = make_server(app={**QUICK_STOP, "greenjobs.events.replay": 1000, "greenjobs.store.synchronous": "normal",
+                           "greenjobs.events.max_lag": 5})
     slow, status, _, rest = open_stream(srv.url, rcvbuf=4096)
     assert status == 200
     normal = streams(srv.url, "event=succeeded")
@@ -552,7 +553,9 @@ def test_slow_subscriber_is_dropped_and_others_are_unaffected(make_server, strea
         print(f"\n[slow subscriber] server RSS before {rss_before} kB, after 20,000 jobs / 60,000 events "
               f"{rss_flood} kB; dropped counter before the slow client read anything: {dropped_before_read}")
 
-        # now the slow client reads: what the kernel buffered, then a final `dropped` event, then the end
+        # now the slow client reads, later than max_lag: what the kernel buffered, then a final `dropped`
+        # event (its next events are stale), then the end
+        time.sleep(6)
         decoder = ChunkedSSE()
         decoder.feed(rest)
         slow.settimeout(30)
