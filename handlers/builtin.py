@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import time
 
+import urllib3
+
 from greenjobs.handlers.registry import handler
 from greenjobs.pool.context import current_job
 from greenjobs.pool.urls import check_allowed, check_url, http_pool
@@ -59,8 +61,19 @@ def flaky(fail_times=1):
     return {"attempt": attempt}
 
 
-def _check_url(args, kwargs):
+def _check_url(args, kwargs, settings):
+    """At submit: a plain http(s) URL whose host and port are on greenjobs.http.allowed_hosts (a 422 now, not a
+    failed job later)."""
     check_url(kwargs.get("url"), "kwargs.url")
+    try:
+        check_allowed(kwargs["url"], settings.http_allowed_hosts)
+    except PermissionError as exc:
+        raise ValueError(f"kwargs.url {exc}") from None
+
+
+class FetchFailed(Exception):
+    """http.get could not complete its request; one message for every way a connection fails, so the job's
+    error does not tell an open port from a closed one."""
 
 
 @handler("http.get", timeout=30.0, validate=_check_url)
@@ -71,8 +84,11 @@ def http_get(url):
     """
     check_allowed(url, current_job.settings.http_allowed_hosts)
     started = time.perf_counter()
-    response = http_pool().request("GET", url, redirect=False, preload_content=False,
-                                    timeout=current_job.job.timeout or 30.0)
+    try:
+        response = http_pool().request("GET", url, redirect=False, preload_content=False,
+                                        timeout=current_job.job.timeout or 30.0)
+    except (OSError, urllib3.exceptions.HTTPError):
+        raise FetchFailed(f"GET {url} failed: no response") from None
     size = 0
     try:
         for chunk in response.stream(65536):

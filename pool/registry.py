@@ -38,7 +38,7 @@ class Handler:
     max_retries: int = 0
     queue: str = "cpu"
     retry_on: tuple[type[BaseException], ...] = ()
-    validate: Callable[[list, dict], None] | None = None
+    validate: Callable[..., None] | None = None      # (args, kwargs) or (args, kwargs, settings)
     doc: str = ""
 
     @functools.cached_property
@@ -48,6 +48,14 @@ class Handler:
             return inspect.signature(self.fn)
         except (TypeError, ValueError):
             return None
+
+    @functools.cached_property
+    def validate_takes_settings(self) -> bool:
+        """Whether ``validate`` takes a third argument, the typed settings (e.g. to check an allow-list)."""
+        try:
+            return self.validate is not None and len(inspect.signature(self.validate).parameters) >= 3
+        except (TypeError, ValueError):
+            return False
 
     @property
     def where(self) -> str:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
 from greenjobs.pool.errors import ConfigurationError
+from greenjobs.pool.urls import parse_allowed_entry
 from greenjobs.pool.job import EVENTS
 
 PREFIX = "greenjobs."
@@ -92,6 +93,17 @@ def as_receivers(text: str) -> tuple[tuple[str, str], ...]:
 
 as_receivers.expects = ("SIGNAL:module.function entries, SIGNAL one of "  # type: ignore[attr-defined]
                         + ", ".join(SIGNAL_NAMES))
+
+
+def as_hosts(text: str) -> tuple[str, ...]:
+    """Allow-list entries (greenjobs.pool.urls.parse_allowed_entry checks each)."""
+    entries = as_words(text)
+    for entry in entries:
+        parse_allowed_entry(entry)
+    return entries
+
+
+as_hosts.expects = "host, host:port or host:* entries separated by spaces"  # type: ignore[attr-defined]
 
 
 def as_choice(*choices: str) -> Callable[[str], str]:
@@ -180,8 +192,8 @@ def default_cpu_count() -> int:
 TABLE = (
     Setting("greenjobs.handlers", as_words, ("greenjobs.handlers.builtin",),
             "modules whose @handler functions are registered"),
-    Setting("greenjobs.http.allowed_hosts", as_words, ("127.0.0.1", "localhost"),
-            "hosts that http.get and webhooks may call"),
+    Setting("greenjobs.http.allowed_hosts", as_hosts, ("127.0.0.1", "localhost"),
+            "hosts that http.get and webhooks may call: host (ports 80 and 443), host:port or host:*"),
     Setting("greenjobs.pool.size", as_int(1, 100_000), 1000, "I/O jobs running at once, as greenlets"),
     Setting("greenjobs.pool.max_pending", as_int(0, 10_000_000), 100_000,
             "jobs waiting for a slot before submissions get 429"),

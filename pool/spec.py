@@ -90,7 +90,10 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
                                                           "ini file to sign them")
     if handler.validate is not None:
         try:
-            handler.validate(args, kwargs)
+            if handler.validate_takes_settings:
+                handler.validate(args, kwargs, settings)
+            else:
+                handler.validate(args, kwargs)
         except (ValueError, TypeError) as exc:
             raise InvalidJobParams(f"{where}{str(exc).split(' ', 1)[0]}", str(exc).split(" ", 1)[-1]) from None
     signature = handler.signature

@@ -19,6 +19,8 @@ ACTIVE = ("scheduled", "queued", "running")
 
 #: Settings that keep teardown short: running jobs get 0.5 s on SIGTERM instead of 10 s.
 QUICK_STOP = {"greenjobs.shutdown.grace": 0.5}
+#: Local test servers listen on random ports: allow any port of loopback (a bare host allows 80 and 443 only).
+ANY_LOCAL_PORT = {"greenjobs.http.allowed_hosts": "127.0.0.1:* localhost:*"}
 #: Load the test-only handlers of tests/e2e/e2e_handlers.py next to the built-in ones.
 E2E_HANDLERS = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.e2e.e2e_handlers"}
 

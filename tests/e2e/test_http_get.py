@@ -5,14 +5,14 @@ import socket
 
 import pytest
 
-from tests.e2e.helpers import QUICK_STOP, wait_job
+from tests.e2e.helpers import ANY_LOCAL_PORT, QUICK_STOP, assert_problem, wait_job
 
 pytestmark = pytest.mark.e2e
 
 
 
 def test_http_get_to_an_allowed_host(make_server, local_http):
-    srv = make_server(app=QUICK_STOP)      # default allowed_hosts: 127.0.0.1 localhost
+    srv = make_server(app={**QUICK_STOP, **ANY_LOCAL_PORT})
     jobs = {
         "ok": srv.submit("http.get", kwargs={"url": local_http.url("/bytes/12345")}),
         "404": srv.submit("http.get", kwargs={"url": local_http.url("/status/404")}),
@@ -35,15 +35,12 @@ def test_http_get_to_an_allowed_host(make_server, local_http):
     assert sorted(local_http.hits) == sorted(["/bytes/12345", "/status/404", "/status/503", "/redirect", "/by-name"])
 
 
-def test_http_get_to_a_host_not_allowed_fails(make_server, local_http):
-    srv = make_server(app={"greenjobs.http.allowed_hosts": "localhost", **QUICK_STOP})
-    job = srv.submit("http.get", kwargs={"url": local_http.url("/forbidden")})
-    done = wait_job(srv, job["id"], 30)
-    assert done["state"] == "failed", done
-    assert done["error"]["kind"] == "exception"
-    assert "allowed_hosts" in done["error"]["message"] and "127.0.0.1" in done["error"]["message"]
-    assert done["result"] is None
-    assert "/forbidden" not in local_http.hits
+def test_http_get_to_a_host_not_allowed_is_refused_at_submit(make_server, local_http):
+    srv = make_server(app={"greenjobs.http.allowed_hosts": "localhost:*", **QUICK_STOP})
+    refused = srv.post("/jobs", {"handler": "http.get", "kwargs": {"url": local_http.url("/forbidden")}})
+    body = assert_problem(refused, 422, "allowed_hosts", "127.0.0.1")
+    assert body["field"] == "kwargs.url"
+    assert "/forbidden" not in local_http.hits and srv.get("/jobs").json()["jobs"] == []
 
     allowed = srv.submit("http.get", kwargs={"url": local_http.url("/allowed", host="localhost")})
     assert wait_job(srv, allowed["id"], 30)["result"]["status"] == 200
@@ -54,7 +51,7 @@ def test_http_get_to_a_closed_port_fails_cleanly(make_server):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]          # bound, never listening: connection refused
-        srv = make_server(app=QUICK_STOP)
+        srv = make_server(app={**QUICK_STOP, **ANY_LOCAL_PORT})
         job = srv.submit("http.get", kwargs={"url": f"http://127.0.0.1:{port}/"})
         done = wait_job(srv, job["id"], 60)
     assert done["state"] == "failed"

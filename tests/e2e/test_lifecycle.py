@@ -8,7 +8,7 @@ import threading
 import pytest
 import requests
 
-from tests.e2e.helpers import (QUICK_STOP, assert_problem, job_count, list_all, parse_time,
+from tests.e2e.helpers import (ANY_LOCAL_PORT, QUICK_STOP, assert_problem, job_count, list_all, parse_time,
                                submit_batch, wait_batch, wait_job, wait_until)
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +62,7 @@ def test_cancel_running_job(make_server):
 
 
 def test_cancel_queued_job_never_runs(make_server, local_http):
-    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP})
+    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP, **ANY_LOCAL_PORT})
     blocker = srv.submit("sleep", kwargs={"seconds": 30})
     queued = srv.submit("http.get", kwargs={"url": local_http.url("/queued")})
     assert queued["state"] == "queued", queued
@@ -92,7 +92,7 @@ def test_job_cancelled_while_queued_never_runs_even_when_its_slot_frees_at_once(
     blocker at the same moment.  Whenever X ends cancelled *while queued* (attempts 0, never
     started), its handler must not have run, i.e. the local HTTP server never saw its request.
     """
-    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP})
+    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP, **ANY_LOCAL_PORT})
     rounds = []
     for k in range(15):
         blocker = srv.submit("sleep", kwargs={"seconds": 30})
@@ -129,7 +129,7 @@ def test_job_cancelled_while_queued_never_runs_even_when_its_slot_frees_at_once(
 
 
 def test_cancel_scheduled_job_never_runs(make_server, local_http):
-    srv = make_server(app=QUICK_STOP)
+    srv = make_server(app={**QUICK_STOP, **ANY_LOCAL_PORT})
     job = srv.submit("http.get", kwargs={"url": local_http.url("/scheduled")}, delay=1.0)
     assert job["state"] == "scheduled"
     response = srv.delete(f"/jobs/{job['id']}")
@@ -159,7 +159,7 @@ def test_delete_of_finished_job_is_409(make_server):
 # ---------------------------------------------------------------------------------------------
 
 def test_timeout_fails_the_job_and_returns_the_slot(make_server):
-    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP})
+    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP, **ANY_LOCAL_PORT})
     slow = srv.submit("sleep", kwargs={"seconds": 60}, timeout=0.3)
     assert slow["timeout"] == 0.3
     behind = srv.submit("echo", kwargs={"behind": True})      # waits for the single slot
@@ -246,7 +246,7 @@ def _start_order(srv, ids):
 
 
 def test_priority_orders_the_backlog_then_age(make_server):
-    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP})
+    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP, **ANY_LOCAL_PORT})
     blocker = srv.submit("sleep", kwargs={"seconds": 30})
     ids = []
     for n, priority in enumerate(PRIORITIES):
@@ -260,7 +260,7 @@ def test_priority_orders_the_backlog_then_age(make_server):
 
 
 def test_priority_within_a_batch(make_server):
-    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP})
+    srv = make_server(app={"greenjobs.pool.size": 1, **QUICK_STOP, **ANY_LOCAL_PORT})
     blocker = srv.submit("sleep", kwargs={"seconds": 30})
     shuffled = PRIORITIES[:]
     random.Random(7).shuffle(shuffled)

@@ -135,3 +135,49 @@ def test_sign_in_is_json_only_and_rate_limited(srv):
                 for _ in range(12)]
     assert statuses[:10] == [401] * 10 and statuses[10:] == [429, 429], statuses
     assert "failed dashboard sign-in from 127.0.0.1" in srv.log()
+
+
+def test_the_allow_list_names_ports_and_is_checked_at_submit(make_server):
+    """A bare host allows ports 80 and 443: http.get and webhooks cannot reach loopback's databases and
+    brokers, and a refused URL is a 422 at submit, not a job whose error tells open ports from closed ones."""
+    srv = make_server(app={**QUICK_STOP, "greenjobs.workers.cpu": 0, "greenjobs.webhooks.secret": "s" * 16})
+    for port in (6379, 5432, 5672, srv.port):
+        refused = srv.post("/jobs", {"handler": "http.get", "kwargs": {"url": f"http://127.0.0.1:{port}/"}})
+        assert refused.status_code == 422 and "allowed_hosts" in refused.json()["detail"], refused.text
+        hook = srv.post("/jobs", {"handler": "echo", "callback_url": f"http://localhost:{port}/hook"})
+        assert hook.status_code == 422, hook.text
+    assert srv.get("/jobs").json()["jobs"] == []
+
+
+def test_connection_failures_look_alike(make_server):
+    """Refused, reset or silent: one message, so http.get is no port scanner even on an allowed host:*."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))                  # bound, not listening: refused
+    try:
+        srv = make_server(app={**QUICK_STOP, "greenjobs.workers.cpu": 0, "greenjobs.http.allowed_hosts": "127.0.0.1:*"})
+        messages = []
+        for sock in (silent, closed):
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+            job = srv.wait(srv.submit("http.get", kwargs={"url": url}, timeout=1.5)["id"], 30)
+            assert job["state"] == "failed", job
+            messages.append(job["error"]["message"].replace(url, "URL"))
+        assert messages[1] == "FetchFailed: GET URL failed: no response"
+        assert messages[0] in (messages[1], "the job ran longer than its timeout of 1.5 s"), messages
+    finally:
+        silent.close()
+        closed.close()
+
+
+@pytest.mark.parametrize("entries,ok", [("127.0.0.1", True), ("127.0.0.1:8080 [::1]:9000 example.com:*", True),
+                                        ("127.0.0.1:0", False), ("host:99999", False), ("host:http", False)])
+def test_allow_list_entries_are_checked_at_start(tmp_path, entries, ok):
+    from greenjobs.pool.errors import ConfigurationError
+    from greenjobs.server.settings import load
+    if ok:
+        load({"greenjobs.http.allowed_hosts": entries}, str(tmp_path))
+    else:
+        with pytest.raises(ConfigurationError, match="allowed_hosts"):
+            load({"greenjobs.http.allowed_hosts": entries}, str(tmp_path))
