@@ -17,9 +17,9 @@ def ensure_patched() -> None:
 def main(global_config, **raw_settings):
     """paste.app_factory: a bad setting stops start-up with one line per bad key, not a traceback."""
     ensure_patched()
-    from greenjobs.pool.errors import ConfigurationError
+    from greenjobs.pool.errors import ConfigurationError, StoreUnavailable
     from greenjobs.server.wsgi import make_app
     try:
         return make_app(global_config, **raw_settings)
-    except ConfigurationError as exc:
+    except (ConfigurationError, StoreUnavailable) as exc:   # a bad setting, a ledger that cannot open
         raise SystemExit(f"greenjobs: {exc}") from None

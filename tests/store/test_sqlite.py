@@ -5,6 +5,7 @@ import time
 import pytest
 
 from greenjobs.pool.job import QUEUED, Job, new_id
+from greenjobs.pool.errors import StoreUnavailable
 from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST
 from greenjobs.pool.store.sqlite import SqliteStore as Store
 from greenjobs.pool.store.sqlite import schema
@@ -91,3 +92,50 @@ def test_a_ledger_from_a_newer_release_is_refused(tmp_path):
     conn.close()
     with pytest.raises(RuntimeError, match="schema version"):
         Store(str(path), synchronous="normal").open()
+
+
+def _snapshot(path, into):
+    """The database and its WAL as a crash would leave them (the store is still open)."""
+    import shutil
+    shutil.copy(path, into)
+    shutil.copy(str(path) + "-wal", str(into) + "-wal")
+
+
+def test_a_damaged_wal_refuses_to_start_instead_of_losing_jobs(tmp_path):
+    path = tmp_path / "live.sqlite"
+    s = Store(str(path), synchronous="normal").open()
+    try:
+        jobs = [job() for _ in range(300)]
+        for j in jobs:
+            s.insert([j], "me")            # one commit each, all in the WAL (no checkpoint ran)
+        s.flush()
+        _snapshot(path, tmp_path / "crash.sqlite")
+    finally:
+        s.close()
+    intact = Store(str(tmp_path / "crash.sqlite"), synchronous="normal").open()      # a plain crash opens fine
+    try:
+        assert all(intact.get(j.id) is not None for j in jobs[::50])
+    finally:
+        intact.close()
+
+    s = Store(str(path), synchronous="normal").open()
+    try:
+        for j in [job() for _ in range(300)]:
+            s.insert([j], "me")
+        s.flush()
+        _snapshot(path, tmp_path / "damaged.sqlite")
+    finally:
+        s.close()
+    wal = tmp_path / "damaged.sqlite-wal"
+    data = bytearray(wal.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(64)            # 64 bytes overwritten in the middle of the log
+    wal.write_bytes(bytes(data))
+    with pytest.raises(StoreUnavailable, match="is damaged"):
+        Store(str(tmp_path / "damaged.sqlite"), synchronous="normal").open()
+    kept = tmp_path / "damaged.sqlite-wal.damaged"
+    assert kept.read_bytes() == bytes(data)         # the evidence is kept as it was, for recovery
+    with pytest.raises(StoreUnavailable, match="kept at"):   # and a restart does not accept the loss
+        Store(str(tmp_path / "damaged.sqlite"), synchronous="normal").open()
+    kept.unlink()                                   # the operator accepts the loss: it opens
+    Store(str(tmp_path / "damaged.sqlite"), synchronous="normal").open().close()

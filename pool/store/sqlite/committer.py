@@ -9,7 +9,10 @@ also in threads; WAL mode lets them run while a write is in progress.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
+import struct
 from typing import Any, Callable
 
 import gevent
@@ -20,6 +23,54 @@ from gevent.threadpool import ThreadPool
 from greenjobs.pool.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def lost_commits(wal_path: str, frames_read: int) -> int:
+    """Commit frames of the WAL's current generation (its header's salts) past the ``frames_read`` frames SQLite
+    recovered: transactions that were committed but that SQLite stopped reading at a damaged frame.
+
+    Only frame headers are read (24 bytes a frame), so the check costs little even for a large WAL."""
+    try:
+        fh = open(wal_path, "rb")
+    except FileNotFoundError:
+        return 0
+    with fh:
+        header = fh.read(32)
+        if len(header) < 32 or header[:4] not in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83"):
+            return 0
+        page_size = struct.unpack(">I", header[8:12])[0]
+        salts = header[16:24]
+        lost, index = 0, frames_read
+        while True:
+            fh.seek(32 + index * (24 + page_size))
+            frame = fh.read(24)
+            if len(frame) < 24:
+                return lost
+            if frame[8:16] == salts and struct.unpack(">I", frame[4:8])[0] != 0:
+                lost += 1
+            index += 1
+
+
+def check_wal(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse to open a ledger whose WAL holds committed transactions SQLite cannot read (damaged on disk).
+
+    SQLite stops reading a WAL at the first frame whose checksum fails and says nothing, so the jobs
+    committed after it would vanish silently.  One lost commit at the very end is what a power cut can
+    leave of a commit never acknowledged; more than one means damage.  The damaged log is copied to
+    ``PATH-wal.damaged`` (closing the connection lets SQLite delete the original), and the ledger is
+    refused while that copy exists, so the loss is never accepted by a mere restart."""
+    kept = path + "-wal.damaged"
+    advice = (f"Recover what is readable from it (copy {path} and the log aside, restore the log as {path}-wal, "
+              f"then: sqlite3 {path} '.recover' | sqlite3 recovered.sqlite), or, to accept the loss, delete {kept}")
+    if os.path.exists(kept):
+        raise StoreUnavailable(f"the ledger {path} had a damaged write-ahead log, kept at {kept}. {advice}")
+    busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    lost = lost_commits(path + "-wal", max(frames, 0))
+    if lost > 1:
+        shutil.copy2(path + "-wal", kept)
+        raise StoreUnavailable(f"the ledger's write-ahead log {path}-wal is damaged: {lost} committed transactions "
+                               f"after the damage cannot be read, and starting would lose them. The log is kept at "
+                               f"{kept}. {advice}")
 
 
 class Op:
@@ -73,7 +124,10 @@ class GroupCommitter:
     def open(self) -> None:
         """Open the writer connection (WAL, schema set-up) and start the committer greenlet."""
         self._sync_mode = self.synchronous.upper()
-        self._writer = self._writer_pool.apply(self._connect_writer)
+        writer, refusal = self._writer_pool.apply(self._connect_writer)
+        if refusal is not None:         # raised here, not in the thread (gevent would print its traceback)
+            raise refusal
+        self._writer = writer
         self._committer = gevent.spawn(self._commit_loop)
 
     def connect(self) -> sqlite3.Connection:
@@ -83,7 +137,7 @@ class GroupCommitter:
         conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         return conn
 
-    def _connect_writer(self) -> sqlite3.Connection:
+    def _connect_writer(self) -> tuple[sqlite3.Connection | None, StoreUnavailable | None]:
         conn = self.connect()
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -92,8 +146,13 @@ class GroupCommitter:
         # whichever commit crosses the threshold and stall every waiting submission behind it; they
         # run from a reader connection instead (see checkpoint()).
         conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            check_wal(conn, self.path)
+        except StoreUnavailable as refusal:
+            conn.close()
+            return None, refusal
         self.setup(conn)
-        return conn
+        return conn, None
 
     def checkpoint(self) -> None:
         """Copy committed WAL pages into the database without blocking writers (PASSIVE)."""

@@ -1,0 +1,35 @@
+"""A ledger whose write-ahead log was damaged on disk stops pserve with one line, instead of starting
+with jobs silently gone (issue 12 finding 10)."""
+import shutil
+
+import pytest
+
+from greenjobs.pool.job import QUEUED, Job, new_id
+from greenjobs.pool.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.e2e
+
+
+def test_pserve_refuses_a_damaged_ledger_with_one_line(make_server, tmp_path):
+    srv = make_server(app={"greenjobs.workers.cpu": 0}, start=False)
+    target = srv.ini.parent / "var" / "greenjobs.sqlite"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    live = tmp_path / "live.sqlite"
+    store = SqliteStore(str(live), synchronous="normal").open()
+    try:
+        for _ in range(200):
+            store.insert([Job(id=new_id(), handler="echo", kind="io", state=QUEUED)], "gone-host:1:x")
+        store.flush()
+        shutil.copy(live, target)                                   # what a crash leaves on disk
+        shutil.copy(str(live) + "-wal", str(target) + "-wal")
+    finally:
+        store.close()
+    wal = target.parent / "greenjobs.sqlite-wal"
+    data = bytearray(wal.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    wal.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError) as failed:
+        srv.start(timeout=20)
+    log = str(failed.value)
+    assert "greenjobs: the ledger's write-ahead log" in log and ".recover" in log, log[-2000:]
+    assert "Traceback" not in log, log[-2000:]
