@@ -125,7 +125,12 @@ def raw_request(url: str, method: str, path: str, body: bytes = b"", headers: di
     for key, value in (headers or {}).items():
         lines.append(f"{key}: {value}")
     payload = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+    return send_raw(int(port), payload, timeout, host)
+
+
+def send_raw(port: int, payload: bytes, timeout: float = 30.0, host: str = "127.0.0.1") -> tuple[int, dict, bytes]:
+    """Send ``payload`` (a whole request, bytes as given) on a fresh socket; read the answer until the close."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(payload)
         chunks = []
         while True:

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from tests.e2e.helpers import PROBLEM, QUICK_STOP, parse_response, raw_request
+from tests.e2e.helpers import PROBLEM, QUICK_STOP, raw_request
+from tests.e2e.helpers import send_raw as send_raw_to
 
 pytestmark = pytest.mark.e2e
 
@@ -23,15 +24,7 @@ def vm_kb(pid: int, key: str) -> int:
 
 
 def send_raw(srv, payload: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return parse_response(b"".join(chunks))
+    return send_raw_to(srv.port, payload, timeout)
 
 
 @pytest.fixture

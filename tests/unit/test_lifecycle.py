@@ -38,10 +38,12 @@ def test_io_jobs_are_leased_and_cpu_jobs_published():
 def test_retry_at_honours_max_retries_and_a_usable_delay():
     assert lifecycle.retry_at(job(attempts=1, max_retries=0), True, None, lambda a: 1.0) is None
     assert lifecycle.retry_at(job(attempts=1, max_retries=1), False, None, lambda a: 1.0) is None
+    before = time.time()
     at = lifecycle.retry_at(job(attempts=1, max_retries=1), True, 30, lambda a: 1.0)
-    assert 29 < at - time.time() <= 30
+    assert before + 30 <= at <= time.time() + 30                    # the delay asked for, not the backoff
+    before = time.time()
     at = lifecycle.retry_at(job(attempts=1, max_retries=1), True, "soon", lambda a: 5.0)   # not a number: backoff
-    assert 4 < at - time.time() <= 5
+    assert before + 5 <= at <= time.time() + 5
 
 
 def test_worker_claim_verdicts():
