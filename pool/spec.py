@@ -17,6 +17,7 @@ MAX_RETRIES = 100
 #: The JSON Schema of a submitted job: GET /openapi.json publishes it, parse_spec enforces it (and more).
 SCHEMA = {
     "type": "object", "required": ["handler"], "additionalProperties": False,
+    "not": {"required": ["delay", "run_at"], "description": "give either delay or run_at, not both"},
     "properties": {
         "handler": {"type": "string", "description": "a name from GET /handlers"},
         "args": {"type": "array"},
@@ -79,7 +80,7 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
     elif "run_at" in data:
         run_at = _parse_time(data["run_at"], f"{where}run_at")
     callback_url = data.get("callback_url")
-    if callback_url is not None:
+    if "callback_url" in data:          # present means a URL: null is no more "none" than "" is
         try:
             check_url(callback_url, f"{where}callback_url")
             check_allowed(callback_url, settings.http_allowed_hosts)

@@ -40,7 +40,7 @@ def _check_depth(value: Any) -> None:
 
 
 def read_json(request, max_body: int, read_timeout: float) -> Any:
-    """The parsed body, or a Problem: 415 not JSON, 413 too large, 408 too slow, 400 malformed."""
+    """The parsed body, or a Problem: 415 not JSON, 413 too large, 408 too slow, 400 malformed or cut short."""
     ctype = (request.content_type or "").lower()
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise Problem(415, "Unsupported media type",
@@ -56,6 +56,9 @@ def read_json(request, max_body: int, read_timeout: float) -> Any:
             raw = stream.read(min(length, max_body + 1) if length is not None else max_body + 1)
     except gevent.Timeout:
         raise Problem(408, "Request timeout", f"the body was not received within {read_timeout} s") from None
+    except (OSError, ValueError) as exc:     # pywsgi: closed before the announced length, or bad chunking
+        raise Problem(400, "Incomplete body", f"the request body could not be read ({exc}); send the whole "
+                                              f"body its Content-Length announces, or valid chunks") from None
     if len(raw) > max_body:
         raise Problem(413, "Body too large", f"the body exceeds greenjobs.api.max_body={max_body} bytes")
     if not raw:

@@ -1,11 +1,13 @@
-"""Checks every request passes before any view runs: a path that decodes, and one body size limit.
+"""Checks every request passes before any view runs: a path and query that decode, one body size limit.
 
 A Pyramid tween at the top of the chain, so it holds for every route (JSON, forms, multipart, the
-dashboard) and for the error views themselves: a path that is not UTF-8 is a 400, never a 500 of a
-view that reads ``request.path``; a body larger than ``greenjobs.api.max_body`` is refused before
+dashboard) and for the error views themselves: a path or query that is not UTF-8 is a 400, never a
+500 of a view that reads ``request.path`` or ``request.GET``; a body larger than ``greenjobs.api.max_body`` is refused before
 it is read (by its Content-Length) or as soon as a chunked body passes the limit.
 """
 from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
 
 from pyramid.tweens import INGRESS
 
@@ -39,7 +41,7 @@ class LimitedInput:
 
 
 def guard_tween_factory(handler, registry):
-    """The tween: 400 for an undecodable path, 413 for a body over greenjobs.api.max_body."""
+    """The tween: 400 for an undecodable path or query, 413 for a body over greenjobs.api.max_body."""
     limit = registry.greenjobs_settings.api_max_body
 
     def guard(request):
@@ -48,6 +50,10 @@ def guard_tween_factory(handler, registry):
             environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
         except (UnicodeEncodeError, UnicodeDecodeError):
             return problem_response(400, "Malformed path", "the request path is not valid percent-encoded UTF-8")
+        try:
+            unquote_to_bytes(environ.get("QUERY_STRING", "").encode("latin-1")).decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return problem_response(400, "Malformed query", "the query string is not valid percent-encoded UTF-8")
         text = environ.get("CONTENT_LENGTH") or ""
         length = int(text) if text.isascii() and text.isdigit() else None
         if length is not None and length > limit:

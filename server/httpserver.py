@@ -57,12 +57,15 @@ class _BoundedInput:
             return                                  # all read: the connection stays in step
         drained, done = 0, False
         with gevent.Timeout(handler.header_timeout, False):
-            while drained < self.LINGER_BYTES:
-                data = body.read(65536)
-                if not data:
-                    done = True
-                    break
-                drained += len(data)
+            try:
+                while drained < self.LINGER_BYTES:
+                    data = body.read(65536)
+                    if not data:
+                        done = True
+                        break
+                    drained += len(data)
+            except (OSError, ValueError):            # cut short or badly chunked: nothing more to read
+                pass
         if not done:
             handler.close_connection = True        # the rest is too slow or too large to read: close
 

@@ -7,7 +7,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
 from greenjobs.pool import spec
-from greenjobs.pool.job import STATES
+from greenjobs.pool.job import EVENTS, STATES
 
 _problem = {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 _job = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
@@ -15,6 +15,12 @@ _wait = {"name": "wait", "in": "query", "required": False,
          "description": "hold the request until the job (batch) is terminal or this many seconds pass (capped by greenjobs.api.max_wait)",
          "schema": {"type": "number", "minimum": 0}}
 _id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _comma_separated(words) -> dict:
+    """A query value that lists some of ``words`` separated by commas (empty items are ignored)."""
+    word = "|".join(words)
+    return {"type": "string", "pattern": f"^({word})?(,({word})?)*$"}
 
 
 def _errors(*codes: int) -> dict:
@@ -30,12 +36,16 @@ _batch = {"description": "accepted", "content": {"application/json": {"schema": 
 
 JOB_SPEC = spec.SCHEMA     # one schema: the one parse_spec enforces
 
+#: What greenjobs.server.views._checked_key accepts: 1-255 printable ASCII characters.
+IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"}
+
 BATCH_ITEM = {**JOB_SPEC, "properties": {**JOB_SPEC["properties"], "idempotency_key": {
-    "type": "string", "maxLength": 255,
+    **IDEMPOTENCY_KEY,
     "description": "repeat-safe item: a key known within greenjobs.api.idempotency_ttl maps the item to its "
                    "original job (listed in `repeated`); the key with another job is a 422"}}}
 
-_token = {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}
+_token = {"type": "object", "required": ["token"],
+          "properties": {"token": {"type": "string", "minLength": 1, "maxLength": 4000}}}
 _session = {"description": "the caller's access", "content": {"application/json": {"schema": {
     "type": "object", "properties": {
         "auth": {"type": "string", "enum": ["on", "off"]}, "authenticated": {"type": "boolean"},
@@ -57,15 +67,15 @@ DOCUMENT = {
                                                              "or this many seconds pass (one round trip for short "
                                                              "jobs; capped by greenjobs.api.max_wait)"},
                                     {"name": "Idempotency-Key", "in": "header", "required": False,
-                                     "schema": {"type": "string", "maxLength": 255},
+                                     "schema": IDEMPOTENCY_KEY,
                                      "description": "repeat-safe submission: the same key and body within "
                                                     "greenjobs.api.idempotency_ttl returns the original job (200)"}],
                      "responses": {"202": _job, "200": _job, **_errors(400, 408, 413, 415, 422, 429, 503)}},
             "get": {"summary": "List jobs, newest first", "parameters": [
                 {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
                 {"name": "handler", "in": "query", "schema": {"type": "string"}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {"name": "after", "in": "query", "schema": {"type": "string"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
                  "description": "the `next` value of the previous page"}],
                     "responses": {"200": {"description": "a page of jobs", "content": {"application/json": {"schema": {
                         "type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
@@ -106,8 +116,8 @@ DOCUMENT = {
                     "responses": {"200": _session}},
             "post": {"summary": "Dashboard sign-in: exchange a token for an HttpOnly, SameSite=Strict session cookie",
                      "requestBody": {"required": True, "content": {
-                         "application/json": {"schema": _token}, "application/x-www-form-urlencoded": {"schema": _token}}},
-                     "responses": {"200": _session, **_errors(400, 401, 409, 415)}},
+                         "application/json": {"schema": _token}}},
+                     "responses": {"200": _session, **_errors(400, 401, 409, 413, 415, 429)}},
             "delete": {"summary": "Sign out (send X-CSRF-Token)", "responses": {"200": _session, **_errors(403)}},
         },
         "/events": {"get": {
@@ -115,10 +125,10 @@ DOCUMENT = {
                        "succeeded, failed, cancelled); ids increase monotonically",
             "parameters": [
                 {"name": "handler", "in": "query", "schema": {"type": "string"}, "description": "comma-separated"},
-                {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated"},
-                {"name": "event", "in": "query", "schema": {"type": "string"}, "description": "comma-separated"},
+                {"name": "state", "in": "query", "schema": _comma_separated(STATES), "description": "comma-separated"},
+                {"name": "event", "in": "query", "schema": _comma_separated(EVENTS), "description": "comma-separated"},
                 {"name": "job", "in": "query", "schema": {"type": "string"}, "description": "comma-separated ids"},
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]{0,20}$"},
                  "description": "resume after this event (within greenjobs.events.replay events); a `reset` "
                                 "event says when some were missed"}],
             "responses": {"200": {"description": "an endless text/event-stream; a `dropped` event ends a stream "
@@ -154,13 +164,27 @@ DOCUMENT = {
 }
 
 
-def with_security(document: dict, registry) -> dict:
-    """The document plus each operation's permission, read from the views themselves (so they cannot drift).
+def for_server(document: dict, registry) -> dict:
+    """The document as this server enforces it: its handlers, limits and access control.
 
-    Access control off still documents the permissions a token would need once it is on.
+    Each operation's permission is read from the views themselves (so they cannot drift) and named as
+    ``x-permission`` even with access control off; only with it on do operations require a credential.
     """
     from pyramid.interfaces import IRoutesMapper
     document = copy.deepcopy(document)
+    settings = registry.greenjobs_settings
+    schemas = document["components"]["schemas"]
+    submittable = [h.name for h in registry.greenjobs_handlers if not h.name.startswith(spec.RESERVED)]
+    for schema in (schemas["JobSpec"], _batch_item(document)):
+        schema["properties"]["handler"]["enum"] = submittable
+        schema["properties"]["timeout"]["maximum"] = settings.job_max_timeout
+        if not settings.webhooks_secret:        # webhooks off: a callback_url is refused (422)
+            del schema["properties"]["callback_url"]
+    _batch_body(document)["properties"]["jobs"]["maxItems"] = settings.api_max_batch
+    for parameter in document["paths"]["/jobs"]["get"]["parameters"]:
+        if parameter["name"] == "limit":
+            parameter["schema"]["maximum"] = settings.api_max_page
+    enforced = registry.greenjobs_security.enabled
     patterns = {route.name: route.pattern for route in registry.getUtility(IRoutesMapper).get_routes()}
     for item in registry.introspector.get_category("views"):
         view = item["introspectable"]
@@ -172,13 +196,22 @@ def with_security(document: dict, registry) -> dict:
                 continue
             permission = next((r["value"] for r in item["related"] if r.category_name == "permissions"),
                               "admin")      # no permission given: greenjobs.server.security's default
-            if permission == NO_PERMISSION_REQUIRED:
+            if permission == NO_PERMISSION_REQUIRED or not enforced:
                 operation["security"] = []
             else:
                 operation["security"] = [{"bearer": []}, {"session": []}]
-                operation["x-permission"] = permission
                 operation["responses"].update(_errors(401, 403))
+            if permission != NO_PERMISSION_REQUIRED:
+                operation["x-permission"] = permission
     return document
+
+
+def _batch_body(document: dict) -> dict:
+    return document["paths"]["/jobs/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+
+def _batch_item(document: dict) -> dict:
+    return _batch_body(document)["properties"]["jobs"]["items"]
 
 
 @view_config(route_name="openapi", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
@@ -186,5 +219,5 @@ def openapi(request):
     """GET /openapi.json: the OpenAPI 3.1 document, with this server's limits filled in."""
     document = getattr(request.registry, "greenjobs_openapi", None)
     if document is None:
-        document = request.registry.greenjobs_openapi = with_security(DOCUMENT, request.registry)
+        document = request.registry.greenjobs_openapi = for_server(DOCUMENT, request.registry)
     return document

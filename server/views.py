@@ -107,9 +107,10 @@ def submit_batch(request):
     jobs, keys, same_as = [], {}, {}
     first_with: dict[str, tuple[int, str]] = {}
     for i, item in enumerate(items):
-        key = item.pop("idempotency_key", None) if isinstance(item, dict) else None
+        keyed = isinstance(item, dict) and "idempotency_key" in item
+        key = item.pop("idempotency_key") if keyed else None
         jobs.append(parse_spec(item, registry, settings, where=f"jobs[{i}]."))
-        if key is None:
+        if not keyed:
             continue
         key, fingerprint = _checked_key(key, f"jobs[{i}].idempotency_key"), _fingerprint(item)
         if key in first_with:   # the same key twice in one batch: one job, or a conflict

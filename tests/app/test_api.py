@@ -246,3 +246,20 @@ def test_unknown_batch_fields_are_422_like_job_fields(app):
 
 def test_a_missing_dashboard_asset_is_404(app):
     assert app.get("/dashboard/static/no-such-file.js", status=404).content_type == "application/problem+json"
+
+
+def test_openapi_states_what_this_server_enforces(app):
+    """Access control off: no operation asks for a credential (each still names its permission); the
+    handler list, timeout and page limits are this server's; webhooks off leave callback_url out."""
+    doc = app.get("/openapi.json").json
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            assert operation["security"] == [], (path, method)
+    assert doc["paths"]["/jobs"]["post"]["x-permission"] == "submit"
+    spec = doc["components"]["schemas"]["JobSpec"]
+    handlers = spec["properties"]["handler"]["enum"]
+    assert "echo" in handlers and not any(name.startswith("greenjobs.") for name in handlers)
+    assert spec["properties"]["timeout"]["maximum"] == app.app.registry.greenjobs_settings.job_max_timeout
+    assert "callback_url" not in spec["properties"]
+    limit = next(p for p in doc["paths"]["/jobs"]["get"]["parameters"] if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == app.app.registry.greenjobs_settings.api_max_page

@@ -106,7 +106,8 @@ def test_location_is_relative_whatever_the_host_header(srv):
     assert status == 202 and headers["location"].startswith("/jobs/"), headers
 
 
-@pytest.mark.parametrize("path", ["/%ff", "/jobs/%c0%ae", "/dashboard/%fe%ff"])
+@pytest.mark.parametrize("path", ["/%ff", "/jobs/%c0%ae", "/dashboard/%fe%ff", "/jobs?after=%ff",
+                                  "/events?state=%c0%ae", "/jobs?limit=1&handler=%fe"])
 def test_an_undecodable_path_is_400_problem_json(srv, path):
     status, headers, body = raw_request(srv.url, "GET", path)
     assert status == 400 and headers["content-type"].startswith(PROBLEM), body[:200]
@@ -174,3 +175,23 @@ def test_allow_list_entries_are_checked_at_start(tmp_path, entries, ok):
     else:
         with pytest.raises(ConfigurationError, match="allowed_hosts"):
             load({"greenjobs.http.allowed_hosts": entries}, str(tmp_path))
+
+
+@pytest.mark.parametrize("framing,body", [
+    (b"Content-Length: 40", b'{"handler": "echo"}'),                  # the client closes after 19 of 40 bytes
+    (b"Transfer-Encoding: chunked", b"5\r\n{\"han\r\n"),                 # the chunks stop mid-body
+    (b"Transfer-Encoding: chunked", b"zz\r\n{}\r\n0\r\n\r\n"),         # a chunk size that is not hex
+])
+def test_a_body_cut_short_or_badly_chunked_is_400_not_500(srv, framing, body):
+    """Found by tests/security/test_request_fuzz.py: pywsgi's OSError/ValueError reached the view as a 500."""
+    payload = (b"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-for-tests\r\n"
+               b"Content-Type: application/json\r\n" + framing + b"\r\n\r\n" + body)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"Incomplete body" in answer
+    assert "Traceback" not in srv.log()
