@@ -23,8 +23,11 @@ from greenjobs.pool.owners import owner_is_dead
 
 log = logging.getLogger(__name__)
 
-#: Seconds between sweeps of jobs past greenjobs.store.ttl.
+#: Seconds between sweeps of jobs past greenjobs.store.ttl (sooner for a short ttl, every tick while behind).
 SWEEP_EVERY = 60.0
+#: Jobs deleted per sweep transaction, and seconds of sweeping per tick.
+SWEEP_BATCH = 5000
+SWEEP_BUDGET = 0.5
 
 
 class Maintenance(Listener):
@@ -36,6 +39,8 @@ class Maintenance(Listener):
         self.tick = min(1.0, self.settings.store_lease_seconds / 3)      # seconds
         self._greenlet = None
         self._recorder = None
+        self.sweep_every = max(self.tick, min(SWEEP_EVERY, self.settings.store_ttl / 2))
+        self._sweep_behind = False
         self._wake = gevent.event.Event()
         self._next_due = math.inf          # epoch seconds of the earliest scheduled job we know of
 
@@ -83,7 +88,7 @@ class Maintenance(Listener):
             if tick:
                 duties += [self.record_again, self.adopt_orphans, self.repair_outbox, self.repair_callbacks]
                 last_tick = now
-            if self.settings.store_ttl and now - last_sweep >= SWEEP_EVERY:
+            if self.settings.store_ttl and (self._sweep_behind or now - last_sweep >= self.sweep_every):
                 duties.append(self.sweep)
                 last_sweep = now
             if tick or self._next_due <= time.time():
@@ -134,7 +139,17 @@ class Maintenance(Listener):
         self.rt.dispatch(self.rt.store.promote_due(self.rt.owner, ("io", "cpu")))
 
     def sweep(self) -> None:
-        """Delete jobs finished more than greenjobs.store.ttl seconds ago."""
-        deleted = self.rt.store.sweep(time.time() - self.settings.store_ttl)
+        """Delete jobs finished more than greenjobs.store.ttl seconds ago, in bounded transactions, for at
+        most SWEEP_BUDGET seconds a tick; a sweep that did not catch up goes on at the next tick, so it
+        keeps pace with however many jobs the store finishes."""
+        cutoff, deleted = time.time() - self.settings.store_ttl, 0
+        started = time.monotonic()
+        while True:
+            n = self.rt.store.sweep(cutoff, SWEEP_BATCH)
+            deleted += n
+            self._sweep_behind = n == SWEEP_BATCH
+            if not self._sweep_behind or time.monotonic() - started > SWEEP_BUDGET:
+                break
+            gevent.sleep(0)                     # let submissions and outcomes share the store
         if deleted:
             log.info("deleted %d jobs finished more than %s s ago", deleted, self.settings.store_ttl)

@@ -128,15 +128,29 @@ def as_str(text: str) -> str:
 as_str.expects = "a non-empty string"  # type: ignore[attr-defined]
 
 
-def as_sqlite_url(text: str) -> str:
-    """Converter: a ``sqlite:///PATH`` URL with a non-empty path."""
+def as_store_url(text: str) -> str:
+    """Converter: a ``sqlite:///PATH`` URL with a non-empty path, or a ``postgresql://`` (libpq) URL."""
     value = str(text).strip()
-    if not value.startswith("sqlite:///") or len(value) <= len("sqlite:///"):
-        raise ValueError
-    return value
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return value
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    raise ValueError
 
 
-as_sqlite_url.expects = "sqlite:///PATH (an absolute or %(here)s-relative path)"  # type: ignore[attr-defined]
+def redact_url(text: str) -> str:
+    """A URL as it may be shown in an error or a log line: any password replaced by ***."""
+    head, sep, rest = str(text).partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return str(text)
+    userinfo, _, hostpart = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{head}://{user}{':***' if ':' in userinfo else ''}@{hostpart}"
+
+
+as_store_url.expects = ("sqlite:///PATH (an absolute or %(here)s-relative path) or "  # type: ignore[attr-defined]
+                        "postgresql://USER@HOST:5432/DATABASE")
+as_store_url.shown = redact_url  # type: ignore[attr-defined]
 
 
 def as_broker_url(text: str) -> str:
@@ -170,7 +184,8 @@ def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults:
                 values[setting.attr] = setting.convert(text)
             except (ValueError, TypeError):
                 expects = getattr(setting.convert, "expects", "a valid value")
-                problems.append(f"{key} = {text!r}: expected {expects} ({setting.help})")
+                shown = getattr(setting.convert, "shown", str)(text)      # never a password
+                problems.append(f"{key} = {shown!r}: expected {expects} ({setting.help})")
         else:
             values[setting.attr] = (defaults or {}).get(key, setting.default)
     for key in sorted(raw) if strict else ():
@@ -197,7 +212,8 @@ TABLE = (
     Setting("greenjobs.pool.size", as_int(1, 100_000), 1000, "I/O jobs running at once, as greenlets"),
     Setting("greenjobs.pool.max_pending", as_int(0, 10_000_000), 100_000,
             "jobs waiting for a slot before submissions get 429"),
-    Setting("greenjobs.store.url", as_sqlite_url, None, "where the job ledger lives; default %(here)s/var/greenjobs.sqlite"),
+    Setting("greenjobs.store.url", as_store_url, None,
+            "where the job ledger lives: sqlite:///PATH (default %(here)s/var/greenjobs.sqlite) or postgresql://…"),
     Setting("greenjobs.store.synchronous", as_choice("full", "normal"), "full",
             "full: every commit is fsynced (survives power loss); normal: survives a killed process only"),
     Setting("greenjobs.store.ttl", as_float(0.0, 10 * 366 * 86400.0), 7 * 86400.0,
@@ -251,9 +267,11 @@ def load(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], here: str,
         "greenjobs.store.url": "sqlite:///" + os.path.join(here, "var", "greenjobs.sqlite"),
         "greenjobs.broker.url": "embedded:///" + os.path.join(here, "var", "queue.sqlite"),
     })
-    path = settings.store_url[len("sqlite:///"):]
-    settings.store_path = path if os.path.isabs(path) else os.path.join(here, path)
-    settings.store_url = "sqlite:///" + settings.store_path
+    settings.store_path = None          # a file only for SQLite
+    if settings.store_url.startswith("sqlite:///"):
+        path = settings.store_url[len("sqlite:///"):]
+        settings.store_path = path if os.path.isabs(path) else os.path.join(here, path)
+        settings.store_url = "sqlite:///" + settings.store_path
     if settings.broker_url.startswith("embedded:///"):
         path = settings.broker_url[len("embedded:///"):]
         settings.broker_url = "embedded:///" + (path if os.path.isabs(path) else os.path.join(here, path))

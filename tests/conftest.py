@@ -1,6 +1,25 @@
 import pytest
 
+from tests.postgres import PostgresForTests
 from tests.support import ServerProcess, stop_all, write_ini
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """Databases for this test run on the shared PostgreSQL server, dropped at the end (skip without one,
+    except under CI)."""
+    server = PostgresForTests.start_or_skip()
+    yield server
+    server.drop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_backend(request):
+    """App settings that put a server's ledger on each backend: the embedded SQLite file, or a fresh
+    PostgreSQL database.  A test that takes it runs once per backend."""
+    if request.param == "sqlite":
+        return {}
+    return {"greenjobs.store.url": request.getfixturevalue("postgres").database_url("srv")}
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ __all__ = ["BACKENDS", "JobStore", "Pending", "open_store", "store_for"]
 #: URL scheme -> "module:class" of the backend (a plain registry: a new backend adds a line).
 BACKENDS = {
     "sqlite": "greenjobs.pool.store.sqlite:SqliteStore",
+    "postgresql": "greenjobs.pool.store.postgres:PostgresStore",
+    "postgres": "greenjobs.pool.store.postgres:PostgresStore",
 }
 
 

@@ -165,8 +165,9 @@ class JobStore(ABC):
         """scheduled -> queued for jobs whose ``run_at`` has come (leased or published by kind)."""
 
     @abstractmethod
-    def sweep(self, finished_before: float, limit: int = 2000) -> int:
-        """Delete up to ``limit`` terminal jobs per state that finished before ``finished_before``."""
+    def sweep(self, finished_before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` terminal jobs that finished before ``finished_before``, oldest finish first
+        (one bounded transaction: call again while it returns ``limit``), with old batches and keys."""
 
     # -- cpu jobs: the outbox and worker claims ----------------------------------------
     @abstractmethod

@@ -25,8 +25,8 @@ def all_terminal(srv, ledger) -> bool:
     return all(states.get(j, {}).get("state") in ("succeeded", "failed", "cancelled") for j in ledger.accepted)
 
 
-def test_sigkill_with_io_and_cpu_jobs_in_flight_loses_nothing(make_server, tmp_path):
-    srv = make_server(app=APP, name="kill")
+def test_sigkill_with_io_and_cpu_jobs_in_flight_loses_nothing(make_server, tmp_path, store_backend):
+    srv = make_server(app={**APP, **store_backend}, name="kill")
     ledger = Ledger(srv.ini.parent)
     ledger.accept(srv.post("/jobs/batch", {"jobs": [{"handler": "fault.io", "kwargs": {"seconds": 1.0}}] * 1000}))
     ledger.accept(srv.post("/jobs/batch", {"jobs": [{"handler": "fault.cpu", "kwargs": {"seconds": 0.1}}] * 100}))
@@ -45,8 +45,8 @@ def test_sigkill_with_io_and_cpu_jobs_in_flight_loses_nothing(make_server, tmp_p
     assert all(job["state"] == "succeeded" for job in final_states(srv).values())
 
 
-def test_sigterm_with_jobs_and_requests_in_flight_exits_0_and_the_next_start_finishes(make_server):
-    srv = make_server(app=APP, name="term")
+def test_sigterm_with_jobs_and_requests_in_flight_exits_0_and_the_next_start_finishes(make_server, store_backend):
+    srv = make_server(app={**APP, **store_backend}, name="term")
     ledger = Ledger(srv.ini.parent)
     ledger.accept(srv.post("/jobs/batch", {"jobs": [{"handler": "fault.io", "kwargs": {"seconds": 3.0}}] * 200}))
     polls: list = []

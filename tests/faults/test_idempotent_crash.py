@@ -27,8 +27,8 @@ def _send(url, body, key, crash):
     raise AssertionError("the server never answered")
 
 
-def test_one_key_fifty_clients_and_a_crash_before_the_answer_make_one_job(make_server):
-    srv = make_server(app=APP, name="idem")
+def test_one_key_fifty_clients_and_a_crash_before_the_answer_make_one_job(make_server, store_backend):
+    srv = make_server(app={**APP, **store_backend}, name="idem")
     ledger = Ledger(srv.ini.parent)
     body = {"handler": "fault.io", "kwargs": {"seconds": 0.3}}
     # the first submission is accepted and committed, then the server dies before answering
@@ -54,9 +54,9 @@ def test_one_key_fifty_clients_and_a_crash_before_the_answer_make_one_job(make_s
     assert not report["lost"] and not report["stuck"] and not report["unexpected"], report
 
 
-def test_fifty_concurrent_first_submissions_with_a_crash_make_one_job(make_server):
+def test_fifty_concurrent_first_submissions_with_a_crash_make_one_job(make_server, store_backend):
     """All 50 race for the key at once; whichever commits first kills the server before answering."""
-    srv = make_server(app=APP, name="race")
+    srv = make_server(app={**APP, **store_backend}, name="race")
     body = {"handler": "fault.io", "kwargs": {"seconds": 0.3}}
     with ThreadPoolExecutor(50) as pool:
         first = [pool.submit(_try, srv.url, body) for _ in range(50)]

@@ -19,8 +19,8 @@ def state(srv, job_id):
     return srv.get(f"/jobs/{job_id}").json()
 
 
-def test_cancelled_jobs_stay_cancelled_after_a_crash(make_server, tmp_path):
-    srv = make_server(app={**APP, "greenjobs.pool.size": 1, "greenjobs.workers.cpu": 1}, name="cancel")
+def test_cancelled_jobs_stay_cancelled_after_a_crash(make_server, tmp_path, store_backend):
+    srv = make_server(app={**APP, **store_backend, "greenjobs.pool.size": 1, "greenjobs.workers.cpu": 1}, name="cancel")
     ledger = Ledger(srv.ini.parent)
     gate = tmp_path / "open-the-gate"
     running_io = srv.submit("fault.io", kwargs={"seconds": 30})

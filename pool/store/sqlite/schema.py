@@ -8,27 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 
-from greenjobs.pool.job import ACTIVE, TERMINAL
+from greenjobs.pool.store.rows import INSERTED, TERMINAL_SQL
 
-#: Every column of a job row as the store reads it (row_to_job takes them in this order).
-COLUMNS = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
-           "attempts", "result", "error", "errors", "progress", "batch_id", "created_at", "started_at",
-           "finished_at", "callback_url", "callback")
-SELECT = ", ".join(COLUMNS)
-#: The columns a new job is inserted with (the rest start NULL or at their default).
-INSERTED = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
-            "attempts", "batch_id", "lease_owner", "lease_expires", "outbox", "created_at", "started_at",
-            "callback_url")
 INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join('?' * len(INSERTED))})"
 
-
-def states(names) -> str:
-    """A SQL list of state names, from the job model's constants: ``('scheduled', 'queued')``."""
-    return "(" + ", ".join(f"'{name}'" for name in names) + ")"
-
-
-ACTIVE_SQL = states(ACTIVE)
-TERMINAL_SQL = states(sorted(TERMINAL))
 
 VERSION_1 = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -73,8 +56,11 @@ CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, fingerprint TEXT N
 #: Columns added before versions were kept: a version-0 ledger gets those it lacks.
 _UNVERSIONED_ADDITIONS = (("callback_url", "TEXT"), ("callback", "TEXT"))
 
-#: version -> the SQL that brings version-1 ledgers up to it, in order.  (None yet.)
-MIGRATIONS: dict[int, str] = {}
+#: version -> the SQL that brings the previous version up to it, in order.
+MIGRATIONS: dict[int, str] = {
+    # the TTL sweep goes by when jobs finished, oldest first, whatever their sequence
+    2: f"CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE state IN {TERMINAL_SQL}",
+}
 CURRENT = max((1, *MIGRATIONS))
 
 

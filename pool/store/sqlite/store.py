@@ -15,49 +15,14 @@ from typing import Any, Callable, Iterable
 
 from greenjobs.pool import lifecycle
 from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
-from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, TERMINAL, Job
+from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
+from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, LEASED_SQL, PUBLISHED_SQL, SELECT, TERMINAL_SQL, dumps,
+                                       insert_row, row_to_job)
 from greenjobs.pool.store.sqlite import schema
 from greenjobs.pool.store.sqlite.committer import GroupCommitter
-from greenjobs.pool.store.sqlite.schema import ACTIVE_SQL, SELECT, TERMINAL_SQL, states
 
 log = logging.getLogger(__name__)
-
-_LEASED = states(lifecycle.LEASED_KINDS)            # kinds leased to their runner while queued
-_PUBLISHED = states(lifecycle.PUBLISHED_KINDS)      # kinds that go to the outbox while queued
-_FROM = {name: states(move[0]) for name, move in (("claim", lifecycle.CLAIM), ("finish", lifecycle.FINISH),
-                                                  ("retry", lifecycle.RETRY), ("cancel", lifecycle.CANCEL),
-                                                  ("revive", lifecycle.REVIVE), ("give_back", lifecycle.GIVE_BACK),
-                                                  ("promote", lifecycle.PROMOTE))}
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def row_to_job(row: tuple) -> Job:
-    """A row of ``schema.COLUMNS`` as a Job (JSON columns decoded)."""
-    (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
-     result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback) = row
-    return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
-               kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
-               attempts=attempts, result=_loads(result), error=_loads(error), errors=_loads(errors) or [],
-               progress=_loads(progress),
-               batch_id=batch_id, created_at=created_at, started_at=started_at, finished_at=finished_at,
-               callback_url=callback_url, callback=_loads(callback))
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
-
-
-def _insert_row(j: Job, owner: str, expires: float) -> tuple:
-    """The values of ``schema.INSERTED`` for a new job; the lifecycle says whether it is leased or published."""
-    leased = lifecycle.leased(j)
-    return (j.id, j.handler, j.kind, j.state, j.priority, _dumps(j.args) if j.args else "[]",
-            _dumps(j.kwargs) if j.kwargs else "{}", j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id,
-            owner if leased else None, expires if leased else None, int(lifecycle.to_publish(j)), j.created_at,
-            j.started_at, j.callback_url)
 
 
 class SqliteStore(JobStore):
@@ -128,7 +93,7 @@ class SqliteStore(JobStore):
 
     # -- reads -----------------------------------------------------------------------
     @staticmethod
-    def _get(conn: sqlite3.Connection, job_id: str) -> Job | None:
+    def _get(conn, job_id: str) -> Job | None:
         row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row_to_job(row) if row else None
 
@@ -232,7 +197,7 @@ class SqliteStore(JobStore):
         expires = now + self.lease_seconds
         keys = keys or {}
 
-        rows = {i: _insert_row(j, owner, expires) for i, j in enumerate(jobs)}
+        rows = {i: insert_row(j, owner, expires) for i, j in enumerate(jobs)}
 
         def op(conn):
             repeats, conflict = {}, None
@@ -265,13 +230,13 @@ class SqliteStore(JobStore):
     def add_delivery(self, job_id: str, delivery: Job, url: str, owner: str) -> bool:
         """Attach the webhook delivery job ``delivery`` to finished job ``job_id`` and store it, in one
         transaction; False (nothing stored) if the job already has one."""
-        callback = _dumps({"url": url, "delivery": delivery.id, "state": "pending", "attempts": []})
+        callback = dumps({"url": url, "delivery": delivery.id, "state": "pending", "attempts": []})
 
         def op(conn):
             if conn.execute("UPDATE jobs SET callback = ? WHERE id = ? AND callback IS NULL",
                             (callback, job_id)).rowcount != 1:
                 return False
-            conn.execute(schema.INSERT, _insert_row(delivery, owner, time.time() + self.lease_seconds))
+            conn.execute(schema.INSERT, insert_row(delivery, owner, time.time() + self.lease_seconds))
             return True
         return self._db.write(op)
 
@@ -284,7 +249,7 @@ class SqliteStore(JobStore):
             callback = json.loads(row[0])
             callback["attempts"] = (callback.get("attempts", []) + [attempt])[-keep:]
             callback["state"] = state
-            conn.execute("UPDATE jobs SET callback = ? WHERE id = ?", (_dumps(callback), job_id))
+            conn.execute("UPDATE jobs SET callback = ? WHERE id = ?", (dumps(callback), job_id))
         self._db.write(op)
 
     def callbacks_due(self, limit: int = 500) -> list[Job]:
@@ -307,20 +272,20 @@ class SqliteStore(JobStore):
             job.attempts, job.started_at = job.attempts + 1, now
         return self._db.swap(
             f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
-            f" lease_expires = ? WHERE id = ? AND state IN {_FROM['claim']} AND lease_owner = ?",
+            f" lease_expires = ? WHERE id = ? AND state IN {FROM['claim']} AND lease_owner = ?",
             (now, owner, now + self.lease_seconds, job.id, owner))
 
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
         """running (leased to ``owner``) -> ``state``.  False if the lease was lost or the job cancelled."""
         now = time.time()
         errors = job.errors + [error] if error is not None else job.errors
-        args = (state, result_json, None if error is None else _dumps(error), _dumps(errors) if errors else None,
-                now, None if job.progress is None else _dumps(job.progress))
+        args = (state, result_json, None if error is None else dumps(error), dumps(errors) if errors else None,
+                now, None if job.progress is None else dumps(job.progress))
         self._progress.pop(job.id, None)
         if not self._db.swap(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, errors = ?, finished_at = ?,"
                 " progress = COALESCE(?, progress), lease_owner = NULL, lease_expires = NULL"
-                f" WHERE id = ? AND state IN {_FROM['finish']} AND lease_owner = ?", args + (job.id, owner)).get():
+                f" WHERE id = ? AND state IN {FROM['finish']} AND lease_owner = ?", args + (job.id, owner)).get():
             return False
         job.transition(state)
         job.finished_at, job.errors = now, errors
@@ -336,8 +301,8 @@ class SqliteStore(JobStore):
         def op(conn):
             return conn.execute(
                 f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, error = ?, errors = ?, lease_owner = NULL,"
-                f" lease_expires = NULL WHERE id = ? AND state IN {_FROM['retry']} AND lease_owner = ?",
-                (run_at, _dumps(error), _dumps(errors), job.id, owner)).rowcount == 1
+                f" lease_expires = NULL WHERE id = ? AND state IN {FROM['retry']} AND lease_owner = ?",
+                (run_at, dumps(error), dumps(errors), job.id, owner)).rowcount == 1
         if not self._db.write(op):
             return False
         job.transition(SCHEDULED)
@@ -352,8 +317,8 @@ class SqliteStore(JobStore):
         def op(conn):
             row = conn.execute(
                 f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, lease_owner = NULL, lease_expires = NULL,"
-                f" error = ? WHERE id = ? AND state IN {_FROM['cancel']} RETURNING {SELECT}",
-                (now, _dumps(error), job_id)).fetchone()
+                f" error = ? WHERE id = ? AND state IN {FROM['cancel']} RETURNING {SELECT}",
+                (now, dumps(error), job_id)).fetchone()
             if row is not None:
                 return row_to_job(row), True
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -370,9 +335,9 @@ class SqliteStore(JobStore):
         def op(conn):
             row = conn.execute(
                 f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
-                f" lease_owner = CASE WHEN kind IN {_LEASED} THEN ? END,"
-                f" lease_expires = CASE WHEN kind IN {_LEASED} THEN ? END, outbox = (kind IN {_PUBLISHED})"
-                f" WHERE id = ? AND state IN {_FROM['revive']} RETURNING {SELECT}",
+                f" lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN ? END,"
+                f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN ? END, outbox = (kind IN {PUBLISHED_SQL})"
+                f" WHERE id = ? AND state IN {FROM['revive']} RETURNING {SELECT}",
                 (owner, now + self.lease_seconds, job_id)).fetchone()
             if row is not None:
                 return row_to_job(row), True
@@ -380,14 +345,14 @@ class SqliteStore(JobStore):
             return (row_to_job(row) if row else None), False
         return self._db.write(op, durable=True)
 
-    def sweep(self, finished_before: float, limit: int = 2000) -> int:
-        """Delete up to ``limit`` terminal jobs (oldest first) that finished before ``finished_before``."""
+    def sweep(self, finished_before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` terminal jobs that finished before ``finished_before``, oldest finish first,
+        by the finished-at index (so jobs that finished later never stall it)."""
         def op(conn):
-            deleted = 0
-            for state in sorted(TERMINAL):
-                deleted += conn.execute(
-                    "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state = ? ORDER BY seq LIMIT ?)"
-                    " AND finished_at < ?", (state, limit, finished_before)).rowcount
+            deleted = conn.execute(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished"
+                f" WHERE state IN {TERMINAL_SQL} AND finished_at < ? ORDER BY finished_at LIMIT ?)",
+                (finished_before, limit)).rowcount
             conn.execute("DELETE FROM batches WHERE created_at < ? AND NOT EXISTS"
                          " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)", (finished_before,))
             conn.execute("DELETE FROM idempotency WHERE created_at < ?", (finished_before,))
@@ -401,7 +366,7 @@ class SqliteStore(JobStore):
         def op(conn):
             return conn.executemany(
                 f"UPDATE jobs SET state = '{QUEUED}', attempts = max(attempts - 1, 0), lease_owner = NULL,"
-                f" lease_expires = NULL, started_at = NULL WHERE id = ? AND state IN {_FROM['give_back']}"
+                f" lease_expires = NULL, started_at = NULL WHERE id = ? AND state IN {FROM['give_back']}"
                 " AND lease_owner = ?",
                 ids).rowcount
         return self._db.write(op) if ids else 0
@@ -439,9 +404,9 @@ class SqliteStore(JobStore):
         now = time.time()
         kind_marks = ",".join("?" * len(kinds))
         return self._write_returning(
-            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = CASE WHEN kind IN {_LEASED} THEN ? END,"
-            f" lease_expires = CASE WHEN kind IN {_LEASED} THEN ? END, outbox = (kind IN {_PUBLISHED}) WHERE id IN"
-            f" (SELECT id FROM jobs WHERE state IN {_FROM['promote']} AND run_at <= ? AND kind IN ({kind_marks})"
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN ? END,"
+            f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN ? END, outbox = (kind IN {PUBLISHED_SQL}) WHERE id IN"
+            f" (SELECT id FROM jobs WHERE state IN {FROM['promote']} AND run_at <= ? AND kind IN ({kind_marks})"
             f" ORDER BY run_at LIMIT ?) RETURNING {SELECT}",
             (owner, now + self.lease_seconds, now, *kinds, limit))
 
@@ -477,7 +442,7 @@ class SqliteStore(JobStore):
                 row = conn.execute(
                     "UPDATE jobs SET state = ?, error = ?, errors = ?, finished_at = ?, lease_owner = NULL,"
                     f" lease_expires = NULL, outbox = 0 WHERE id = ? RETURNING {SELECT}",
-                    (lifecycle.WORKER_LOST[1], _dumps(verdict.error), _dumps(job.errors + [verdict.error]), now,
+                    (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()
                 return "lost", row_to_job(row)
             if verdict.answer == "go":
@@ -494,10 +459,10 @@ class SqliteStore(JobStore):
         now = time.time()
         return self._write_returning(
             f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL, outbox = 1"
-            f" WHERE state = '{RUNNING}' AND kind IN {_PUBLISHED} AND lease_expires < ? RETURNING {SELECT}", (now,))
+            f" WHERE state = '{RUNNING}' AND kind IN {PUBLISHED_SQL} AND lease_expires < ? RETURNING {SELECT}", (now,))
 
     def set_progress(self, job_id: str, progress: dict) -> None:
         """Record progress without waiting: coalesced, only the latest value per job is written."""
-        self._progress[job_id] = _dumps(progress)
+        self._progress[job_id] = dumps(progress)
         self._db.poke()
 

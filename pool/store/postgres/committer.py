@@ -1,0 +1,234 @@
+"""Group commit for PostgreSQL over one writer connection, and a pool of reader connections.
+
+As for SQLite (``greenjobs.pool.store.sqlite.committer``), every write is an *op* queued to one
+committer greenlet, which runs every op queued so far in one transaction: many submissions share
+one round trip to COMMIT.  A batch that holds no promise to a client (claims, outcomes, leases)
+commits with ``synchronous_commit = off``: losing one to a crash only means a job runs again.
+
+psycopg 3 waits on its sockets through gevent when gevent has patched them, so a slow query holds
+only its own greenlet, never the hub (``tests/e2e/test_postgres.py`` checks it).  The committer
+survives its own failures: a lost connection fails the ops in hand with StoreUnavailable (a 503),
+marks the store unhealthy, and is replaced on the next batch once the database answers again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import gevent
+import psycopg
+from gevent.event import AsyncResult, Event
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from greenjobs.pool.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+RECONNECT_EVERY = 0.5       # s: at most one connection attempt per this long while the database is away
+CONNECT_TIMEOUT = 5         # s: libpq's connect_timeout
+
+
+class Op:
+    """A queued write: ``fn(conn)``, or a one-row compare-and-swap ``sql`` (True if the row changed)."""
+
+    __slots__ = ("fn", "sql", "params", "durable", "result")
+
+    def __init__(self, fn: Callable[[psycopg.Connection], Any] | None, sql: str = "", params: tuple = (),
+                 durable: bool = False):
+        self.fn, self.sql, self.params, self.durable = fn, sql, params, durable
+        self.result = AsyncResult()
+
+    def run(self, conn: psycopg.Connection) -> Any:
+        if self.fn is not None:
+            return self.fn(conn)
+        return conn.execute(self.sql, self.params).rowcount == 1
+
+
+def _unavailable(exc: BaseException, doing: str) -> StoreUnavailable:
+    """The one error a caller sees for a database fault: what failed, never the URL or a password."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StoreUnavailable(f"the job store cannot {doing}: {first}")
+
+
+class Committer:
+    """One writer connection fed by a committer greenlet; ``readers`` pooled connections for reads."""
+
+    def __init__(self, url: str, readers: int = 4, max_batch_ops: int = 5000, setup=None, each_batch=None):
+        self.url = url
+        self.max_batch_ops = max_batch_ops
+        self.setup = setup
+        self.each_batch = each_batch or (lambda: None)
+        self.healthy, self.last_error = True, None
+        self._writer: psycopg.Connection | None = None
+        self._next_connect = 0.0
+        self._ops: list[Op] = []
+        self._wake = Event()
+        self._loop = None
+        self._open = False
+        self._readers = ConnectionPool(url, min_size=1, max_size=readers, open=False, name="greenjobs-readers",
+                                       kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                                       reconnect_timeout=0)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def open(self) -> None:
+        """Connect the writer (migrating the schema), open the readers, start the committer."""
+        try:
+            self._writer = self._connect()
+            if self.setup is not None:
+                self.setup(self._writer)
+        except psycopg.Error as exc:
+            raise _unavailable(exc, "open the ledger") from None
+        self._readers.open(wait=False)
+        self._open = True
+        self._loop = gevent.spawn(self._commit_loop)
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+
+    def close(self) -> None:
+        """Commit what is queued, then close every connection."""
+        if not self._open:
+            return
+        try:
+            self.write(lambda conn: None)
+        except StoreUnavailable:
+            pass
+        self._open = False
+        if self._loop is not None:
+            self._loop.kill()
+        if self._writer is not None:
+            self._writer.close()
+        self._readers.close(timeout=5)
+
+    # -- writing ---------------------------------------------------------------------
+    def write(self, fn: Callable[[psycopg.Connection], Any], durable: bool = False) -> Any:
+        """Queue ``fn`` for the next group commit and wait for its result (``durable``: a promise to a
+        client, committed with synchronous_commit on)."""
+        return self.submit(fn, durable=durable).result.get()
+
+    def submit(self, fn, sql: str = "", params: tuple = (), durable: bool = False) -> Op:
+        """Queue an op without waiting; its ``result`` is set after its commit."""
+        if not self._open:
+            raise StoreUnavailable("the store is closed")
+        op = Op(fn, sql, params, durable)
+        self._ops.append(op)
+        self._wake.set()
+        return op
+
+    def swap(self, sql: str, params: tuple) -> AsyncResult:
+        """Queue a one-row compare-and-swap update; its result becomes True if the row changed."""
+        return self.submit(None, sql, params).result
+
+    def poke(self) -> None:
+        """Have the committer run a batch soon even with no op queued (for ``each_batch`` work)."""
+        self._wake.set()
+
+    def _commit_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                ops, self._ops = self._ops[:self.max_batch_ops], self._ops[self.max_batch_ops:]
+                extra = self.each_batch()
+                if not ops and extra is None:
+                    break
+                try:
+                    results = self._commit(ops, extra)
+                except Exception as exc:        # never let the loop die: every later write would hang
+                    log.exception("store committer failed")
+                    results = [(False, _unavailable(exc, "write"))] * len(ops)
+                for op, (ok, value) in zip(ops, results):
+                    if ok:
+                        op.result.set(value)
+                    else:
+                        op.result.set_exception(value)
+
+    def _connection(self) -> psycopg.Connection:
+        """The writer, reconnected if it was lost (at most one attempt per RECONNECT_EVERY)."""
+        conn = self._writer
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        if conn is not None:
+            conn.close()
+            self._writer = None
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise StoreUnavailable(f"the job store is unavailable: {self.last_error}")
+        self._next_connect = now + RECONNECT_EVERY
+        try:
+            self._writer = self._connect()
+        except psycopg.Error as exc:
+            self._mark_unhealthy(exc)
+            raise _unavailable(exc, "connect") from None
+        log.warning("store connection re-established")
+        return self._writer
+
+    def _mark_unhealthy(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.error("store write failed: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        self.healthy, self.last_error = False, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+
+    def _commit(self, ops: list[Op], extra) -> list:
+        try:
+            conn = self._connection()
+        except StoreUnavailable as exc:
+            return [(False, exc)] * len(ops)
+        try:
+            results = self._run_batch(conn, ops, extra)
+        except psycopg.Error as exc:
+            self._mark_unhealthy(exc)
+            if conn.closed or conn.broken:      # the database went away: the ops in hand fail (503)
+                return [(False, _unavailable(exc, "write"))] * len(ops)
+            return self._run_singly(conn, ops)
+        self.healthy, self.last_error = True, None
+        return results
+
+    def _run_batch(self, conn: psycopg.Connection, ops: list[Op], extra) -> list:
+        """One transaction: function ops in order, then row swaps grouped by statement, then ``each_batch``.
+
+        Each swap names one job and its expected state, so running them after the function ops of
+        their batch changes nothing for correctness (the later one simply finds the row moved)."""
+        results: list = [None] * len(ops)
+        groups: dict[str, list[int]] = {}
+        with conn.transaction():
+            if not any(op.durable for op in ops):
+                conn.execute("SET LOCAL synchronous_commit = off")
+            for i, op in enumerate(ops):
+                if op.fn is None:
+                    groups.setdefault(op.sql, []).append(i)
+                else:
+                    results[i] = (True, op.fn(conn))
+            if groups:
+                with conn.pipeline():           # every swap in one round trip
+                    cursors = [(i, conn.execute(sql, ops[i].params)) for sql, members in groups.items()
+                               for i in members]
+                for i, cur in cursors:
+                    results[i] = (True, cur.rowcount == 1)
+            if extra is not None:
+                extra(conn)
+        return results
+
+    def _run_singly(self, conn: psycopg.Connection, ops: list[Op]) -> list:
+        results = []
+        for op in ops:
+            try:
+                with conn.transaction():
+                    results.append((True, op.run(conn)))
+            except psycopg.Error as exc:
+                results.append((False, _unavailable(exc, "write")))
+                if conn.closed or conn.broken:
+                    results += [(False, _unavailable(exc, "write"))] * (len(ops) - len(results))
+                    break
+            except Exception as exc:
+                results.append((False, exc))
+        return results
+
+    # -- reading -----------------------------------------------------------------------
+    def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(conn, *args)`` on a pooled reader connection."""
+        try:
+            with self._readers.connection(timeout=CONNECT_TIMEOUT) as conn:
+                return fn(conn, *args)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise _unavailable(exc, "be read") from None

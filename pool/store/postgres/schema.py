@@ -1,0 +1,91 @@
+"""The PostgreSQL ledger's schema and its migrations, applied at open under an advisory lock.
+
+Versions live in ``greenjobs_schema``.  Every server runs ``migrate`` at start; the first to take
+the transaction-level advisory lock applies what is missing and the others, waiting on the lock,
+find nothing left to do, so several servers may start at once.  ``greenjobs-admin schema`` prints
+the same SQL for DBAs who apply schema changes themselves.
+
+The tables are unqualified: they live in the first schema of the connection's ``search_path``
+(``?options=-csearch_path%3Dmyschema`` in the URL picks another).
+"""
+from __future__ import annotations
+
+from greenjobs.pool.store.rows import TERMINAL_SQL
+
+#: pg_advisory_xact_lock key: "greenjob" as a 64-bit integer.
+LOCK = int.from_bytes(b"greenjob", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+VERSION_1 = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    seq bigserial PRIMARY KEY,
+    id text NOT NULL UNIQUE,
+    handler text NOT NULL,
+    kind text NOT NULL,
+    state text NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    args text NOT NULL,
+    kwargs text NOT NULL,
+    timeout double precision,
+    max_retries integer NOT NULL DEFAULT 0,
+    run_at double precision,
+    attempts integer NOT NULL DEFAULT 0,
+    result text,
+    error text,
+    errors text,
+    progress text,
+    batch_id text,
+    lease_owner text,
+    lease_expires double precision,
+    outbox smallint NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL,
+    started_at double precision,
+    finished_at double precision,
+    callback_url text,
+    callback text
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.02,
+        autovacuum_vacuum_cost_delay = 1);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+CREATE INDEX IF NOT EXISTS jobs_handler ON jobs (handler, seq);
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id) WHERE batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (kind, priority DESC, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE state = 'scheduled';
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_outbox ON jobs (seq) WHERE outbox = 1;
+CREATE INDEX IF NOT EXISTS jobs_callback_due ON jobs (seq) WHERE callback_url IS NOT NULL AND callback IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE state IN {TERMINAL_SQL};
+CREATE TABLE IF NOT EXISTS batches (id text PRIMARY KEY, total integer NOT NULL, created_at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS batches_created ON batches (created_at);
+CREATE TABLE IF NOT EXISTS idempotency (key text PRIMARY KEY, fingerprint text NOT NULL, job_id text NOT NULL,
+                                        created_at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
+"""
+
+#: version -> the SQL that brings the previous version to it, in order.
+MIGRATIONS: dict[int, str] = {1: VERSION_1}
+CURRENT = max(MIGRATIONS)
+
+
+def script(from_version: int = 0) -> str:
+    """The SQL that brings a ledger at ``from_version`` to ``CURRENT``, as one transaction (for DBAs)."""
+    steps = [f"-- greenjobs schema version {v}\n{MIGRATIONS[v].strip()}" for v in sorted(MIGRATIONS) if v > from_version]
+    return ("BEGIN;\nSELECT pg_advisory_xact_lock(%d);\n" % LOCK
+            + "CREATE TABLE IF NOT EXISTS greenjobs_schema (version integer NOT NULL);\n"
+            + "\n".join(steps)
+            + f"\nDELETE FROM greenjobs_schema;\nINSERT INTO greenjobs_schema (version) VALUES ({CURRENT});\nCOMMIT;\n")
+
+
+def migrate(conn) -> None:
+    """Bring the ledger to ``CURRENT`` in one transaction, under the advisory lock (``conn``: psycopg, not
+    in a transaction).  Refuses a ledger made by a newer greenjobs."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS greenjobs_schema (version integer NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM greenjobs_schema").fetchone()
+        version = row[0] or 0
+        if version > CURRENT:
+            raise RuntimeError(f"the ledger is at schema version {version}; this greenjobs knows up to {CURRENT}")
+        for target in sorted(v for v in MIGRATIONS if v > version):
+            conn.execute(MIGRATIONS[target])
+        if version != CURRENT:
+            conn.execute("DELETE FROM greenjobs_schema")
+            conn.execute("INSERT INTO greenjobs_schema (version) VALUES (%s)", (CURRENT,))

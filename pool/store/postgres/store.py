@@ -1,0 +1,398 @@
+"""The PostgreSQL ledger: the JobStore interface over one table in a database several servers share.
+
+The same rows as SQLite (``greenjobs.pool.store.rows``), the same compare-and-swap moves guarded
+by state and lease owner, written through the group committer (``committer.py``); the schema and
+its migrations are ``schema.py``.  Selections that several servers could race for (due jobs,
+worker claims) lock the rows they take (``FOR UPDATE``, ``SKIP LOCKED`` where another server may
+simply take the next ones).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
+
+from greenjobs.pool import lifecycle
+from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
+from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
+from greenjobs.pool.store.base import JobStore, Lease, Pending
+from greenjobs.pool.store.postgres import schema
+from greenjobs.pool.store.postgres.committer import Committer
+from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, INSERTED, LEASED_SQL, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
+                                       dumps, insert_row, row_to_job)
+
+log = logging.getLogger(__name__)
+
+INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join(['%s'] * len(INSERTED))})"
+
+
+class _Conflict(Exception):
+    """An Idempotency-Key known with another fingerprint: rolls the insert's savepoint back."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (and query), for logs and errors."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+class PostgresStore(JobStore):
+    """The durable job table in PostgreSQL.  Call :meth:`open` once from a greenlet before use."""
+
+    def __init__(self, url: str, lease_seconds: float = 30.0, readers: int = 4, max_batch_ops: int = 5000):
+        self.url = url
+        self.lease_seconds = lease_seconds
+        self._progress: dict[str, str] = {}
+        self._db = Committer(url, readers, max_batch_ops, setup=schema.migrate, each_batch=self._progress_writes)
+
+    @classmethod
+    def from_url(cls, url: str, *, lease_seconds: float = 30.0, synchronous: str = "full") -> "PostgresStore":
+        """Any libpq URL (``postgresql://user@host:5432/db``); a password may come from the URL, PGPASSWORD
+        or ~/.pgpass.  Commits that promise something to a client are always synchronous."""
+        return cls(url, lease_seconds=lease_seconds)
+
+    @property
+    def where(self) -> str:
+        """Where the ledger lives, for logs (never the password)."""
+        return redacted(self.url)
+
+    # -- lifecycle -----------------------------------------------------------------
+    def open(self) -> "PostgresStore":
+        """Connect, bring the schema up to date (under an advisory lock) and start the committer."""
+        self._db.open()
+        return self
+
+    def close(self) -> None:
+        self._db.close()
+
+    def flush(self) -> None:
+        self._db.write(lambda conn: None)
+
+    @property
+    def healthy(self) -> bool:
+        return self._db.healthy
+
+    @property
+    def last_error(self) -> str | None:
+        return self._db.last_error
+
+    def ping(self) -> bool:
+        """True if a read answers and the last write succeeded."""
+        try:
+            self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+        except StoreUnavailable:
+            return False
+        return self.healthy
+
+    def _progress_writes(self):
+        if not self._progress:
+            return None
+        rows, self._progress = [(p, i) for i, p in self._progress.items()], {}
+        return lambda conn: conn.cursor().executemany(
+            f"UPDATE jobs SET progress = %s WHERE id = %s AND state = '{RUNNING}'", rows)
+
+    def _write_returning(self, sql: str, params: tuple) -> list[Job]:
+        return self._db.write(lambda conn: [row_to_job(r) for r in conn.execute(sql, params).fetchall()])
+
+    def _read_jobs(self, sql: str, params: tuple) -> list[Job]:
+        return self._db.read(lambda conn: [row_to_job(r) for r in conn.execute(sql, params).fetchall()])
+
+    # -- reads -----------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        jobs = self._read_jobs(f"SELECT {SELECT} FROM jobs WHERE id = %s", (job_id,))
+        return jobs[0] if jobs else None
+
+    def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
+             after: int | None = None) -> tuple[list[Job], int | None]:
+        """Newest first, and the cursor (the sequence number) of the last one."""
+        where, params = [], []
+        for column, value in (("state = %s", state), ("handler = %s", handler), ("seq < %s", after)):
+            if value is not None and value != "":
+                where.append(column)
+                params.append(value)
+        sql = f"SELECT {SELECT}, seq FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._db.read(lambda conn: conn.execute(sql + " ORDER BY seq DESC LIMIT %s", (*params, limit)).fetchall())
+        return [row_to_job(r[:-1]) for r in rows], (rows[-1][-1] if rows else None)
+
+    def cursor_of(self, job_id: str) -> int | None:
+        row = self._db.read(lambda conn: conn.execute("SELECT seq FROM jobs WHERE id = %s", (job_id,)).fetchone())
+        return None if row is None else row[0]
+
+    def batch_counts(self, batch_id: str) -> dict[str, Any] | None:
+        def query(conn):
+            row = conn.execute("SELECT total, created_at FROM batches WHERE id = %s", (batch_id,)).fetchone()
+            if row is None:
+                return None
+            counts = dict(conn.execute("SELECT state, count(*) FROM jobs WHERE batch_id = %s GROUP BY state",
+                                       (batch_id,)).fetchall())
+            return {"total": row[0], "created_at": row[1], "counts": counts}
+        return self._db.read(query)
+
+    def batch_active(self, batch_id: str) -> int:
+        return self._db.read(lambda conn: conn.execute(
+            f"SELECT count(*) FROM jobs WHERE batch_id = %s AND state IN {ACTIVE_SQL}", (batch_id,)).fetchone()[0])
+
+    def batch_of(self, job_ids: list[str]) -> str | None:
+        unique = set(job_ids)
+
+        def query(conn):
+            row = conn.execute("SELECT batch_id FROM jobs WHERE id = %s", (job_ids[0],)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            members = {r[0] for r in conn.execute("SELECT id FROM jobs WHERE batch_id = %s", (row[0],))}
+            return row[0] if members == unique else None
+        return self._db.read(query)
+
+    def active_counts(self) -> list[tuple[str, str, int]]:
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            f"SELECT handler, state, count(*) FROM jobs WHERE state IN {ACTIVE_SQL} GROUP BY handler, state").fetchall())]
+
+    def owners(self, me: str) -> list[tuple[str, float]]:
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            "SELECT lease_owner, max(lease_expires) FROM jobs WHERE lease_owner IS NOT NULL AND lease_owner <> %s"
+            f" AND state IN {ACTIVE_SQL} GROUP BY lease_owner", (me,)).fetchall())]
+
+    # -- submission --------------------------------------------------------------------
+    def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
+               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
+        """Store new jobs in one transaction (all or nothing); see JobStore.insert.
+
+        A key is claimed first, with ``INSERT … ON CONFLICT``: a live key another transaction holds
+        makes this one wait for it and then see it, so two servers given one key make one job."""
+        now = time.time()
+        rows = {i: insert_row(j, owner, now + self.lease_seconds) for i, j in enumerate(jobs)}
+        keys = keys or {}
+
+        def op(conn):
+            repeats: dict[int, str] = {}
+            try:
+                with conn.transaction():            # a savepoint inside the group commit
+                    for i, (key, fingerprint) in keys.items():
+                        taken = conn.execute(
+                            "INSERT INTO idempotency (key, fingerprint, job_id, created_at) VALUES (%s, %s, %s, %s)"
+                            " ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+                            " job_id = EXCLUDED.job_id, created_at = EXCLUDED.created_at"
+                            " WHERE idempotency.created_at <= %s RETURNING job_id",
+                            (key, fingerprint, jobs[i].id, now, now - idempotency_ttl)).fetchone()
+                        if taken is not None:
+                            continue
+                        known = conn.execute("SELECT fingerprint, job_id FROM idempotency WHERE key = %s",
+                                             (key,)).fetchone()
+                        if known[0] != fingerprint:
+                            raise _Conflict(known[1])
+                        repeats[i] = known[1]
+                    fresh = [r for i, r in rows.items() if i not in repeats]
+                    if batch_id is not None and fresh:
+                        conn.execute("INSERT INTO batches (id, total, created_at) VALUES (%s, %s, %s)",
+                                     (batch_id, len(fresh), now))
+                    if fresh:
+                        conn.cursor().executemany(INSERT, fresh)
+            except _Conflict as conflict:
+                return repeats, str(conflict)
+            return repeats, None
+        repeats, conflict = self._db.write(op, durable=True)
+        if conflict is not None:
+            raise IdempotencyConflict(f"this Idempotency-Key was used for a different request (job {conflict});"
+                                      " use a new key for a new job")
+        return repeats
+
+    # -- outcomes ----------------------------------------------------------------------
+    def claim(self, job: Job, owner: str, bump: bool = True) -> Pending:
+        """queued -> running for ``owner``; the job object changes at once, the Pending says if the store agreed."""
+        now = time.time() if bump else (job.started_at or time.time())
+        if bump:
+            job.transition(RUNNING)
+            job.attempts, job.started_at = job.attempts + 1, now
+        return self._db.swap(
+            f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = %s, lease_owner = %s,"
+            f" lease_expires = %s WHERE id = %s AND state IN {FROM['claim']} AND lease_owner = %s",
+            (now, owner, now + self.lease_seconds, job.id, owner))
+
+    def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
+        """running (leased to ``owner``) -> ``state``: fenced, so a runner that lost its lease records nothing."""
+        now = time.time()
+        errors = job.errors + [error] if error is not None else job.errors
+        args = (state, result_json, None if error is None else dumps(error), dumps(errors) if errors else None,
+                now, None if job.progress is None else dumps(job.progress))
+        self._progress.pop(job.id, None)
+        if not self._db.swap(
+                "UPDATE jobs SET state = %s, result = %s, error = %s, errors = %s, finished_at = %s,"
+                " progress = COALESCE(%s, progress), lease_owner = NULL, lease_expires = NULL"
+                f" WHERE id = %s AND state IN {FROM['finish']} AND lease_owner = %s", args + (job.id, owner)).get():
+            return False
+        job.transition(state)
+        job.finished_at, job.errors = now, errors
+        job.result = None if result_json is None else json.loads(result_json)
+        job.error = error
+        return True
+
+    def retry(self, job: Job, owner: str, run_at: float, error: dict) -> bool:
+        errors = job.errors + [error]
+        self._progress.pop(job.id, None)
+        if not self._db.swap(
+                f"UPDATE jobs SET state = '{SCHEDULED}', run_at = %s, error = %s, errors = %s, lease_owner = NULL,"
+                f" lease_expires = NULL WHERE id = %s AND state IN {FROM['retry']} AND lease_owner = %s",
+                (run_at, dumps(error), dumps(errors), job.id, owner)).get():
+            return False
+        job.transition(SCHEDULED)
+        job.run_at, job.error, job.errors = run_at, error, errors
+        return True
+
+    def set_progress(self, job_id: str, progress: dict) -> None:
+        self._progress[job_id] = dumps(progress)
+        self._db.poke()
+
+    def _change_or_read(self, sql: str, params: tuple, job_id: str) -> tuple[Job | None, bool]:
+        def op(conn):
+            row = conn.execute(sql, params).fetchone()
+            if row is not None:
+                return row_to_job(row), True
+            row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+            return (row_to_job(row) if row else None), False
+        return self._db.write(op, durable=True)
+
+    def cancel(self, job_id: str, error: dict) -> tuple[Job | None, bool]:
+        return self._change_or_read(
+            f"UPDATE jobs SET state = '{CANCELLED}', finished_at = %s, lease_owner = NULL, lease_expires = NULL,"
+            f" error = %s WHERE id = %s AND state IN {FROM['cancel']} RETURNING {SELECT}",
+            (time.time(), dumps(error), job_id), job_id)
+
+    def revive(self, job_id: str, owner: str) -> tuple[Job | None, bool]:
+        return self._change_or_read(
+            f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
+            f" lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN %s END,"
+            f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN %s::double precision END,"
+            f" outbox = (kind IN {PUBLISHED_SQL})::int WHERE id = %s AND state IN {FROM['revive']} RETURNING {SELECT}",
+            (owner, time.time() + self.lease_seconds, job_id), job_id)
+
+    # -- leases, adoption, due jobs, sweeping --------------------------------------------
+    def renew(self, owner: str) -> int:
+        expires = time.time() + self.lease_seconds
+        return self._db.write(lambda conn: conn.execute(
+            f"UPDATE jobs SET lease_expires = %s WHERE lease_owner = %s AND state IN ('{QUEUED}', '{RUNNING}')",
+            (expires, owner)).rowcount)
+
+    def release(self, owner: str) -> int:
+        return self._db.write(lambda conn: conn.execute(
+            f"UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = %s AND state = '{QUEUED}'",
+            (owner,)).rowcount)
+
+    def requeue(self, jobs: Iterable[Job], owner: str) -> int:
+        ids = [j.id for j in jobs]
+        if not ids:
+            return 0
+        return self._db.write(lambda conn: conn.execute(
+            f"UPDATE jobs SET state = '{QUEUED}', attempts = GREATEST(attempts - 1, 0), lease_owner = NULL,"
+            f" lease_expires = NULL, started_at = NULL WHERE id = ANY(%s) AND state IN {FROM['give_back']}"
+            " AND lease_owner = %s", (ids, owner)).rowcount)
+
+    def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:
+        now = time.time()
+        return self._write_returning(
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = %s, lease_expires = %s"
+            f" WHERE state IN ('{QUEUED}', '{RUNNING}') AND kind = ANY(%s)"
+            " AND (lease_owner IS NULL OR lease_owner = ANY(%s) OR (lease_owner <> %s AND lease_expires < %s))"
+            f" RETURNING {SELECT}",
+            (owner, now + self.lease_seconds, list(kinds), list(dead_owners), owner, now))
+
+    def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
+        now = time.time()
+        return self._write_returning(
+            f"WITH due AS MATERIALIZED (SELECT seq FROM jobs WHERE state IN {FROM['promote']} AND run_at <= %s"
+            " AND kind = ANY(%s) ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            f" UPDATE jobs SET state = '{QUEUED}', lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN %s END,"
+            f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN %s::double precision END,"
+            f" outbox = (kind IN {PUBLISHED_SQL})::int FROM due WHERE jobs.seq = due.seq RETURNING "
+            + ", ".join(f"jobs.{c}" for c in SELECT.split(", ")),
+            (now, list(kinds), limit, owner, now + self.lease_seconds))
+
+    def sweep(self, finished_before: float, limit: int = 5000) -> int:
+        """Delete up to ``limit`` terminal jobs that finished before ``finished_before``, oldest first, by the
+        finished-at index (so recent jobs never stall it)."""
+        def op(conn):
+            deleted = conn.execute(
+                f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN {TERMINAL_SQL}"
+                " AND finished_at < %s ORDER BY finished_at LIMIT %s)", (finished_before, limit)).rowcount
+            conn.execute("DELETE FROM batches WHERE created_at < %s AND NOT EXISTS"
+                         " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)", (finished_before,))
+            conn.execute("DELETE FROM idempotency WHERE created_at < %s", (finished_before,))
+            return deleted
+        return self._db.write(op)
+
+    # -- cpu jobs: the outbox and worker claims -------------------------------------------
+    def unpublished(self, after_seq: int = 0, limit: int = 5000) -> tuple[list[Job], int]:
+        rows = self._db.read(lambda conn: conn.execute(
+            f"SELECT seq, {SELECT} FROM jobs WHERE outbox = 1 AND state = '{QUEUED}' AND seq > %s ORDER BY seq LIMIT %s",
+            (after_seq, limit)).fetchall())
+        return [row_to_job(r[1:]) for r in rows], (rows[-1][0] if rows else 0)
+
+    def mark_published(self, ids: list[str]) -> None:
+        if ids:
+            self._db.submit(lambda conn: conn.execute("UPDATE jobs SET outbox = 0 WHERE id = ANY(%s)", (list(ids),)))
+
+    def claim_for_worker(self, job_id: str, worker: str,
+                         judge: Callable[[Job, Lease], lifecycle.Verdict]) -> tuple[str, Job | None]:
+        """Carry out ``judge``'s verdict on the row, locked for the decision (FOR UPDATE)."""
+        now = time.time()
+
+        def op(conn):
+            row = conn.execute(f"SELECT {SELECT}, lease_owner, lease_expires FROM jobs WHERE id = %s FOR UPDATE",
+                               (job_id,)).fetchone()
+            if row is None:
+                return "skip", None
+            job = row_to_job(row[:-2])
+            verdict = judge(job, Lease(*row[-2:]))
+            if verdict.answer == "lost":
+                row = conn.execute(
+                    "UPDATE jobs SET state = %s, error = %s, errors = %s, finished_at = %s, lease_owner = NULL,"
+                    f" lease_expires = NULL, outbox = 0 WHERE id = %s RETURNING {SELECT}",
+                    (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
+                     job_id)).fetchone()
+                return "lost", row_to_job(row)
+            if verdict.answer == "go":
+                row = conn.execute(
+                    f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = %s, lease_owner = %s,"
+                    f" lease_expires = %s, outbox = 0 WHERE id = %s RETURNING {SELECT}",
+                    (now, worker, verdict.lease_until, job_id)).fetchone()
+                return "go", row_to_job(row)
+            return "skip", job
+        return self._db.write(op)
+
+    def requeue_stale_cpu(self) -> list[Job]:
+        return self._write_returning(
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL, outbox = 1"
+            f" WHERE state = '{RUNNING}' AND kind IN {PUBLISHED_SQL} AND lease_expires < %s RETURNING {SELECT}",
+            (time.time(),))
+
+    # -- webhooks ------------------------------------------------------------------------
+    def add_delivery(self, job_id: str, delivery: Job, url: str, owner: str) -> bool:
+        callback = dumps({"url": url, "delivery": delivery.id, "state": "pending", "attempts": []})
+
+        def op(conn):
+            if conn.execute("UPDATE jobs SET callback = %s WHERE id = %s AND callback IS NULL",
+                            (callback, job_id)).rowcount != 1:
+                return False
+            conn.execute(INSERT, insert_row(delivery, owner, time.time() + self.lease_seconds))
+            return True
+        return self._db.write(op)
+
+    def record_delivery(self, job_id: str, attempt: dict, state: str, keep: int = 20) -> None:
+        def op(conn):
+            row = conn.execute("SELECT callback FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+            if row is None or row[0] is None:
+                return
+            callback = json.loads(row[0])
+            callback["attempts"] = (callback.get("attempts", []) + [attempt])[-keep:]
+            callback["state"] = state
+            conn.execute("UPDATE jobs SET callback = %s WHERE id = %s", (dumps(callback), job_id))
+        self._db.write(op)
+
+    def callbacks_due(self, limit: int = 500) -> list[Job]:
+        return self._read_jobs(
+            f"SELECT {SELECT} FROM jobs WHERE callback_url IS NOT NULL AND callback IS NULL AND state IN {TERMINAL_SQL}"
+            " ORDER BY seq LIMIT %s", (limit,))

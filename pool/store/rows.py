@@ -1,0 +1,66 @@
+"""How a job is a row, for every SQL backend: the columns, their order, and the JSON they hold.
+
+Both ledgers keep the same columns (JSON as text, times as epoch seconds), so a job reads and
+writes the same way whichever database holds it; only the SQL dialect differs.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from greenjobs.pool import lifecycle
+from greenjobs.pool.job import ACTIVE, TERMINAL, Job
+
+#: Every column of a job row as the store reads it (row_to_job takes them in this order).
+COLUMNS = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
+           "attempts", "result", "error", "errors", "progress", "batch_id", "created_at", "started_at",
+           "finished_at", "callback_url", "callback")
+SELECT = ", ".join(COLUMNS)
+#: The columns a new job is inserted with (the rest start NULL or at their default).
+INSERTED = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
+            "attempts", "batch_id", "lease_owner", "lease_expires", "outbox", "created_at", "started_at",
+            "callback_url")
+
+
+def states(names) -> str:
+    """A SQL list of state (or kind) names, from the job model's constants: ``('scheduled', 'queued')``."""
+    return "(" + ", ".join(f"'{name}'" for name in names) + ")"
+
+
+ACTIVE_SQL = states(ACTIVE)
+TERMINAL_SQL = states(sorted(TERMINAL))
+LEASED_SQL = states(lifecycle.LEASED_KINDS)            # kinds leased to their runner while queued
+PUBLISHED_SQL = states(lifecycle.PUBLISHED_KINDS)      # kinds that go to the outbox while queued
+#: move name -> the SQL list of states it may start from (greenjobs.pool.lifecycle's moves).
+FROM = {name: states(move[0]) for name, move in (("claim", lifecycle.CLAIM), ("finish", lifecycle.FINISH),
+                                                 ("retry", lifecycle.RETRY), ("cancel", lifecycle.CANCEL),
+                                                 ("revive", lifecycle.REVIVE), ("give_back", lifecycle.GIVE_BACK),
+                                                 ("promote", lifecycle.PROMOTE))}
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def row_to_job(row) -> Job:
+    """A row of ``COLUMNS`` as a Job (JSON columns decoded)."""
+    (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
+     result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback) = row
+    return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
+               kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
+               attempts=attempts, result=loads(result), error=loads(error), errors=loads(errors) or [],
+               progress=loads(progress), batch_id=batch_id, created_at=created_at, started_at=started_at,
+               finished_at=finished_at, callback_url=callback_url, callback=loads(callback))
+
+
+def insert_row(j: Job, owner: str, expires: float) -> tuple:
+    """The values of ``INSERTED`` for a new job; the lifecycle says whether it is leased or published."""
+    leased = lifecycle.leased(j)
+    return (j.id, j.handler, j.kind, j.state, j.priority, dumps(j.args) if j.args else "[]",
+            dumps(j.kwargs) if j.kwargs else "{}", j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id,
+            owner if leased else None, expires if leased else None, int(lifecycle.to_publish(j)), j.created_at,
+            j.started_at, j.callback_url)
