@@ -55,6 +55,8 @@ class Sink:
         self.listeners = listeners
         self.backoff = backoff
         self.progress = progress        # (job id, {"fraction", "message"}): stored coalesced, announced throttled
+        #: outcomes the store refused because their runner no longer held the job (fenced out)
+        self.rejected = 0
 
     def started(self, job: Job) -> None:
         """An attempt of ``job`` started."""
@@ -72,10 +74,18 @@ class Sink:
             if outcome.state == FAILED else None
         if when is not None:
             if not self.store.retry(job, owner, when, outcome.error):
-                return None
+                return self._rejected(job, owner, "retry")
             self.listeners.emit("retrying", job)
             return "retried"
         if not self.store.finish(job, owner, outcome.state, outcome.result_json, outcome.error):
-            return None
+            return self._rejected(job, owner, outcome.state)
         self.listeners.emit(job.state, job)
         return "finished"
+
+    def _rejected(self, job: Job, owner: str, what: str) -> None:
+        """A late outcome: the job was cancelled, or its lease expired and another runner took it."""
+        self.rejected += 1
+        log.warning("job %s (%s): the %s of attempt %d by %s was not recorded: that runner no longer holds "
+                    "the job (cancelled, or adopted after its lease expired)", job.id, job.handler, what,
+                    job.attempts, owner)
+        return None

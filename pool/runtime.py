@@ -82,7 +82,8 @@ class Runtime:
         self.progress = self.listeners.add(Progress(self))
         self.maintenance = self.listeners.add(Maintenance(self))
         registry.add(self.webhooks.handler())
-        sink = Sink(self.store, self.listeners, Backoff(settings.retry_base, settings.retry_max), self.progress.report)
+        self.sink = sink = Sink(self.store, self.listeners, Backoff(settings.retry_base, settings.retry_max),
+                                self.progress.report)
         self.io = GreenletExecutor("io", self.store, registry, settings, self.owner, size=settings.pool_size,
                                    max_pending=settings.pool_max_pending, sink=sink)
         # cpu jobs never run here: they go to worker processes over the broker

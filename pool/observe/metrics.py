@@ -118,3 +118,6 @@ class Collector:
         yield CounterMetricFamily("greenjobs_signal_receiver_errors", "signal receiver calls that raised",
                                   value=rt.signals.failed)
         yield GaugeMetricFamily("greenjobs_store_ok", "1 when the store accepts writes", value=int(rt.store.healthy))
+        yield CounterMetricFamily("greenjobs_outcomes_rejected", "late outcomes the store refused: their runner no "
+                                  "longer held the job (cancelled, or adopted after its lease expired)",
+                                  value=rt.sink.rejected)

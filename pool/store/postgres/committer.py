@@ -2,8 +2,8 @@
 
 As for SQLite (``greenjobs.pool.store.sqlite.committer``), every write is an *op* queued to one
 committer greenlet, which runs every op queued so far in one transaction: many submissions share
-one round trip to COMMIT.  A batch that holds no promise to a client (claims, outcomes, leases)
-commits with ``synchronous_commit = off``: losing one to a crash only means a job runs again.
+one round trip to COMMIT.  Every commit is synchronous: the database can crash while the server
+lives on, and an outcome it forgot would leave a job running under a lease the server keeps renewing.
 
 psycopg 3 waits on its sockets through gevent when gevent has patched them, so a slow query holds
 only its own greenlet, never the hub (``tests/e2e/test_postgres.py`` checks it).  The committer
@@ -192,8 +192,6 @@ class Committer:
         results: list = [None] * len(ops)
         groups: dict[str, list[int]] = {}
         with conn.transaction():
-            if not any(op.durable for op in ops):
-                conn.execute("SET LOCAL synchronous_commit = off")
             for i, op in enumerate(ops):
                 if op.fn is None:
                     groups.setdefault(op.sql, []).append(i)
