@@ -37,6 +37,7 @@ QUICK = {"W1": 1000, "W1s": 1000, "W1b": 1000, "W2": 20, "W3": 1000, "W4": 100, 
 UNITS = {"wall": "s", "peak_rss": "MB", "rss_per_job": "KB", "single": "jobs/s", "batch": "jobs/s",
          "drain": "jobs/s"}
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 PEER_PACKAGES = {"celery": "celery", "dramatiq": "dramatiq", "huey": "huey", "rq": "rq"}
 
 
@@ -111,10 +112,16 @@ def greenjobs(run: Run, chosen, sizes, iterations, url, folder: Path, args) -> N
                                            note="skipped: nothing answers on 127.0.0.1:5672"))
     if args.broker == "rabbitmq":
         plan[0] = ("embedded", {}, [w for w in plan[0][2] if w not in cpu_chosen])
+    store_chosen = [w for w in chosen if w in ("W1", "W3", "W4")]
+    if args.store in ("postgres", "both") and store_chosen:
+        plan.append(("embedded", {**local, "greenjobs.store.url": postgres_database(folder)}, store_chosen))
+        if args.store == "postgres":
+            plan[0] = (plan[0][0], plan[0][1], [w for w in plan[0][2] if w not in store_chosen])
     for broker, app, todo in plan:
         if not todo:
             continue
-        config = f"{runner}, pool 1000, {broker} broker, {os.cpu_count()} cpu workers, store sync=full"
+        store = "PostgreSQL store" if "greenjobs.store.url" in app else "store sync=full"
+        config = f"{runner}, pool 1000, {broker} broker, {os.cpu_count()} cpu workers, {store}"
         ini = write_ini(folder / f"greenjobs-{broker}", app, server=server, replace_server=replace)
         try:
             srv = ServerProcess(ini).start()
@@ -145,6 +152,27 @@ def greenjobs(run: Run, chosen, sizes, iterations, url, folder: Path, args) -> N
                     run.measure(w, "greenjobs", config, wl.dispatch, srv, sizes[w])
         finally:
             srv.stop()
+
+
+def postgres_database(folder: Path) -> str:
+    """A fresh database on the local PostgreSQL (127.0.0.1:5432) for the PostgreSQL store rows; its name is
+    left in ``folder`` so ``main`` drops it at the end."""
+    import psycopg
+    name = f"gjbench_{int(time.time())}_{os.getpid()}"
+    with psycopg.connect(POSTGRES + "/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    (folder / "postgres-databases").open("a").write(name + "\n")
+    return f"{POSTGRES}/{name}"
+
+
+def drop_postgres_databases(folder: Path) -> None:
+    listed = folder / "postgres-databases"
+    if not listed.exists():
+        return
+    import psycopg
+    with psycopg.connect(POSTGRES + "/postgres", autocommit=True) as conn:
+        for name in listed.read_text().split():
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def peers(run: Run, chosen, names, iterations, url, folder: Path, args) -> None:
@@ -206,6 +234,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="write results to this file")
     parser.add_argument("--broker", choices=("embedded", "rabbitmq", "both"), default="both",
                         help="greenjobs' cpu workloads (W2, W4 cpu) on the embedded broker, RabbitMQ, or both")
+    parser.add_argument("--store", choices=("sqlite", "postgres", "both"), default="sqlite",
+                        help="greenjobs' ledger for W1, W3, W4: SQLite, PostgreSQL on 127.0.0.1:5432, or both")
     parser.add_argument("--server", choices=("gevent", "waitress"), default="gevent",
                         help="greenjobs' [server:main] runner: ours (gevent.pywsgi) or waitress under the same patching")
     args = parser.parse_args(argv)
@@ -233,7 +263,10 @@ def main(argv=None) -> int:
             slow, url = wl.start_module("bench.slow_server", port, port=port), f"http://127.0.0.1:{port}/"
         try:
             limits(run, chosen, sizes, iterations, url)
-            greenjobs(run, chosen, sizes, iterations, url, Path(tmp), args)
+            try:
+                greenjobs(run, chosen, sizes, iterations, url, Path(tmp), args)
+            finally:
+                drop_postgres_databases(Path(tmp))
             peers(run, chosen, names, iterations, url, Path(tmp), args)
         finally:
             if slow is not None:
