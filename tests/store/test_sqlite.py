@@ -139,3 +139,23 @@ def test_a_damaged_wal_refuses_to_start_instead_of_losing_jobs(tmp_path):
         Store(str(tmp_path / "damaged.sqlite"), synchronous="normal").open()
     kept.unlink()                                   # the operator accepts the loss: it opens
     Store(str(tmp_path / "damaged.sqlite"), synchronous="normal").open().close()
+
+
+def test_the_committer_survives_a_failure_of_its_own_recovery(tmp_path, monkeypatch):
+    """A batch that fails and whose op-by-op retry fails too (a ROLLBACK that raises) fails its writes
+    with StoreUnavailable; the committer lives on and the next write commits."""
+    s = Store(str(tmp_path / "c.sqlite"), synchronous="normal").open()
+    try:
+        def broken(*args):
+            raise sqlite3.OperationalError("cannot rollback - no transaction is active")
+        monkeypatch.setattr(s._db, "_run_batch", broken)
+        monkeypatch.setattr(s._db, "_run_singly", broken)
+        with pytest.raises(StoreUnavailable):
+            s.insert([job()], "me")
+        assert s.healthy is False
+        monkeypatch.undo()
+        j = job()
+        s.insert([j], "me")
+        assert s.get(j.id) is not None and s.healthy is True
+    finally:
+        s.close()

@@ -212,12 +212,17 @@ class GroupCommitter:
                 if not ops and extra is None:
                     break
                 try:
-                    results = self._writer_pool.apply(self._run_batch, (ops, extra))
-                except Exception as exc:  # the whole batch failed: retry op by op
+                    try:
+                        results = self._writer_pool.apply(self._run_batch, (ops, extra))
+                    except Exception as exc:  # the whole batch failed: retry op by op
+                        self._mark_unhealthy(exc)
+                        results = self._writer_pool.apply(self._run_singly, (ops,))
+                    else:
+                        self.healthy, self.last_error = True, None
+                except Exception as exc:        # even that failed (a ROLLBACK that raised): never let the
+                    log.exception("store committer failed")       # loop die, or every later write hangs
                     self._mark_unhealthy(exc)
-                    results = self._writer_pool.apply(self._run_singly, (ops,))
-                else:
-                    self.healthy, self.last_error = True, None
+                    results = [(False, StoreUnavailable(f"the job store cannot write: {exc}"))] * len(ops)
                 for op, (ok, value) in zip(ops, results):
                     if ok:
                         op.result.set(value)
