@@ -176,11 +176,12 @@ class Committer:
             return [(False, exc)] * len(ops)
         try:
             results = self._run_batch(conn, ops, extra)
-        except psycopg.Error as exc:
-            self._mark_unhealthy(exc)
-            if conn.closed or conn.broken:      # the database went away: the ops in hand fail (503)
-                return [(False, _unavailable(exc, "write"))] * len(ops)
-            return self._run_singly(conn, ops)
+        except Exception as exc:                # the batch was rolled back: find the op that failed
+            if isinstance(exc, psycopg.Error):
+                self._mark_unhealthy(exc)
+                if conn.closed or conn.broken:  # the database went away: the ops in hand fail (503)
+                    return [(False, _unavailable(exc, "write"))] * len(ops)
+            return self._run_singly(conn, ops)  # an op's own error (a judge that raised) is its alone
         self.healthy, self.last_error = True, None
         return results
 
