@@ -215,7 +215,8 @@ class GroupCommitter:
                     try:
                         results = self._writer_pool.apply(self._run_batch, (ops, extra))
                     except Exception as exc:  # the whole batch failed: retry op by op
-                        self._mark_unhealthy(exc)
+                        if isinstance(exc, sqlite3.Error):      # not an op's own error (a judge that raised)
+                            self._mark_unhealthy(exc)
                         results = self._writer_pool.apply(self._run_singly, (ops,))
                     else:
                         self.healthy, self.last_error = True, None
