@@ -29,7 +29,12 @@ SERVER = {**QUICK_STOP, "greenjobs.api.max_wait": 0.5, "greenjobs.events.heartbe
 def schemathesis(srv, *extra: str) -> tuple[int, str]:
     exe = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
     command = [exe, "--no-color", "--config-file", str(CONFIG), "run", f"{srv.url}/openapi.json",
-               "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", str(SEED),
+               "--checks", "all",
+               # DELETE /jobs/{id} cancels a job, it does not delete it: the job stays readable (as cancelled)
+               "--exclude-checks", "use_after_free",
+               # a hang, not a speed test: speed is measured in bench/, never asserted on a shared machine
+               "--max-response-time", "60",
+               "--max-examples", str(EXAMPLES), "--seed", str(SEED),
                "--workers", "1", "--max-failures", "20", *extra]   # 1: hypothesis' lambda
     # descriptions are not thread-safe on Python 3.11 (an "AST constructor recursion depth mismatch" error)
     run = subprocess.run(command, capture_output=True, text=True, timeout=900,
