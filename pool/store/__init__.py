@@ -28,7 +28,11 @@ def backend_for(url: str) -> type:
         raise ConfigurationError(f"greenjobs.store.url: no store backend for {scheme!r} URLs; "
                                  f"known: {', '.join(f'{s}://' for s in BACKENDS)}")
     module, _, name = BACKENDS[scheme].partition(":")
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:           # a backend whose driver is an extra (postgres)
+        raise ConfigurationError(f"greenjobs.store.url: the {scheme}:// store needs {exc.name or 'its driver'}, "
+                                 f"which is not installed: pip install 'greenjobs[postgres]'") from None
 
 
 def store_for(url: str, *, lease_seconds: float = 30.0, **options) -> JobStore:
