@@ -927,7 +927,7 @@ def test_requeue_stale_cpu_requeues_and_republishes_only_expired_cpu_runs(make_s
     assert s.requeue_stale_cpu() == []
 
 
-def test_a_judge_that_raises_fails_only_its_own_claim(make_store, request):
+def test_a_judge_that_raises_fails_only_its_own_claim(make_store):
     s = make_store("judge")
     c = cpu_job()
     s.insert([c], "me")
@@ -944,6 +944,7 @@ def test_a_judge_that_raises_fails_only_its_own_claim(make_store, request):
     assert all(s.get(n.id) is not None for n in neighbours)
     got = s.get(c.id)
     assert (got.state, got.attempts) == (QUEUED, 0) and ids(s.unpublished()[0]) == [c.id]
+    assert s.healthy and s.last_error is None       # an op's own error is not the database failing
 
 
 # -- webhooks ------------------------------------------------------------------------------------------------------
