@@ -15,8 +15,12 @@ def job(state=QUEUED, **kw):
     return Job(id=new_id(), handler="echo", kind="io", state=state, **kw)
 
 
-def test_unwritable_store_raises_store_unavailable(tmp_path):
+def test_unwritable_store_raises_store_unavailable(tmp_path, monkeypatch):
+    """A full disk fails the writes that need space; small writes that still fit do not make the store healthy
+    until writes have succeeded for HOLD seconds after the last failure (then ping() probes it back)."""
     import os
+    from greenjobs.pool.store import health
+    monkeypatch.setattr(health, "HOLD", 0.3)
 
     import pytest
 
@@ -30,9 +34,13 @@ def test_unwritable_store_raises_store_unavailable(tmp_path):
         with pytest.raises(StoreUnavailable):
             s.insert([job(kwargs={"pad": "x" * 100000})], "me")
         assert s.healthy is False
+        s.insert([job()], "me")                     # a small job fits in a free page: not yet healthy
+        assert s.healthy is False and s.ping() is False and "full" in s.last_error
         s._db.write(lambda conn: conn.execute("PRAGMA max_page_count = 1000000"))
         s.insert([job()], "me")
-        assert s.healthy is True
+        assert s.healthy is False                   # within HOLD of the failure
+        time.sleep(0.3)
+        assert s.ping() is True and s.healthy is True and s.last_error is None
     finally:
         s.close()
     assert os.path.exists(tmp_path / "full.sqlite")
@@ -158,6 +166,8 @@ def test_a_damaged_wal_refuses_to_start_instead_of_losing_jobs(tmp_path):
 def test_the_committer_survives_a_failure_of_its_own_recovery(tmp_path, monkeypatch):
     """A batch that fails and whose op-by-op retry fails too (a ROLLBACK that raises) fails its writes
     with StoreUnavailable; the committer lives on and the next write commits."""
+    from greenjobs.pool.store import health
+    monkeypatch.setattr(health, "HOLD", 0.0)
     s = Store(str(tmp_path / "c.sqlite"), synchronous="normal").open()
     try:
         def broken(*args):
@@ -168,6 +178,7 @@ def test_the_committer_survives_a_failure_of_its_own_recovery(tmp_path, monkeypa
             s.insert([job()], "me")
         assert s.healthy is False
         monkeypatch.undo()
+        monkeypatch.setattr(health, "HOLD", 0.0)
         j = job()
         s.insert([j], "me")
         assert s.get(j.id) is not None and s.healthy is True

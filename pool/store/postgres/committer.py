@@ -22,6 +22,7 @@ from gevent.event import AsyncResult, Event
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from greenjobs.pool.errors import StoreUnavailable
+from greenjobs.pool.store.health import WriteHealth
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Committer:
         self.max_batch_ops = max_batch_ops
         self.setup = setup
         self.each_batch = each_batch or (lambda: None)
-        self.healthy, self.last_error = True, None
+        self.health = WriteHealth()
         self._writer: psycopg.Connection | None = None
         self._next_connect = 0.0
         self._ops: list[Op] = []
@@ -154,20 +155,15 @@ class Committer:
             self._writer = None
         now = time.monotonic()
         if now < self._next_connect:
-            raise StoreUnavailable(f"the job store is unavailable: {self.last_error}")
+            raise StoreUnavailable(f"the job store is unavailable: {self.health.last_error}")
         self._next_connect = now + RECONNECT_EVERY
         try:
             self._writer = self._connect()
         except psycopg.Error as exc:
-            self._mark_unhealthy(exc)
+            self.health.failed(exc)
             raise _unavailable(exc, "connect") from None
         log.warning("store connection re-established")
         return self._writer
-
-    def _mark_unhealthy(self, exc: BaseException) -> None:
-        if self.healthy:
-            log.error("store write failed: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
-        self.healthy, self.last_error = False, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
 
     def _commit(self, ops: list[Op], extra) -> list:
         try:
@@ -178,11 +174,11 @@ class Committer:
             results = self._run_batch(conn, ops, extra)
         except Exception as exc:                # the batch was rolled back: find the op that failed
             if isinstance(exc, psycopg.Error):
-                self._mark_unhealthy(exc)
+                self.health.failed(exc)
                 if conn.closed or conn.broken:  # the database went away: the ops in hand fail (503)
                     return [(False, _unavailable(exc, "write"))] * len(ops)
             return self._run_singly(conn, ops)  # an op's own error (a judge that raised) is its alone
-        self.healthy, self.last_error = True, None
+        self.health.succeeded()
         return results
 
     def _run_batch(self, conn: psycopg.Connection, ops: list[Op], extra) -> list:

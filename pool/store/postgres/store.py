@@ -75,16 +75,18 @@ class PostgresStore(JobStore):
 
     @property
     def healthy(self) -> bool:
-        return self._db.healthy
+        return self._db.health.healthy
 
     @property
     def last_error(self) -> str | None:
-        return self._db.last_error
+        return self._db.health.last_error
 
     def ping(self) -> bool:
-        """True if a read answers and the last write succeeded."""
+        """True if a read answers and writes succeed (an unhealthy store is probed with an empty write)."""
         try:
             self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+            if self._db.health.probe_due():
+                self.flush()
         except StoreUnavailable:
             return False
         return self.healthy

@@ -21,6 +21,7 @@ from gevent.lock import BoundedSemaphore
 from gevent.threadpool import ThreadPool
 
 from greenjobs.pool.errors import StoreUnavailable
+from greenjobs.pool.store.health import WriteHealth
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,7 @@ class GroupCommitter:
         self._reader_slots = BoundedSemaphore(readers)
         self._writer: sqlite3.Connection | None = None
         self._committer = None
-        self.healthy = True
-        self.last_error: str | None = None
+        self.health = WriteHealth()
 
     # -- lifecycle -------------------------------------------------------------------
     def open(self) -> None:
@@ -216,24 +216,19 @@ class GroupCommitter:
                         results = self._writer_pool.apply(self._run_batch, (ops, extra))
                     except Exception as exc:  # the whole batch failed: retry op by op
                         if isinstance(exc, sqlite3.Error):      # not an op's own error (a judge that raised)
-                            self._mark_unhealthy(exc)
+                            self.health.failed(exc)
                         results = self._writer_pool.apply(self._run_singly, (ops,))
                     else:
-                        self.healthy, self.last_error = True, None
+                        self.health.succeeded()
                 except Exception as exc:        # even that failed (a ROLLBACK that raised): never let the
                     log.exception("store committer failed")       # loop die, or every later write hangs
-                    self._mark_unhealthy(exc)
+                    self.health.failed(exc)
                     results = [(False, StoreUnavailable(f"the job store cannot write: {exc}"))] * len(ops)
                 for op, (ok, value) in zip(ops, results):
                     if ok:
                         op.result.set(value)
                     else:
                         op.result.set_exception(value)
-
-    def _mark_unhealthy(self, exc: BaseException) -> None:
-        if self.healthy:
-            log.error("store write failed: %s", exc)
-        self.healthy, self.last_error = False, str(exc)
 
     def _run_batch(self, ops: list[Op], extra: Callable[[sqlite3.Connection], Any] | None) -> list:
         """One transaction: function ops in order, then row swaps grouped by statement, then ``each_batch``.

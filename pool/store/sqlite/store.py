@@ -73,12 +73,12 @@ class SqliteStore(JobStore):
     @property
     def healthy(self) -> bool:
         """False while writes fail (disk full, locked, unwritable); /health reports it."""
-        return self._db.healthy
+        return self._db.health.healthy
 
     @property
     def last_error(self) -> str | None:
         """Why the last write failed, while writes fail; else None."""
-        return self._db.last_error
+        return self._db.health.last_error
 
     def _progress_writes(self):
         """(committer, on the hub) the coalesced progress values to write with the next batch."""
@@ -174,12 +174,14 @@ class SqliteStore(JobStore):
             f"AND lease_owner != ? AND state IN {ACTIVE_SQL} GROUP BY lease_owner", (me,)).fetchall())
 
     def ping(self) -> bool:
-        """True if a read answers and the last write succeeded."""
+        """True if a read answers and writes succeed (an unhealthy store is probed with an empty write)."""
         try:
             self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
-            return self.healthy
+            if self._db.health.probe_due():
+                self.flush()
         except StoreUnavailable:
             return False
+        return self.healthy
 
     # -- writes ----------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
