@@ -760,6 +760,7 @@
     stop() { this.stopped = true; }
 
     async refresh() {
+      if (!this.body) return;        // a stream reset while start() is still building: start() refreshes
       const query = new URLSearchParams({limit: String(this.limit)});
       if (this.params.state) query.set("state", this.params.state);
       if (this.params.handler) query.set("handler", this.params.handler);
@@ -832,6 +833,7 @@
     }
 
     onEvents(batch) {
+      if (!this.body) return;        // still building (start() awaits the handler names): its refresh lists these
       const changed = new Set();
       for (const event of batch) {
         const row = this.rows.get(event.job);
