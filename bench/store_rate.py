@@ -14,6 +14,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 
+import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
 from greenjobs.pool.job import QUEUED, SUCCEEDED, Job, new_id  # noqa: E402
@@ -24,6 +25,7 @@ POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 
 def measure(url: str, n: int) -> dict:
     store = open_store(url)
+    upkeep = gevent.spawn(_maintain, store)         # what a server's maintenance tick does meanwhile
     try:
         jobs = [Job(id=new_id(), handler="echo", kind="io", state=QUEUED) for _ in range(n)]
         start = time.perf_counter()
@@ -51,7 +53,14 @@ def measure(url: str, n: int) -> dict:
         return {"insert": n / (inserted - start), "claim+complete": n / (completed - inserted),
                 "sweep": deleted / (swept - swept_from)}
     finally:
+        upkeep.kill()
         store.close()
+
+
+def _maintain(store) -> None:
+    while True:
+        gevent.sleep(1.0)
+        store.maintain()
 
 
 def main(argv=None) -> int:

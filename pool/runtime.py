@@ -35,6 +35,8 @@ from greenjobs.pool.waiters import Waiters
 log = logging.getLogger(__name__)
 
 GC_THRESHOLD = 50_000
+#: Seconds a shutdown gives woken long-polls to read their job and answer before the store closes.
+WAITERS_DRAIN = 5.0
 
 
 class Progress(Listener):
@@ -131,7 +133,12 @@ class Runtime:
             log.info("shutdown: %d running jobs requeued, %d queued jobs released", requeued, released)
             self.waiters.wake_all()
             self.events.close()
-            gevent.sleep(0.05)      # let woken long-polls read the store before it closes
+            # Woken long-polls read the job before they answer: let them, before the store closes (a fixed
+            # 50 ms was not enough on a loaded machine, and a read cut off by close() never answered).
+            deadline = time.monotonic() + WAITERS_DRAIN
+            gevent.sleep(0)
+            while self.waiters.count() and time.monotonic() < deadline:
+                gevent.sleep(0.01)
         finally:
             self.store.close()
 

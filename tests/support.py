@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import configparser
+import fcntl
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,10 +17,38 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Test servers take ports below the kernel's ephemeral range (32768-60999 here), so no outgoing connection
+#: is ever given one between our check and the server's bind.
+PORTS = range(20000, 32000)
+_PORT_LOCKS = Path(os.environ.get("TMPDIR", "/tmp")) / "greenjobs-test-ports"
+_held: list = []          # lock files held until this process exits (the kernel releases them if it dies)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that no other test process on this machine is handed (xdist workers, several runs).
+
+    A port is ours while we hold an flock on its file; a port that binds now is free now.  Ports are taken in
+    order from a random start, so one process never hands the same port out twice either."""
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    start = random.randrange(len(PORTS))
+    for i in range(len(PORTS)):
+        port = PORTS[(start + i) % len(PORTS)]
+        fh = open(_PORT_LOCKS / str(port), "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                fh.close()
+                continue
+        _held.append(fh)
+        return port
+    raise RuntimeError(f"no free test port in {PORTS}")
 
 
 def write_ini(folder: Path, app: dict | None = None, server: dict | None = None,

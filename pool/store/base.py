@@ -124,11 +124,13 @@ class JobStore(ABC):
 
     @abstractmethod
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
-        """running (leased to ``owner``) -> terminal ``state``.  False if the lease was lost or the job cancelled."""
+        """running (attempt ``job.attempts``, leased to ``owner``) -> terminal ``state``.  False if the lease was
+        lost, the job cancelled, or it was claimed again since: the fence that keeps a late runner's outcome out."""
 
     @abstractmethod
     def retry(self, job: Job, owner: str, run_at: float, error: dict) -> bool:
-        """running (leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's error."""
+        """running (attempt ``job.attempts``, leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's
+        error; fenced like ``finish``."""
 
     @abstractmethod
     def set_progress(self, job_id: str, progress: dict) -> None:
@@ -163,6 +165,12 @@ class JobStore(ABC):
     @abstractmethod
     def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         """scheduled -> queued for jobs whose ``run_at`` has come (leased or published by kind)."""
+
+    @abstractmethod
+    def take(self, owner: str, kinds: tuple[str, ...], limit: int) -> list[Job]:
+        """Lease up to ``limit`` queued jobs of ``kinds`` that no runner holds to ``owner`` (still queued), highest
+        priority then oldest first: how a server with free slots takes work nobody has.  Safe when several
+        servers take at once: each job goes to one of them, and none waits for another's choice."""
 
     @abstractmethod
     def sweep(self, finished_before: float, limit: int = 5000) -> int:

@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import free_port
+
 #: The distribution packages run their scripts through a wrapper that ``su``s to the ``rabbitmq``
 #: user (who cannot write into the test's folder); the real scripts sit next to it.
 _SCRIPT_DIRS = ("/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin", "/opt/rabbitmq/sbin")
@@ -44,10 +46,6 @@ def find_script(name: str) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _amqp_answers(port: int) -> bool:

@@ -64,7 +64,8 @@ def test_sigterm_with_jobs_and_requests_in_flight_exits_0_and_the_next_start_fin
     assert srv.proc.wait(60) == 0
     for t in threads:
         t.join(60)
-    assert len(polls) == 50 and all(p in (200, 503) for p in polls), polls   # answered, never a 500 or a hang
+    odd = [p for p in polls if p not in (200, 503)]
+    assert len(polls) == 50 and not odd, odd        # answered, never a 500 or a hang
     srv.start()
     wait_until(lambda: all_terminal(srv, ledger), 120, interval=0.5, message="every accepted job terminal")
     report = ledger.report(final_states(srv))

@@ -1,5 +1,6 @@
 """The JobStore contract: every backend passes these (tests/store/conftest.py lists the backends)."""
 import time
+import copy
 
 from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST
 from greenjobs.pool.job import QUEUED, RUNNING, Job, new_id
@@ -587,6 +588,41 @@ def test_a_runner_that_lost_its_lease_cannot_finish_or_retry(make_store):
     assert s.finish(taken, "B", SUCCEEDED, "2", None) is True and s.get(j.id).result == 2
 
 
+def test_an_outcome_of_an_earlier_attempt_is_refused_even_from_the_same_owner(store):
+    """The fence names the attempt: a late outcome of attempt 1 (a timed-out run, a worker taken for lost and
+    restarted under the same name) cannot end or reschedule attempt 2 of the same owner."""
+
+    j = job()
+    store.insert([j], "me")
+    assert store.claim(j, "me").get() is True
+    first = copy.deepcopy(j)                                        # attempt 1's runner keeps this copy
+    assert store.retry(j, "me", time.time() - 1, BOOM) is True
+    assert ids(store.promote_due("me", ("io",))) == [j.id]
+    again = store.get(j.id)
+    assert store.claim(again, "me").get() is True and again.attempts == 2
+    assert store.finish(first, "me", SUCCEEDED, "1", None) is False
+    assert store.retry(first, "me", time.time(), BOOM) is False
+    assert store.get(j.id).state == RUNNING
+    assert store.finish(again, "me", SUCCEEDED, "2", None) is True
+    got = store.get(j.id)
+    assert (got.state, got.result, got.attempts) == (SUCCEEDED, 2, 2)
+
+
+def test_a_job_named_twice_in_one_group_commit_gets_each_swap_judged_in_order(store):
+    """Two outcomes for one job in the same commit (a bulk statement changes a row once): the first wins,
+    the second sees the row moved."""
+    j = job()
+    store.insert([j], "me")
+    assert store.claim(j, "me").get() is True
+    twin = copy.deepcopy(j)
+    first = gevent.spawn(store.finish, j, "me", SUCCEEDED, "1", None)
+    second = gevent.spawn(store.finish, twin, "me", FAILED, None, BOOM)
+    gevent.joinall([first, second])
+    assert (first.value, second.value) == (True, False)
+    got = store.get(j.id)
+    assert (got.state, got.result) == (SUCCEEDED, 1)
+
+
 def test_a_cancelled_job_cannot_be_claimed_finished_or_retried(store):
     queued, running = job(), job()
     store.insert([queued, running], "me")
@@ -674,6 +710,51 @@ def test_release_unleases_only_queued_jobs(store):
     adopted = store.adopt("B", [], ("io",))
     assert set(ids(adopted)) == {q1.id, q2.id}
     assert store.get(running.id).state == RUNNING and lease_of(store, running.id).owner == "A"
+
+
+def test_take_leases_unleased_queued_jobs_by_priority_then_age(store):
+    low, high, mid, running, theirs, cpu = job(), job(priority=5), job(priority=1), job(), job(), cpu_job()
+    store.insert([low, high, mid, running, cpu], "A")
+    store.insert([theirs], "B")
+    assert store.claim(running, "A").get() is True
+    assert store.take("C", ("io",), 10) == []                     # every queued io job has a runner
+    assert store.release("A") == 3
+    taken = store.take("C", ("io",), 2)
+    assert ids(taken) == [high.id, mid.id] and {j.state for j in taken} == {QUEUED}
+    lease = lease_of(store, high.id)
+    assert lease.owner == "C" and lease.expires > time.time()
+    # B's job is leased, the running one is not queued, the cpu job is not of the kinds asked
+    assert ids(store.take("C", ("io",), 10)) == [low.id]
+    assert store.take("C", ("io",), 10) == [] and store.take("C", ("io",), 0) == []
+    assert store.claim(taken[0], "C").get() is True and store.get(high.id).state == RUNNING
+
+
+def test_servers_taking_at_once_get_each_job_once(make_store, request, tmp_path):
+    from tests.store.conftest import BACKENDS
+    url = BACKENDS[make_store.backend](request, tmp_path, "take")
+    servers = [store_for(url).open() for _ in range(3)]
+    try:
+        jobs = [job() for _ in range(300)]
+        servers[0].insert(jobs, "gone")
+        servers[0].release("gone")
+        got: dict[str, list[str]] = {f"S{i}": [] for i in range(3)}
+
+        def server(name, s):
+            while True:
+                taken = s.take(name, ("io",), 7)
+                if not taken:
+                    return
+                got[name] += ids(taken)
+                gevent.sleep(0)
+        gevent.joinall([gevent.spawn(server, f"S{i}", s) for i, s in enumerate(servers)], raise_error=True)
+        every = [i for taken in got.values() for i in taken]
+        assert sorted(every) == sorted(ids(jobs)) and len(set(every)) == 300
+        assert sum(1 for taken in got.values() if taken) >= 2          # they shared the work
+        for name, taken in got.items():
+            assert {lease_of(servers[0], i).owner for i in taken} <= {name}
+    finally:
+        for s in servers:
+            s.close()
 
 
 def test_requeue_gives_running_jobs_back_and_undoes_the_attempt(store):

@@ -278,7 +278,8 @@ class SqliteStore(JobStore):
             (now, owner, now + self.lease_seconds, job.id, owner))
 
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
-        """running (leased to ``owner``) -> ``state``.  False if the lease was lost or the job cancelled."""
+        """running (this attempt, leased to ``owner``) -> ``state``.  False if the lease was lost, the job
+        cancelled or run again since (a fenced-out runner records nothing)."""
         now = time.time()
         errors = job.errors + [error] if error is not None else job.errors
         args = (state, result_json, None if error is None else dumps(error), dumps(errors) if errors else None,
@@ -287,7 +288,8 @@ class SqliteStore(JobStore):
         if not self._db.swap(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, errors = ?, finished_at = ?,"
                 " progress = COALESCE(?, progress), lease_owner = NULL, lease_expires = NULL"
-                f" WHERE id = ? AND state IN {FROM['finish']} AND lease_owner = ?", args + (job.id, owner)).get():
+                f" WHERE id = ? AND state IN {FROM['finish']} AND lease_owner = ? AND attempts = ?",
+                args + (job.id, owner, job.attempts)).get():
             return False
         job.transition(state)
         job.finished_at, job.errors = now, errors
@@ -296,15 +298,15 @@ class SqliteStore(JobStore):
         return True
 
     def retry(self, job: Job, owner: str, run_at: float, error: dict) -> bool:
-        """running (leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's error."""
+        """running (this attempt, leased to ``owner``) -> scheduled at ``run_at``, keeping the attempt's error."""
         errors = job.errors + [error]
         self._progress.pop(job.id, None)
 
         def op(conn):
             return conn.execute(
                 f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, error = ?, errors = ?, lease_owner = NULL,"
-                f" lease_expires = NULL WHERE id = ? AND state IN {FROM['retry']} AND lease_owner = ?",
-                (run_at, dumps(error), dumps(errors), job.id, owner)).rowcount == 1
+                f" lease_expires = NULL WHERE id = ? AND state IN {FROM['retry']} AND lease_owner = ? AND attempts = ?",
+                (run_at, dumps(error), dumps(errors), job.id, owner, job.attempts)).rowcount == 1
         if not self._db.write(op):
             return False
         job.transition(SCHEDULED)
@@ -411,6 +413,18 @@ class SqliteStore(JobStore):
             f" (SELECT id FROM jobs WHERE state IN {FROM['promote']} AND run_at <= ? AND kind IN ({kind_marks})"
             f" ORDER BY run_at LIMIT ?) RETURNING {SELECT}",
             (owner, now + self.lease_seconds, now, *kinds, limit))
+
+    def take(self, owner: str, kinds: tuple[str, ...], limit: int) -> list[Job]:
+        """Unleased queued jobs leased to ``owner`` (one writer: no other server can race this one)."""
+        if limit <= 0:
+            return []
+        kind_marks = ",".join("?" * len(kinds))
+        jobs = self._write_returning(
+            f"UPDATE jobs SET lease_owner = ?, lease_expires = ? WHERE seq IN (SELECT seq FROM jobs"
+            f" WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind IN ({kind_marks})"
+            f" ORDER BY priority DESC, seq LIMIT ?) RETURNING {SELECT}",
+            (owner, time.time() + self.lease_seconds, *kinds, limit))
+        return sorted(jobs, key=lambda j: -j.priority)     # RETURNING keeps no order; the sort is stable by seq
 
     # -- cpu jobs: the outbox and the claims of worker processes ------------------------
     def unpublished(self, after_seq: int = 0, limit: int = 5000) -> tuple[list[Job], int]:
