@@ -98,7 +98,7 @@ def test_a_ledger_from_a_newer_release_is_refused(tmp_path):
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {schema.CURRENT + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version"):
+    with pytest.raises(StoreUnavailable, match="schema version .*newer greenjobs"):
         Store(str(path), synchronous="normal").open()
 
 

@@ -10,6 +10,7 @@ The tables are unqualified: they live in the first schema of the connection's ``
 """
 from __future__ import annotations
 
+from greenjobs.pool.errors import StoreUnavailable
 from greenjobs.pool.store.rows import TERMINAL_SQL
 
 #: pg_advisory_xact_lock key: "greenjob" as a 64-bit integer.
@@ -83,7 +84,8 @@ def migrate(conn) -> None:
         row = conn.execute("SELECT max(version) FROM greenjobs_schema").fetchone()
         version = row[0] or 0
         if version > CURRENT:
-            raise RuntimeError(f"the ledger is at schema version {version}; this greenjobs knows up to {CURRENT}")
+            raise StoreUnavailable(f"the ledger is at schema version {version}, made by a newer greenjobs (this one knows"
+                                   f" up to {CURRENT}): run that version, or restore the database from before it")
         for target in sorted(v for v in MIGRATIONS if v > version):
             conn.execute(MIGRATIONS[target])
         if version != CURRENT:

@@ -148,10 +148,10 @@ class GroupCommitter:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         try:
             check_wal(conn, self.path)
+            self.setup(conn)
         except StoreUnavailable as refusal:
             conn.close()
             return None, refusal
-        self.setup(conn)
         return conn, None
 
     def checkpoint(self) -> None:

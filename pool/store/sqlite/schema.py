@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from greenjobs.pool.errors import StoreUnavailable
 from greenjobs.pool.store.rows import INSERTED, TERMINAL_SQL
 
 INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join('?' * len(INSERTED))})"
@@ -68,7 +69,8 @@ def migrate(conn: sqlite3.Connection) -> None:
     """Bring the ledger to ``CURRENT``: create it, or apply each migration it lacks, in one transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > CURRENT:
-        raise RuntimeError(f"the ledger {conn} is at schema version {version}; this greenjobs knows up to {CURRENT}")
+        raise StoreUnavailable(f"the ledger is at schema version {version}, made by a newer greenjobs (this one knows up"
+                               f" to {CURRENT}): run that version, or restore a copy of the ledger from before it")
     if version == CURRENT:
         return
     conn.execute("BEGIN IMMEDIATE")
