@@ -137,7 +137,7 @@ class Runtime:
             # 50 ms was not enough on a loaded machine, and a read cut off by close() never answered).
             deadline = time.monotonic() + WAITERS_DRAIN
             gevent.sleep(0)
-            while self.waiters.count() and time.monotonic() < deadline:
+            while self.waiters.active and time.monotonic() < deadline:
                 gevent.sleep(0.01)
         finally:
             self.store.close()
@@ -242,7 +242,7 @@ class Runtime:
         """The job once it is terminal, or as it is after ``timeout`` seconds."""
         with self.waiters.job(job_id) as result:
             job = self.get(job_id)
-            if job.terminal or timeout <= 0:
+            if job.terminal or timeout <= 0 or not self.accepting:     # shutting down: answer now
                 return job
             try:
                 return result.get(timeout=timeout) or self.get(job_id)

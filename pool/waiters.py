@@ -20,15 +20,19 @@ class Waiters(Listener):
     def __init__(self) -> None:
         self._jobs: dict[str, list[AsyncResult]] = {}
         self._batches: dict[str, list[Event]] = {}
+        #: long-polls inside their ``with`` block, parked or woken and still answering (for shutdown)
+        self.active = 0
 
     @contextmanager
     def job(self, job_id: str) -> Iterator[AsyncResult]:
         """Register before reading the store, so a job that ends in between is not missed."""
         result = AsyncResult()
         self._jobs.setdefault(job_id, []).append(result)
+        self.active += 1
         try:
             yield result
         finally:
+            self.active -= 1
             _remove(self._jobs, job_id, result)
 
     @contextmanager
@@ -36,9 +40,11 @@ class Waiters(Listener):
         """Register a batch long-poll (a BatchWaiter) before reading the batch's counts."""
         waiter = BatchWaiter()
         self._batches.setdefault(batch_id, []).append(waiter)
+        self.active += 1
         try:
             yield waiter
         finally:
+            self.active -= 1
             _remove(self._batches, batch_id, waiter)
 
     def job_event(self, name: str, job: Job) -> None:

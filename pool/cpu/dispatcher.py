@@ -9,6 +9,7 @@ and a job that was cancelled or timed out never runs again.
 from __future__ import annotations
 
 import collections
+import copy
 import functools
 import logging
 import socket
@@ -337,14 +338,19 @@ class CpuDispatcher:
         self._replies.append((reply_to, reply))     # sent by the consumer loop right after this batch
 
     def _on_result(self, body) -> None:
-        job_id, worker = body["job"], str(body.get("worker"))
+        job_id, worker, attempt = body["job"], str(body.get("worker")), body.get("attempt")
         entry = self._running.get(job_id)
-        if entry is not None and entry[1] == worker:
+        if entry is not None and entry[1] == worker and attempt in (None, entry[0].attempts):
             job, _, timer = entry
         else:
             job, timer = self.store.get(job_id), None     # claimed before a restart, or a stale attempt
             if job is None:
                 return
+            if isinstance(attempt, int) and attempt != job.attempts:
+                # the result of an earlier attempt (redelivered, or late): recorded as that attempt's,
+                # so the store's fence refuses it rather than letting it end the attempt now running
+                job = copy.copy(job)
+                job.attempts = attempt
         self._conclude(job, worker, outcomes.from_message(body, self.settings.job_max_result_bytes))
         if timer is not None:           # recorded (a store failure raised above and keeps it)
             timer.close()

@@ -176,3 +176,26 @@ def test_a_retry_delay_that_is_not_a_number_falls_back_to_the_backoff(make_runti
     rt = make_runtime(retry__base=0.01)
     done = wait_terminal(rt, submit(rt, "test.retry_bad_delay", max_retries=1).id)
     assert (done.state, done.attempts) == ("succeeded", 2)
+
+
+def test_a_late_result_of_an_earlier_cpu_attempt_cannot_end_the_attempt_now_running(make_runtime):
+    """A worker's result names its attempt: attempt 1's result redelivered (or late) while attempt 2 runs on the same
+    worker is refused by the store's fence, and attempt 2's own result is recorded."""
+    import time
+
+    from greenjobs.pool.job import error_info
+    from greenjobs.pool.lifecycle import Verdict
+    rt = make_runtime(workers__cpu=0)
+    job = submit(rt, "cpu.pbkdf2", kwargs={"iterations": 1}, max_retries=1)
+    rt.store.flush()
+    go = lambda job, lease: Verdict("go", lease_until=time.time() + 30)      # noqa: E731
+    first = rt.store.claim_for_worker(job.id, "W", go)[1]
+    assert first.attempts == 1
+    assert rt.store.retry(first, "W", time.time() - 1, error_info("exception", "boom")) is True
+    assert [j.id for j in rt.store.promote_due(rt.owner, ("cpu",))] == [job.id]
+    assert rt.store.claim_for_worker(job.id, "W", go)[1].attempts == 2
+    rt.cpu._on_result({"job": job.id, "worker": "W", "attempt": 1, "state": "succeeded", "result": 1})
+    assert rt.store.get(job.id).state == "running"
+    rt.cpu._on_result({"job": job.id, "worker": "W", "attempt": 2, "state": "succeeded", "result": 2})
+    got = rt.store.get(job.id)
+    assert (got.state, got.result, got.attempts) == ("succeeded", 2, 2)

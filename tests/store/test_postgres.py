@@ -83,3 +83,26 @@ def test_a_bad_store_url_setting_never_echoes_its_password(tmp_path):
     with pytest.raises(ConfigurationError) as caught:
         load({"greenjobs.store.url": "mysql://root:hunter2@db/x"}, str(tmp_path))
     assert "hunter2" not in str(caught.value) and "***" in str(caught.value)
+
+
+def test_a_group_of_outcomes_larger_than_one_json_statement_is_split(url, monkeypatch):
+    """jsonb refuses arrays past 256 MB (256 outcomes of 1 MB results): a group commit's rows go in statements of
+    at most MAX_JSON_BYTES, every row still judged on its own."""
+    import gevent
+
+    from greenjobs.pool.job import QUEUED, SUCCEEDED, Job, new_id
+    from greenjobs.pool.store.postgres import committer
+    monkeypatch.setattr(committer, "MAX_JSON_BYTES", 50_000)
+    store = open_store(url)
+    try:
+        jobs = [Job(id=new_id(), handler="echo", kind="io", state=QUEUED) for _ in range(40)]
+        store.insert(jobs, "me")
+        assert all(p.get() for p in [store.claim(j, "me") for j in jobs])
+        big = '"' + "x" * 10_000 + '"'
+        done = [gevent.spawn(store.finish, j, "me", SUCCEEDED, big, None) for j in jobs]
+        done.append(gevent.spawn(store.finish, jobs[0], "me", SUCCEEDED, big, None))   # a repeat: refused
+        gevent.joinall(done, raise_error=True)
+        assert [g.value for g in done] == [True] * 40 + [False]
+        assert {store.get(j.id).result == "x" * 10_000 for j in jobs} == {True}
+    finally:
+        store.close()

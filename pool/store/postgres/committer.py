@@ -44,6 +44,22 @@ def json_rows(columns: str, ordered: bool = False) -> str:
     return f"(SELECT {picks} FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS t(e, n){order}) AS v"
 
 
+#: Bytes of JSON per statement at most (jsonb refuses an array past 256 MB: 256 outcomes of 1 MB results).
+MAX_JSON_BYTES = 32 * 1024 * 1024
+
+
+def _chunks(encoded: list[str]) -> list[list[str]]:
+    """Encoded rows in runs of at most MAX_JSON_BYTES (a single larger row goes alone)."""
+    chunks, chunk, size = [], [], 0
+    for text in encoded:
+        if chunk and size + len(text) > MAX_JSON_BYTES:
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    return chunks + [chunk] if chunk else chunks
+
+
 class Swap:
     """A compare-and-swap row update written once for a whole group of rows.
 
@@ -67,7 +83,9 @@ class Swap:
             for i in pending:
                 (later if rows[i][self.key] in seen else now).append(i)
                 seen.add(rows[i][self.key])
-            ids = {r[0] for r in conn.execute(self.sql, (dumps([rows[i] for i in now]),)).fetchall()}
+            ids: set[str] = set()
+            for chunk in _chunks([dumps(rows[i]) for i in now]):
+                ids.update(r[0] for r in conn.execute(self.sql, ("[" + ",".join(chunk) + "]",)).fetchall())
             for i in now:
                 changed[i] = rows[i][self.key] in ids
             pending = later

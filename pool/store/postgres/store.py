@@ -14,6 +14,8 @@ import time
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
+import gevent
+
 from greenjobs.pool import lifecycle
 from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
 from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
@@ -83,6 +85,7 @@ class PostgresStore(JobStore):
         self.lease_seconds = lease_seconds
         self._progress: dict[str, str] = {}
         self._next_analyze = 0.0
+        self._analyzer = None
         self._db = Committer(url, readers, max_batch_ops, setup=schema.migrate, each_batch=self._progress_writes)
 
     @classmethod
@@ -124,8 +127,16 @@ class PostgresStore(JobStore):
             row = conn.execute("SELECT n_live_tup, n_mod_since_analyze FROM pg_stat_user_tables"
                                " WHERE relid = 'jobs'::regclass").fetchone()
             if row and row[1] >= max(ANALYZE_MIN_ROWS, ANALYZE_SHARE * row[0]):
-                conn.execute("ANALYZE jobs")
-        self._db.read(analyze)
+                conn.execute("ANALYZE (SKIP_LOCKED) jobs")      # never queue behind a VACUUM or an index build
+
+        def run():
+            try:
+                self._db.read(analyze)
+            except StoreUnavailable as exc:
+                log.info("ANALYZE jobs skipped: %s", exc)
+        # in a greenlet of its own: the maintenance tick's other duties (lease renewal) never wait for it
+        if self._analyzer is None or self._analyzer.dead:
+            self._analyzer = gevent.spawn(run)
 
     @property
     def healthy(self) -> bool:
