@@ -83,9 +83,12 @@ class Swap:
             for i in pending:
                 (later if rows[i][self.key] in seen else now).append(i)
                 seen.add(rows[i][self.key])
+            text = dumps([rows[i] for i in now])        # one C call for the usual group
+            texts = [text] if len(text) <= MAX_JSON_BYTES else \
+                ["[" + ",".join(chunk) + "]" for chunk in _chunks([dumps(rows[i]) for i in now])]
             ids: set[str] = set()
-            for chunk in _chunks([dumps(rows[i]) for i in now]):
-                ids.update(r[0] for r in conn.execute(self.sql, ("[" + ",".join(chunk) + "]",)).fetchall())
+            for text in texts:
+                ids.update(r[0] for r in conn.execute(self.sql, (text,)).fetchall())
             for i in now:
                 changed[i] = rows[i][self.key] in ids
             pending = later
