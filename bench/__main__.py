@@ -30,10 +30,10 @@ from bench.peers import BROKERS, NAMES as PEERS  # noqa: E402
 from tests.support import ServerProcess, free_port, write_ini  # noqa: E402
 
 ALL = ("W1", "W1b", "W2", "W3", "W4", "W5", "W6")
-EXTRA = ("W1s", "D")                      # greenjobs-only variants, run when named in --only
+EXTRA = ("W1s", "D", "W7")                # greenjobs-only variants, run when named in --only
 FULL = {"W1": 10_000, "W1s": 10_000, "W1b": 10_000, "W2": 200, "W3": 10_000, "W4": 1000, "W5": 10_000,
-        "W6": 10_000, "D": 100}
-QUICK = {"W1": 1000, "W1s": 1000, "W1b": 1000, "W2": 20, "W3": 1000, "W4": 100, "W5": 1000, "W6": 1000, "D": 20}
+        "W6": 10_000, "D": 100, "W7": 10_000}
+QUICK = {"W1": 1000, "W1s": 1000, "W1b": 1000, "W2": 20, "W3": 1000, "W4": 100, "W5": 1000, "W6": 1000, "D": 20, "W7": 1000}
 UNITS = {"wall": "s", "peak_rss": "MB", "rss_per_job": "KB", "single": "jobs/s", "batch": "jobs/s",
          "drain": "jobs/s"}
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
@@ -100,7 +100,7 @@ def greenjobs(run: Run, chosen, sizes, iterations, url, folder: Path, args) -> N
                                    "backlog": 2048}, True, "waitress threads=1100"
     # W1b's http.get calls a local server on a random port: allow loopback's ports (a bare host means 80 and 443)
     local = {"greenjobs.http.allowed_hosts": "127.0.0.1:*"}
-    plan = [("embedded", dict(local), [w for w in chosen if w != "W6"])]
+    plan = [("embedded", dict(local), [w for w in chosen if w not in ("W6", "W7")])]
     cpu_chosen = [w for w in chosen if w in ("W2", "W4")]
     if args.broker in ("rabbitmq", "both") and cpu_chosen:
         if answers("127.0.0.1", 5672):
@@ -152,6 +152,32 @@ def greenjobs(run: Run, chosen, sizes, iterations, url, folder: Path, args) -> N
                     run.measure(w, "greenjobs", config, wl.dispatch, srv, sizes[w])
         finally:
             srv.stop()
+
+
+def cluster(run: Run, sizes, folder: Path, args) -> None:
+    """W7: one server process, then two on one ledger (PostgreSQL with --store postgres or both; one SQLite
+    file with sqlite or both), each a fresh ledger, io only (no cpu workers)."""
+    stores = []
+    if args.store in ("postgres", "both"):
+        stores.append(("PostgreSQL store", lambda: {"greenjobs.store.url": postgres_database(folder)}))
+    if args.store in ("sqlite", "both"):
+        stores.append(("one SQLite store", lambda: {"greenjobs.store.url": f"sqlite:///{folder}/w7-{time.time_ns()}.sqlite"}))
+    for label, ledger in stores:
+        for count in (1, 2):
+            app = {**ledger(), "greenjobs.workers.cpu": 0}
+            config = f"{count} server process{'es' if count > 1 else ''}, pool 1000 each, {label}"
+            servers = []
+            try:
+                for i in range(count):
+                    ini = write_ini(folder / f"w7-{label[:3]}-{count}-{i}", app, server={"max_connections": 20000})
+                    servers.append(ServerProcess(ini).start())
+                run.measure("W7", "greenjobs", config, wl.w7, servers, sizes["W7"])
+            except Exception as exc:
+                run.rows.append(report.row("W7", "-", "greenjobs", config, "", [], sizes["W7"],
+                                           error=f"{type(exc).__name__}: {str(exc)[-300:]}"))
+            finally:
+                for srv in servers:
+                    srv.stop()
 
 
 def postgres_database(folder: Path) -> str:
@@ -265,6 +291,8 @@ def main(argv=None) -> int:
             limits(run, chosen, sizes, iterations, url)
             try:
                 greenjobs(run, chosen, sizes, iterations, url, Path(tmp), args)
+                if "W7" in chosen:
+                    cluster(run, sizes, Path(tmp), args)
             finally:
                 drop_postgres_databases(Path(tmp))
             peers(run, chosen, names, iterations, url, Path(tmp), args)

@@ -1,8 +1,9 @@
-"""``python -m bench.store_rate [--jobs N]``: the ledgers alone, no HTTP: insert, claim + complete, sweep.
+"""``python -m bench.store_rate [--jobs N]``: the ledgers alone, no HTTP: insert, take + complete, sweep.
 
 For each backend (SQLite in a temporary folder; PostgreSQL in a fresh database on 127.0.0.1:5432, dropped
-after, skipped when none answers): N no-op jobs inserted in batches of 1,000; each claimed and finished by
-500 greenlets (the io pool's pattern: claim, then record the outcome under the lease); then marked finished
+after, skipped when none answers): N no-op jobs inserted in batches of 1,000; taken from the ledger into 500
+slots and each finished by its own greenlet (the io pool's pattern: one taker fills the free slots with
+``take``, each job records its outcome under the lease); then marked finished
 long ago and swept with ``store.sweep`` until caught up.  Prints jobs/s for each step.
 """
 from gevent import monkey
@@ -33,12 +34,15 @@ def measure(url: str, n: int) -> dict:
             store.insert(jobs[i:i + 1000], "bench")
         inserted = time.perf_counter()
 
-        def run(job):
-            if store.claim(job, "bench").get():
-                store.finish(job, "bench", SUCCEEDED, "null", None)
-        pool = Pool(500)
-        for job in jobs:
-            pool.spawn(run, job)
+        pool, left = Pool(500), n
+        while left:
+            pool.wait_available()
+            taken = store.take("bench", ("io",), pool.free_count())
+            left -= len(taken)
+            for job in taken:
+                pool.spawn(store.finish, job, "bench", SUCCEEDED, "null", None)
+            if not taken:
+                raise RuntimeError(f"{left} jobs were not found queued")
         pool.join()
         completed = time.perf_counter()
         long_ago = time.time() - 3600
@@ -50,7 +54,7 @@ def measure(url: str, n: int) -> dict:
             if batch < 5000:
                 break
         swept = time.perf_counter()
-        return {"insert": n / (inserted - start), "claim+complete": n / (completed - inserted),
+        return {"insert": n / (inserted - start), "take+complete": n / (completed - inserted),
                 "sweep": deleted / (swept - swept_from)}
     finally:
         upkeep.kill()

@@ -212,3 +212,21 @@ def ceiling(kind: str, n: int) -> float:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def w7(servers: list, n: int) -> dict:
+    """W7: W3 single and drain and W1 spread over ``servers`` (processes sharing one ledger), as a load
+    balancer would: each gets an equal share of the clients and of the jobs; rates over the whole."""
+    share = max(1, n // len(servers))
+    t0 = time.perf_counter()
+    gevent.joinall([gevent.spawn(post_rate, s.port, "/jobs", {"handler": "echo"}, share, 64 // len(servers))
+                    for s in servers], raise_error=True)
+    single = share * len(servers) / (time.perf_counter() - t0)
+    gevent.sleep(1.0)                                 # let the accepted no-ops finish first
+    t0 = time.perf_counter()
+    gevent.joinall([gevent.spawn(_batch_wait, s, [{"handler": "echo"}] * share) for s in servers], raise_error=True)
+    drain = share * len(servers) / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    gevent.joinall([gevent.spawn(_batch_wait, s, [{"handler": "sleep", "kwargs": {"seconds": 0.1}}] * share)
+                    for s in servers], raise_error=True)
+    return {"single": single, "drain": drain, "wall": time.perf_counter() - t0}

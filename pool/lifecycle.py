@@ -33,15 +33,16 @@ for _sources, _targets in (CLAIM, FINISH, RETRY, CANCEL, REVIVE, GIVE_BACK, PROM
             check_transition(_source, _target)
 
 # -- who holds a queued job ------------------------------------------------------------------
-#: Queued jobs of these kinds are leased to the server that will run them (io jobs run in its pool).
+#: Running jobs of these kinds are leased to the server that runs them (io jobs run in its pool); queued
+#: ones are held by nobody and wait in the ledger for whichever server has a free slot (JobStore.take).
 LEASED_KINDS = ("io",)
 #: Queued jobs of these kinds wait in the outbox until the broker confirms them (cpu jobs run on workers).
 PUBLISHED_KINDS = ("cpu",)
 
 
 def leased(job: Job) -> bool:
-    """Whether a new or requeued ``job`` is leased to the runner that stores it."""
-    return job.kind in LEASED_KINDS and job.state in (QUEUED, RUNNING)
+    """Whether a new ``job`` is leased to the runner that stores it: one that starts at once (the fast path)."""
+    return job.kind in LEASED_KINDS and job.state == RUNNING
 
 
 def to_publish(job: Job) -> bool:

@@ -1,7 +1,8 @@
 """The runtime's background duties, one method each, run by one greenlet on a timer.
 
 Like River's and Oban's maintenance services, each duty is small and named: renew this process's
-leases, record outcomes that failed to commit, adopt the jobs of dead or expired runners, repair
+leases, record outcomes that failed to commit, give the ledger back the jobs of dead or expired
+runners, count the ledger's backlog and take what fits the free slots, repair
 the cpu outbox, repair missed webhook deliveries, promote scheduled jobs when due, sweep old
 jobs, and the store's own upkeep.  A duty that fails is logged and tried again next tick; it
 never stops the others.  As a listener, it wakes early for a retry or a job scheduled sooner
@@ -60,6 +61,7 @@ class Maintenance(Listener):
     def start(self) -> None:
         """Adopt what dead runners left (before serving), then run the duties in a greenlet."""
         self.adopt_orphans()
+        self.take_backlog()
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -86,7 +88,8 @@ class Maintenance(Listener):
                 duties.append(self.renew_leases)
                 last_renew = now
             if tick:
-                duties += [self.record_again, self.adopt_orphans, self.repair_outbox, self.repair_callbacks]
+                duties += [self.record_again, self.adopt_orphans, self.take_backlog, self.repair_outbox,
+                           self.repair_callbacks]
                 last_tick = now
             if self.settings.store_ttl and (self._sweep_behind or now - last_sweep >= self.sweep_every):
                 duties.append(self.sweep)
@@ -112,7 +115,8 @@ class Maintenance(Listener):
             self._recorder = gevent.spawn(self.rt.io.record_again)
 
     def adopt_orphans(self) -> None:
-        """Take over the active leased (io) jobs of runners that died (same host) or whose lease expired.
+        """Give back to the ledger the active leased (io) jobs of runners that died (same host) or whose lease
+        expired, for whichever server has free slots.
 
         cpu jobs are not adopted here: a dead worker's job is redelivered by the broker and claimed
         again (or given up as worker_lost), and one whose message was lost is repaired by the outbox."""
@@ -120,8 +124,12 @@ class Maintenance(Listener):
         dead = [owner for owner, _ in store.owners(me) if owner_is_dead(owner, me)]
         jobs = store.adopt(me, dead, LEASED_KINDS)
         if jobs:
-            log.info("adopted %d jobs from dead or expired runners", len(jobs))
+            log.info("adopted %d jobs of dead or expired runners: queued again for any server", len(jobs))
             self.rt.dispatch(jobs)
+
+    def take_backlog(self) -> None:
+        """Count the queued io jobs nobody holds (any server may have added some) and take what fits."""
+        self.rt.io.poll()
 
     def repair_outbox(self) -> None:
         """Requeue cpu jobs whose worker vanished past their lease, and publish what the broker never confirmed."""
@@ -136,7 +144,7 @@ class Maintenance(Listener):
     def promote_due(self) -> None:
         """Move scheduled jobs whose time has come to queued, and hand them to their executor."""
         self._next_due = math.inf
-        self.rt.dispatch(self.rt.store.promote_due(self.rt.owner, ("io", "cpu")))
+        self.rt.dispatch(self.rt.store.promote_due(("io", "cpu")))
 
     def sweep(self) -> None:
         """Delete jobs finished more than greenjobs.store.ttl seconds ago, in bounded transactions, for at

@@ -16,6 +16,7 @@ from typing import Iterable
 
 import gevent
 
+from greenjobs.pool.cluster import ClusterWatch
 from greenjobs.pool.cpu.dispatcher import CpuDispatcher
 from greenjobs.pool.cpu.supervisor import Supervisor
 from greenjobs.pool.errors import BadCursor, JobFinished, JobNotFound, ShuttingDown
@@ -92,17 +93,19 @@ class Runtime:
         self.supervisor = Supervisor(ini, settings.workers_cpu, grace=settings.shutdown_grace) \
             if ini and settings.workers_cpu > 0 else None
         self.cpu = CpuDispatcher(settings, self.store, registry, sink, supervisor=self.supervisor)
+        self.cluster = ClusterWatch(self, settings.cluster_poll)
         self.accepting = False
         self.started_at = time.time()
 
     def _enqueue(self, jobs: list[Job]) -> None:
-        self.io.enqueue(jobs)
+        self.io.offer(len(jobs))
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> "Runtime":
         """Open the store, adopt what dead runners left, connect the broker, start workers and duties."""
         self.store.open()
         self.maintenance.start()
+        self.cluster.start()
         self.cpu.start()
         if self.supervisor is not None:
             self.supervisor.start()
@@ -122,6 +125,7 @@ class Runtime:
         self.accepting = False
         grace = self.settings.shutdown_grace if grace is None else grace
         self.maintenance.stop()
+        self.cluster.stop()
         stopping_workers = gevent.spawn(self.supervisor.stop) if self.supervisor is not None else None
         interrupted = self.io.shutdown(grace)
         if stopping_workers is not None:
@@ -143,12 +147,13 @@ class Runtime:
             self.store.close()
 
     def dispatch(self, queued: Iterable[Job]) -> None:
-        """Hand stored queued jobs to their executor: io to the greenlet pool, cpu to the broker."""
+        """Hand stored queued jobs to their executor: io ones wait in the ledger for a free slot here or on
+        another server; cpu ones go to the broker."""
         io, cpu = [], []
         for job in queued:
             (cpu if job.kind == "cpu" else io).append(job)
         if io:
-            self.io.enqueue(io)
+            self.io.offer(len(io))
         if cpu:
             self.cpu.publish(cpu)
 
@@ -202,7 +207,7 @@ class Runtime:
                 gevent.sleep(0)     # let event streams take this part of a big batch before the ring wraps
         if io_jobs:
             self.io.launch(io_jobs[:started])
-            self.io.enqueue(io_jobs[started:])
+            self.io.offer(len(io_jobs) - started)
         if cpu_jobs:
             self.cpu.publish(cpu_jobs)
         return repeats
@@ -259,18 +264,13 @@ class Runtime:
             job = self.cpu.cancel(job_id)
             if job is not None:
                 return job
-        # Take it out of the local backlog first, so a slot freeing meanwhile cannot start it.
-        pending = self.io.drop_pending(job_id)
-        try:
-            job, changed = self.store.cancel(job_id, CANCELLED_BY_REQUEST)
-        except BaseException:
-            if pending is not None:
-                self.io.enqueue([pending])
-            raise
+        job, changed = self.store.cancel(job_id, CANCELLED_BY_REQUEST)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         if not changed:
             raise JobFinished(f"job {job_id} already ended ({job.state}); nothing to cancel")
+        if job.kind == "io":
+            self.io.recount()           # it may have been waiting in the backlog
         self.listeners.emit(job.state, job)
         return job
 
@@ -278,7 +278,7 @@ class Runtime:
         """Run a failed job again (same id, next attempt).  Raises JobFinished unless it failed."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new jobs; retry shortly")
-        job, changed = self.store.revive(job_id, self.owner)
+        job, changed = self.store.revive(job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         if not changed:

@@ -220,6 +220,9 @@ TABLE = (
             "seconds a finished job (and its result) is kept; 0 keeps them forever"),
     Setting("greenjobs.store.lease_seconds", as_float(1.0, 3600.0), 30.0,
             "how long a runner's claim on a job lasts without renewal before another runner may take it"),
+    Setting("greenjobs.cluster.poll", as_float(0.0, 60.0), 0.5,
+            "seconds between reads of the ledger for jobs waited for or running here that other servers ended,"
+            " cancelled or took over (0: never, for a server that is alone on its ledger)"),
     Setting("greenjobs.workers.cpu", as_int(0, 1024), default_cpu_count(),
             "CPU worker processes the server starts and supervises (0: run them elsewhere with greenjobs-worker)"),
     Setting("greenjobs.workers.redeliveries", as_int(0, 100), 3,

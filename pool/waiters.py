@@ -67,6 +67,10 @@ class Waiters(Listener):
             for waiter in waiters:
                 waiter.event.set()
 
+    def job_ids(self) -> set[str]:
+        """The jobs someone waits for now."""
+        return set(self._jobs)
+
     def count(self) -> int:
         """Long-polls parked now (for /health and /metrics)."""
         return sum(len(v) for v in self._jobs.values()) + sum(len(v) for v in self._batches.values())

@@ -1,7 +1,11 @@
-"""The greenlet executor: a bounded, managed set of job greenlets with a priority-ordered backlog.
+"""The greenlet executor: a bounded, managed set of job greenlets fed from the ledger.
 
 It is separate from the HTTP server's connection pool, so a full job pool never stops the server
 accepting requests, and admission never blocks: past ``max_pending`` it raises Overloaded (429).
+The backlog is the ledger, not this process: a job that cannot start at once is stored queued and
+held by nobody, and whichever server of the cluster has a free slot takes it (``JobStore.take``),
+so a full server leaves work for an idle one.  A job that can start at once is stored running and
+leased to us in its submission's own transaction (the fast path, :meth:`admit` + :meth:`launch`).
 
 Each running job is a :class:`_Run`.  Its outcome is *settled* exactly once, by whichever comes
 first: the handler returning or raising, its timeout, or a cancel.  Timeouts and cancels settle
@@ -10,8 +14,6 @@ from outside the job greenlet and then kill it, so a handler that swallows ``gev
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 
 import gevent
@@ -27,20 +29,23 @@ from greenjobs.pool.outcomes import Outcome
 log = logging.getLogger(__name__)
 
 
+#: Most jobs one take() starts (a pool of 10,000 slots fills in several statements, not one huge one).
+TAKE_MAX = 1000
+
+
 class JobInterrupt(BaseException):
     """Thrown into a job greenlet whose outcome was already settled (timeout, cancel, shutdown)."""
 
 
 class _Run:
-    """One attempt in this pool: its greenlet, timeout timer, pending claim and (once settled) outcome."""
+    """One attempt in this pool (stored running, leased to us): its greenlet, timeout timer and (once settled)
+    outcome."""
 
-    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "claim", "claimed", "done")
+    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "done")
 
-    def __init__(self, job: Job, handler, claim: bool):
+    def __init__(self, job: Job, handler):
         self.job = job
         self.handler = handler
-        self.claim = claim                  # must it be claimed (queued -> running) in the store?
-        self.claimed = None                 # the claim's pending result (an AsyncResult)
         self.greenlet: Greenlet | None = None
         self.timer = None
         self.outcome: Outcome | None = None
@@ -61,24 +66,26 @@ class GreenletExecutor:
         self.max_pending = max_pending
         self.sink = sink
         self._busy = 0                      # running + reserved slots
-        self._pending: list = []            # heap of (-priority, seq, job)
-        self._pending_ids: dict[str, Job] = {}
+        #: queued jobs of our kind nobody holds, as last counted in the ledger plus what we stored since
+        #: (all servers' backlog: the 429 limit and whether a new job may jump ahead go by it)
+        self.backlog = 0
+        self._taker: Greenlet | None = None
         self._running: dict[str, _Run] = {}
         self._unrecorded: list[_Run] = []  # settled runs whose outcome could not be stored yet
-        self._seq = itertools.count()
         self._accepting = True
         self.completed = 0
 
     # -- admission -----------------------------------------------------------------
     def admit(self, count: int) -> int:
-        """Reserve slots for ``count`` new jobs; return how many start now (the rest are queued).
+        """Reserve slots for ``count`` new jobs; return how many start now (the rest wait in the ledger).
 
-        Raises Overloaded when the backlog would pass ``max_pending``.
+        None starts while the ledger holds a backlog (it goes first).  Raises Overloaded when the
+        backlog would pass ``max_pending``.
         """
-        start = max(0, min(self.size - self._busy, count)) if not self._pending else 0
+        start = max(0, min(self.size - self._busy, count)) if not self.backlog else 0
         later = count - start
-        if later and len(self._pending_ids) + later > self.max_pending:
-            raise Overloaded(f"the {self.kind} job backlog is full ({len(self._pending_ids)} pending, "
+        if later and self.backlog + later > self.max_pending:
+            raise Overloaded(f"the {self.kind} job backlog is full ({self.backlog} pending, "
                              f"limit greenjobs.pool.max_pending={self.max_pending}); retry later", retry_after=1)
         self._busy += start
         return start
@@ -91,35 +98,56 @@ class GreenletExecutor:
     def launch(self, jobs: list[Job]) -> None:
         """Start jobs already stored as running for us (their slots were reserved by :meth:`admit`)."""
         for job in jobs:
-            self._spawn(job, claim=False)
+            self._spawn(job)
 
-    def enqueue(self, jobs: list[Job]) -> None:
-        """Add stored queued jobs to the backlog, highest priority then oldest first."""
-        for job in jobs:
-            if job.id in self._pending_ids or job.id in self._running:
-                continue
-            heapq.heappush(self._pending, (-job.priority, next(self._seq), job))
-            self._pending_ids[job.id] = job
+    def offer(self, count: int) -> None:
+        """``count`` jobs of our kind were stored (or put back) queued and held by nobody: take them if we can."""
+        self.backlog += count
         self._fill()
 
-    def _fill(self) -> None:
-        while self._accepting and self._busy < self.size and self._pending:
-            job = heapq.heappop(self._pending)[2]
-            if self._pending_ids.pop(job.id, None) is None:   # dropped (cancelled) while waiting
-                continue
-            self._busy += 1
-            self._spawn(job, claim=True)
+    def recount(self) -> None:
+        """Count the ledger's backlog again (other servers add to it and take from it; a cancel takes from it)."""
+        self.backlog = self.store.backlog((self.kind,))
 
-    def _spawn(self, job: Job, claim: bool) -> None:
-        run = _Run(job, self.registry.find(job.handler), claim)
+    def poll(self) -> None:
+        """:meth:`recount`, then take what fits."""
+        self.recount()
+        if self._taker is None or self._taker.dead:
+            self._take()                        # in the caller's greenlet: start() takes before serving
+
+    def _fill(self) -> None:
+        """Take queued jobs from the ledger while slots are free (one taker at a time: takes coalesce)."""
+        if (self._accepting and self.backlog and self._busy < self.size
+                and (self._taker is None or self._taker.dead)):
+            self._taker = gevent.spawn(self._take)
+
+    def _take(self) -> None:
+        while self._accepting and self.backlog and self._busy < self.size:
+            want = min(self.size - self._busy, TAKE_MAX)
+            self._busy += want
+            try:
+                jobs = self.store.take(self.owner, (self.kind,), want)
+            except Exception as exc:
+                self._busy -= want
+                log.warning("could not take queued %s jobs from the store (%s); next tick tries again", self.kind, exc)
+                return
+            self._busy -= want - len(jobs)
+            self.backlog = 0 if len(jobs) < want else max(1, self.backlog - len(jobs))
+            if not self._accepting:             # shutting down meanwhile: give them back untouched
+                self.store.requeue(jobs, self.owner)
+                self._busy -= len(jobs)
+                return
+            for job in jobs:
+                self._spawn(job)
+
+    def _spawn(self, job: Job) -> None:
+        run = _Run(job, self.registry.find(job.handler))
         self._running[job.id] = run
         run.greenlet = gevent.spawn(self._body, run)
 
     # -- running ---------------------------------------------------------------------
     def _body(self, run: _Run) -> None:
         job = run.job
-        if run.claim:     # optimistic: start now, check the claim's commit before recording the outcome
-            run.claimed = self.store.claim(job, self.owner)
         self.sink.started(job)
         if run.handler is None:   # stored by a server whose config had a handler this one lacks
             self._end(run, outcomes.unknown_handler(f"handler {job.handler!r} is not registered here; "
@@ -172,25 +200,15 @@ class GreenletExecutor:
         outcome = run.outcome
         job = run.job
         try:
-            try:
-                claimed = True if run.claimed is None else run.claimed.get()
-            except Exception:
-                # the optimistic claim's commit failed: queue it again, and keep this outcome for later
-                run.claimed = self.store.claim(job, self.owner, bump=False)
-                raise
-            if not claimed:
-                log.info("job %s (%s): cancelled or taken over before its claim committed; outcome %s dropped",
-                         job.id, job.handler, outcome.state)
+            recorded = self.sink.record(job, self.owner, outcome)
+            if recorded == "retried":
+                log.info("job %s (%s): attempt %d failed (%s); retry at %.3f", job.id, job.handler,
+                         job.attempts, outcome.error["kind"], job.run_at)
+            elif recorded == "finished":
+                self.completed += 1
             else:
-                recorded = self.sink.record(job, self.owner, outcome)
-                if recorded == "retried":
-                    log.info("job %s (%s): attempt %d failed (%s); retry at %.3f", job.id, job.handler,
-                             job.attempts, outcome.error["kind"], job.run_at)
-                elif recorded == "finished":
-                    self.completed += 1
-                else:
-                    log.warning("job %s (%s): lease lost before it finished; outcome %s dropped",
-                                job.id, job.handler, outcome.state)
+                log.warning("job %s (%s): lease lost before it finished; outcome %s dropped",
+                            job.id, job.handler, outcome.state)
         except Exception as exc:
             # The job stays running in the store, leased to us and renewed: keep the outcome and
             # try again from the maintenance loop, or it would be stuck for as long as we live.
@@ -227,13 +245,31 @@ class GreenletExecutor:
             run.done.wait(10.0)     # it is finishing; if the store is stuck, the caller falls back to it
         return run.job
 
-    def drop_pending(self, job_id: str) -> Job | None:
-        """Forget a waiting job (its heap entry is skipped later); returns it if it was waiting."""
-        return self._pending_ids.pop(job_id, None)
+    def abandon(self, job_id: str, why: str) -> Job | None:
+        """Stop a job running here whose record another server changed (cancelled it, or adopted it after our
+        lease ran out): kill its greenlet and free its slot, recording nothing (the record is not ours)."""
+        run = self._running.get(job_id)
+        if run is None or run.outcome is not None:
+            return None
+        run.outcome = outcomes.INTERRUPTED
+        if run.timer is not None:
+            run.timer.close()
+        if run.greenlet is not None and not run.greenlet.dead:
+            run.greenlet.kill(JobInterrupt, block=False)
+        log.info("job %s (%s): stopped here, %s", job_id, run.job.handler, why)
+        self._running.pop(job_id, None)
+        run.done.set()
+        self._busy -= 1
+        self._fill()
+        return run.job
+
+    def running_ids(self) -> list[str]:
+        """Ids of the jobs running here (settled ones still recording included)."""
+        return list(self._running)
 
     def stats(self) -> dict:
         """Slots (size, busy), backlog and jobs completed, for /health and /metrics."""
-        return {"size": self.size, "busy": self._busy, "pending": len(self._pending_ids),
+        return {"size": self.size, "busy": self._busy, "pending": self.backlog,
                 "completed": self.completed}
 
     def shutdown(self, grace: float) -> list[Job]:

@@ -102,6 +102,11 @@ class JobStore(ABC):
         """(handler, state, count) of active jobs; its cost must not grow with finished jobs kept."""
 
     @abstractmethod
+    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None]]:
+        """(id, state, lease owner) of those of ``job_ids`` that exist: one read for many, however many ids
+        (how a server learns that jobs it waits for or runs were ended or taken over elsewhere)."""
+
+    @abstractmethod
     def owners(self, me: str) -> list[tuple[str, float]]:
         """Lease owners of active jobs other than ``me``, each with its latest lease expiry."""
 
@@ -109,8 +114,8 @@ class JobStore(ABC):
     @abstractmethod
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
                keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
-        """Store new jobs in one durable transaction (all or nothing); leased kinds are leased to
-        ``owner``, published kinds flagged for the outbox.
+        """Store new jobs in one durable transaction (all or nothing); running jobs of leased kinds (the
+        fast path) are leased to ``owner``, queued ones are held by nobody, published kinds flagged for the outbox.
 
         ``keys`` maps a job's index to its (Idempotency-Key, request fingerprint): a key stored
         within ``idempotency_ttl`` s makes that job a repeat, not stored; the result maps its index
@@ -118,9 +123,9 @@ class JobStore(ABC):
         and stores nothing.  The batch row counts only the jobs inserted."""
 
     @abstractmethod
-    def claim(self, job: Job, owner: str, bump: bool = True) -> Pending:
-        """queued -> running for ``owner`` (attempts + 1 if ``bump``); the job object changes at once,
-        the returned Pending says whether the store agreed."""
+    def claim(self, job: Job, owner: str) -> Pending:
+        """queued (held by nobody or ``owner``) -> running for ``owner``, attempts + 1; the job object changes
+        at once, the returned Pending says whether the store agreed."""
 
     @abstractmethod
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
@@ -141,8 +146,8 @@ class JobStore(ABC):
         """Any active state -> cancelled, durably; returns (the job as it now is, whether this call did it)."""
 
     @abstractmethod
-    def revive(self, job_id: str, owner: str) -> tuple[Job | None, bool]:
-        """failed -> queued (same id, next attempt), durably; returns (the job as it now is, changed)."""
+    def revive(self, job_id: str) -> tuple[Job | None, bool]:
+        """failed -> queued (same id, next attempt; held by nobody), durably; returns (the job as it now is, changed)."""
 
     # -- leases, adoption and due jobs -------------------------------------------------
     @abstractmethod
@@ -159,18 +164,24 @@ class JobStore(ABC):
 
     @abstractmethod
     def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:
-        """Lease to ``owner`` the active jobs of ``kinds`` whose owner is dead, whose lease expired or
-        that have none; running ones go back to queued."""
+        """Give back to the ledger the active jobs of ``kinds`` whose owner is dead or whose lease (held by
+        anyone but ``owner``) expired: queued and held by nobody, for any server to take (published kinds back
+        in the outbox); returns them.
+        A running one's interrupted attempt stays counted."""
 
     @abstractmethod
-    def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
-        """scheduled -> queued for jobs whose ``run_at`` has come (leased or published by kind)."""
+    def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
+        """scheduled -> queued for jobs whose ``run_at`` has come (held by nobody; published kinds to the outbox)."""
 
     @abstractmethod
     def take(self, owner: str, kinds: tuple[str, ...], limit: int) -> list[Job]:
-        """Lease up to ``limit`` queued jobs of ``kinds`` that no runner holds to ``owner`` (still queued), highest
-        priority then oldest first: how a server with free slots takes work nobody has.  Safe when several
-        servers take at once: each job goes to one of them, and none waits for another's choice."""
+        """Start up to ``limit`` queued jobs of ``kinds`` that nobody holds: running, leased to ``owner``, attempts
+        + 1; highest priority then oldest first.  How a server with free slots takes work from the ledger; safe
+        when several servers take at once: each job goes to one of them, and none waits for another's choice."""
+
+    @abstractmethod
+    def backlog(self, kinds: tuple[str, ...]) -> int:
+        """How many queued jobs of ``kinds`` nobody holds (what :meth:`take` would find)."""
 
     @abstractmethod
     def sweep(self, finished_before: float, limit: int = 5000) -> int:

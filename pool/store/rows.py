@@ -29,7 +29,6 @@ def states(names) -> str:
 
 ACTIVE_SQL = states(ACTIVE)
 TERMINAL_SQL = states(sorted(TERMINAL))
-LEASED_SQL = states(lifecycle.LEASED_KINDS)            # kinds leased to their runner while queued
 PUBLISHED_SQL = states(lifecycle.PUBLISHED_KINDS)      # kinds that go to the outbox while queued
 #: move name -> the SQL list of states it may start from (greenjobs.pool.lifecycle's moves).
 FROM = {name: states(move[0]) for name, move in (("claim", lifecycle.CLAIM), ("finish", lifecycle.FINISH),

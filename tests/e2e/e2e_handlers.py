@@ -27,3 +27,13 @@ def environment():
         "threading_local": threading.local.__module__,
         "pyramid_manager_base": [c.__module__ for c in type(pyramid.threadlocal.manager).__mro__],
     }
+
+
+@handler("e2e.pid")
+def pid(pause=0.0):
+    """The pid of the process that ran the job, after ``pause`` s: which server of several ran it."""
+    import os
+
+    import gevent
+    gevent.sleep(pause)
+    return os.getpid()

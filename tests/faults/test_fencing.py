@@ -14,6 +14,9 @@ pytestmark = pytest.mark.faults
 
 APP = {"greenjobs.handlers": "greenjobs.handlers.builtin tests.faults.fault_handlers", "greenjobs.workers.cpu": 0,
        "greenjobs.shutdown.grace": 0.5}
+#: A server that does not read the ledger while its job runs, as one that is partitioned or paused would not:
+#: the fence alone must keep its late outcome out.
+BLIND = {**APP, "greenjobs.cluster.poll": 0}
 ADOPTER = "another-host:4242:1:adopter"
 
 
@@ -36,7 +39,7 @@ def rejected(srv) -> float:
 
 
 def test_a_runner_that_lost_its_lease_cannot_record_its_outcome(make_server, store_backend):
-    srv = make_server(app={**APP, **store_backend})
+    srv = make_server(app={**BLIND, **store_backend})
     job = srv.submit("fault.io", kwargs={"seconds": 1.5})
     wait_until(lambda: srv.get(f"/jobs/{job['id']}").json()["state"] == "running", 20, message="running")
     # the lease moves to another runner, which starts its own attempt
@@ -56,3 +59,16 @@ def test_a_runner_that_lost_its_lease_cannot_record_its_outcome(make_server, sto
     final = srv.get(f"/jobs/{job['id']}").json()
     assert final["state"] == "succeeded" and final["result"] == {"by": "adopter"}, final
     assert rejected(srv) == 1
+
+
+def test_a_runner_that_sees_its_lease_taken_stops_the_job_and_frees_the_slot(make_server, store_backend):
+    srv = make_server(app={**APP, **store_backend})
+    job = srv.submit("fault.io", kwargs={"seconds": 30})
+    wait_until(lambda: srv.get("/health").json()["pool"]["busy"] == 1, 20, message="running")
+    taken = run_sql(srv, store_backend, "UPDATE jobs SET lease_owner = ?, lease_expires = ?, attempts = attempts + 1"
+                    " WHERE id = ? AND state = 'running'", (ADOPTER, time.time() + 3600, job["id"]))
+    assert taken == 1
+    wait_until(lambda: srv.get("/health").json()["pool"]["busy"] == 0, 20, message="the slot freed")
+    assert "our lease was lost" in srv.log()
+    now = srv.get(f"/jobs/{job['id']}").json()
+    assert now["state"] == "running" and now["attempts"] == 2, now       # the adopter's attempt, untouched

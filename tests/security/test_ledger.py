@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from greenjobs.pool.job import QUEUED, Job, new_id
+from greenjobs.pool.job import RUNNING, Job, new_id
 from greenjobs.pool.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.e2e
@@ -18,7 +18,7 @@ def test_pserve_refuses_a_damaged_ledger_with_one_line(make_server, tmp_path):
     store = SqliteStore(str(live), synchronous="normal").open()
     try:
         for _ in range(200):
-            store.insert([Job(id=new_id(), handler="echo", kind="io", state=QUEUED)], "gone-host:1:x")
+            store.insert([Job(id=new_id(), handler="echo", kind="io", state=RUNNING, attempts=1)], "gone-host:1:x")
         store.flush()
         shutil.copy(live, target)                                   # what a crash leaves on disk
         shutil.copy(str(live) + "-wal", str(target) + "-wal")

@@ -57,8 +57,8 @@ def test_cancel_wins_over_a_later_finish(store):
 def test_dead_owner_jobs_are_adopted_and_requeued(store):
     import socket
     dead = f"{socket.gethostname()}:999999999:abc"    # a pid that cannot exist
-    running, queued = job(), job()
-    store.insert([running, queued], dead)
+    running, started, queued = job(), job(state=RUNNING, attempts=1, started_at=time.time()), job()
+    store.insert([running, started, queued], dead)    # the queued one is held by nobody: nothing to adopt
     store.claim(running, dead).get()
     import os
     import socket
@@ -69,18 +69,22 @@ def test_dead_owner_jobs_are_adopted_and_requeued(store):
     me = owner_id()
     assert not owner_is_dead(me, me) and owner_is_dead(owner_id(), me), "an earlier holder in this process"
     adopted = store.adopt("me", [dead], ("io",))
-    assert {j.id for j in adopted} == {running.id, queued.id}
+    assert {j.id for j in adopted} == {running.id, started.id}
     assert all(j.state == QUEUED for j in adopted)
-    assert store.get(running.id).attempts == 1        # the interrupted attempt is counted
+    assert all(lease_of(store, j.id) == Lease(None, None) for j in adopted)   # back in the ledger, for anyone
+    assert store.get(running.id).attempts == 1 and store.get(started.id).attempts == 1   # interrupted: counted
+    assert store.get(queued.id).state == QUEUED and store.adopt("me", [dead], ("io",)) == []
 
 
 def test_expired_leases_are_adopted_live_ones_are_not(make_store):
     s = make_store("l", lease_seconds=0.2)
-    j = job()
+    j = job(state=RUNNING, attempts=1, started_at=time.time())
     s.insert([j], "other-host:1:x")
     assert s.adopt("me", [], ("io",)) == []
     time.sleep(0.3)
-    assert [a.id for a in s.adopt("me", [], ("io",))] == [j.id]
+    adopted = s.adopt("me", [], ("io",))
+    assert [a.id for a in adopted] == [j.id] and adopted[0].state == QUEUED and adopted[0].attempts == 1
+    assert lease_of(s, j.id) == Lease(None, None)
 
 
 def test_batch_insert_is_all_or_nothing(store):
@@ -114,7 +118,7 @@ def test_a_failing_op_does_not_fail_its_neighbours_in_the_same_commit(store):
 def test_promote_due_scheduled_jobs(store):
     due, later = job(state="scheduled", run_at=time.time() - 1), job(state="scheduled", run_at=time.time() + 60)
     store.insert([due, later], "me")
-    assert [j.id for j in store.promote_due("me", ("io",))] == [due.id]
+    assert [j.id for j in store.promote_due(("io",))] == [due.id]
     assert store.get(later.id).state == "scheduled"
 
 
@@ -154,11 +158,15 @@ def cpu_job(state=QUEUED, **kw):
     return Job(id=new_id(), handler="cpu.pbkdf2", kind="cpu", state=state, **kw)
 
 
-def test_new_jobs_are_leased_or_published_by_kind(store):
-    io, cpu = job(), cpu_job()
-    store.insert([io, cpu], "me")
+def test_new_jobs_are_held_by_nobody_leased_when_started_or_published_by_kind(store):
+    io, started, cpu = job(), job(state=RUNNING, attempts=1, started_at=time.time()), cpu_job()
+    store.insert([io, started, cpu], "me")
     assert [j.id for j in store.unpublished()[0]] == [cpu.id]
-    assert [j.id for j in store.adopt("other", [], ("io", "cpu"))] == [cpu.id]   # only the unleased one
+    assert lease_of(store, io.id) == Lease(None, None) and lease_of(store, cpu.id) == Lease(None, None)
+    assert lease_of(store, started.id).owner == "me"                      # the fast path runs it at once
+    assert store.backlog(("io",)) == 1                                    # the queued io job waits in the ledger
+    assert store.adopt("other", [], ("io", "cpu")) == []                  # nothing held by a lost runner
+    assert [j.id for j in store.adopt("other", ["me"], ("io", "cpu"))] == [started.id]
 
 
 def test_cancel_records_the_error_it_is_given(store):
@@ -169,22 +177,31 @@ def test_cancel_records_the_error_it_is_given(store):
     assert store.get(j.id).error == lifecycle.CANCELLED_BY_REQUEST
 
 
-def test_revive_and_promote_lease_io_jobs_and_publish_cpu_jobs(store):
+def test_revive_and_promote_leave_io_jobs_to_the_ledger_and_publish_cpu_jobs(store):
     due_io, due_cpu = job(state="scheduled", run_at=time.time() - 1), cpu_job(state="scheduled", run_at=time.time() - 1)
     store.insert([due_io, due_cpu], "me")
-    promoted = {j.id: j for j in store.promote_due("me", ("io", "cpu"))}
+    promoted = {j.id: j for j in store.promote_due(("io", "cpu"))}
     assert set(promoted) == {due_io.id, due_cpu.id}
     assert [j.id for j in store.unpublished()[0]] == [due_cpu.id]
-    assert store.adopt("other", [], ("io",)) == []          # the io job is leased to "me"
+    assert lease_of(store, due_io.id) == Lease(None, None) and store.backlog(("io",)) == 1
+    assert ids(store.take("other", ("io",), 10)) == [due_io.id]        # held by nobody: any server takes it
     failed = cpu_job()
     store.insert([failed], "me")
     store.mark_published([failed.id, due_cpu.id])
     answer, failed = store.claim_for_worker(failed.id, "w1", _judge())
     assert answer == "go"
     assert store.finish(failed, "w1", "failed", None, {"kind": "exception", "message": "x", "traceback": None})
-    revived, changed = store.revive(failed.id, "me")
+    revived, changed = store.revive(failed.id)
     assert changed and revived.state == QUEUED
     assert [j.id for j in store.unpublished()[0]] == [failed.id]
+    assert lease_of(store, failed.id) == Lease(None, None)
+    io_failed = job()
+    store.insert([io_failed], "me")
+    run_to(store, io_failed, "failed")
+    assert store.revive(io_failed.id)[1] is True
+    assert lease_of(store, io_failed.id) == Lease(None, None)
+    assert ids(store.take("other", ("io",), 10)) == [io_failed.id]
+    assert [j.id for j in store.unpublished()[0]] == [failed.id]         # an io job never goes to the outbox
 
 
 def _judge(**kw):
@@ -249,6 +266,17 @@ def lease_of(store, job_id):
         return Verdict("skip")
     store.claim_for_worker(job_id, "looker", look)
     return seen[0] if seen else None
+
+
+def hold(store, job_id, owner, seconds=None):
+    """Lease a queued job to ``owner`` behind the interface's back (no call of it leaves a queued job held any
+    more): what a ledger written by an earlier greenjobs, which leased new queued io jobs to the server that stored
+    them, still holds.  claim, renew, release, adopt, take and backlog must treat such a job by its lease."""
+    expires = time.time() + (store.lease_seconds if seconds is None else seconds)
+    mark = "%s" if ".postgres." in type(store).__module__ else "?"
+    sql = f"UPDATE jobs SET lease_owner = {mark}, lease_expires = {mark} WHERE id = {mark} AND state = '{QUEUED}'"
+    assert store._db.write(lambda conn: conn.execute(sql, (owner, expires, job_id)).rowcount) == 1
+    assert lease_of(store, job_id) == Lease(owner, expires)
 
 
 # -- lifecycle: from_url, where, open, close, flush, ping, maintain ----------------------------
@@ -473,18 +501,19 @@ def test_active_counts_count_only_active_jobs(store):
 
 def test_owners_lists_other_holders_of_active_jobs_with_their_latest_expiry(make_store):
     s = make_store("owners", lease_seconds=5.0)
-    s.insert([job()], "A")
+    s.insert([job(state=RUNNING, attempts=1, started_at=time.time())], "A")
     time.sleep(0.02)
     before = time.time()
-    s.insert([job()], "A")
+    s.insert([job(state=RUNNING, attempts=1, started_at=time.time())], "A")
     after = time.time()
-    running, finished, mine = job(), job(), job()
+    running, finished, mine = job(), job(), job(state=RUNNING, attempts=1, started_at=time.time())
     s.insert([running], "B")
     s.claim(running, "B").get()
     s.insert([finished], "C")
     run_to(s, finished, owner="C")                        # a finished job holds no lease
     s.insert([mine], "me")
     s.insert([job(state=SCHEDULED, run_at=time.time() + 60)], "D")     # a scheduled job is not leased
+    s.insert([job()], "E")                                               # nor is a queued one: nobody holds it
     found = dict(s.owners("me"))
     assert set(found) == {"A", "B"}
     assert before + 5.0 - 0.001 <= found["A"] <= after + 5.0 + 0.001
@@ -493,31 +522,29 @@ def test_owners_lists_other_holders_of_active_jobs_with_their_latest_expiry(make
 
 
 # -- claim, finish, retry: compare-and-swap and lease fencing -------------------------------------------
-def test_claim_needs_the_lease_and_changes_the_job_object_at_once(store):
-    j = job()
-    store.insert([j], "me")
+def test_claim_needs_a_queued_job_nobody_else_holds_and_changes_the_job_object_at_once(store):
+    j, free = job(), job()
+    store.insert([j, free], "me")
+    hold(store, j.id, "me")
     copy = Job(id=j.id, handler="echo", kind="io", state=QUEUED)
-    pending = store.claim(copy, "other")
+    pending = store.claim(copy, "other")                     # "me" holds it
     assert copy.state == RUNNING and copy.attempts == 1 and copy.started_at is not None
     assert pending.get() is False
     got = store.get(j.id)
-    assert (got.state, got.attempts, got.started_at) == (QUEUED, 0, None)
-    assert store.claim(j, "me").get() is True
+    assert (got.state, got.attempts, got.started_at) == (QUEUED, 0, None) and lease_of(store, j.id).owner == "me"
+    assert store.claim(j, "me").get() is True                # held by the claimer
     got = store.get(j.id)
     assert (got.state, got.attempts) == (RUNNING, 1) and got.started_at == pytest.approx(j.started_at)
     again = Job(id=j.id, handler="echo", kind="io", state=QUEUED)
     assert store.claim(again, "me").get() is False          # already running
-
-
-def test_claim_without_bump_stores_the_attempt_the_job_already_counts(store):
-    j = job()
-    store.insert([j], "me")
-    j.transition(RUNNING)                                     # as the executor did before the first claim failed
-    j.attempts, j.started_at = 1, time.time() - 0.5
-    assert store.claim(j, "me", bump=False).get() is True
-    assert (j.state, j.attempts) == (RUNNING, 1)              # the object is left alone
-    got = store.get(j.id)
-    assert (got.state, got.attempts) == (RUNNING, 1) and got.started_at == pytest.approx(j.started_at)
+    before = time.time()
+    assert store.claim(free, "other").get() is True          # held by nobody: anyone may claim it
+    got = store.get(free.id)
+    assert (got.state, got.attempts) == (RUNNING, 1) and got.started_at == pytest.approx(free.started_at)
+    lease = lease_of(store, free.id)
+    assert lease.owner == "other" and lease.expires >= before + store.lease_seconds - 0.001
+    assert store.claim(Job(id=free.id, handler="echo", kind="io", state=QUEUED), "me").get() is False
+    assert store.get(free.id).attempts == 1
 
 
 def test_a_job_stored_running_is_leased_to_its_owner(store):
@@ -561,7 +588,8 @@ def test_retry_schedules_the_next_attempt_and_keeps_the_error(store):
     assert (got.state, got.run_at, got.error, got.errors, got.attempts) == (SCHEDULED, run_at, BOOM, [BOOM], 1)
     assert store.owners("x") == []                                       # unleased while it waits
     assert store.retry(j, "me", run_at, BOOM) is False                   # no longer running
-    assert ids(store.promote_due("me", ("io",))) == [j.id]
+    assert ids(store.promote_due(("io",))) == [j.id]
+    assert lease_of(store, j.id) == Lease(None, None)                  # due again: back in the ledger
     again = store.get(j.id)
     assert store.claim(again, "me").get() is True and store.get(j.id).attempts == 2
     second = error_info("timeout", "too slow")
@@ -582,10 +610,12 @@ def test_a_runner_that_lost_its_lease_cannot_finish_or_retry(make_store):
     for x in (j, k):
         got = s.get(x.id)
         assert (got.state, got.result, got.error, got.errors, got.attempts) == (QUEUED, None, None, [], 1)
-        assert lease_of(s, x.id).owner == "B"
-    taken = s.get(j.id)
-    assert s.claim(taken, "B").get() is True and s.get(j.id).attempts == 2
-    assert s.finish(taken, "B", SUCCEEDED, "2", None) is True and s.get(j.id).result == 2
+        assert lease_of(s, x.id) == Lease(None, None)
+    taken = s.take("C", ("io",), 1)
+    assert ids(taken) == [j.id] and taken[0].attempts == 2
+    assert s.finish(j, "A", SUCCEEDED, "1", None) is False                 # still fenced out: attempt 1, not A's
+    assert s.finish(taken[0], "C", SUCCEEDED, "2", None) is True and s.get(j.id).result == 2
+    assert s.claim(s.get(k.id), "B").get() is True and s.get(k.id).attempts == 2
 
 
 def test_an_outcome_of_an_earlier_attempt_is_refused_even_from_the_same_owner(store):
@@ -597,7 +627,7 @@ def test_an_outcome_of_an_earlier_attempt_is_refused_even_from_the_same_owner(st
     assert store.claim(j, "me").get() is True
     first = copy.deepcopy(j)                                        # attempt 1's runner keeps this copy
     assert store.retry(j, "me", time.time() - 1, BOOM) is True
-    assert ids(store.promote_due("me", ("io",))) == [j.id]
+    assert ids(store.promote_due(("io",))) == [j.id]
     again = store.get(j.id)
     assert store.claim(again, "me").get() is True and again.attempts == 2
     assert store.finish(first, "me", SUCCEEDED, "1", None) is False
@@ -662,71 +692,96 @@ def test_revive_requeues_only_failed_jobs(store):
     store.insert([failed, done, queued], "me")
     run_to(store, failed, FAILED)
     run_to(store, done)
-    revived, changed = store.revive(failed.id, "me")
+    assert store.backlog(("io",)) == 1
+    revived, changed = store.revive(failed.id)
     assert changed is True and revived.id == failed.id and revived.state == QUEUED
     assert (revived.finished_at, revived.result, revived.attempts) == (None, None, 1)
     got = store.get(failed.id)
     assert (got.state, got.finished_at, got.attempts) == (QUEUED, None, 1)
-    assert store.adopt("other", [], ("io",)) == []               # leased to "me", who runs it
+    assert lease_of(store, failed.id) == Lease(None, None) and store.backlog(("io",)) == 2   # waits for a server
+    assert store.adopt("other", [], ("io",)) == []               # held by nobody: nothing to adopt
     assert store.claim(got, "me").get() is True and store.get(failed.id).attempts == 2
     for x, state in ((done, SUCCEEDED), (queued, QUEUED), (failed, RUNNING)):
-        got, changed = store.revive(x.id, "me")
+        got, changed = store.revive(x.id)
         assert changed is False and got.state == state
-    assert store.revive("no-such-job", "me") == (None, False)
+    assert store.revive("no-such-job") == (None, False)
     cancelled = job()
     store.insert([cancelled], "me")
     store.cancel(cancelled.id, CANCELLED_BY_REQUEST)
-    assert store.revive(cancelled.id, "me")[1] is False and store.get(cancelled.id).state == CANCELLED
+    assert store.revive(cancelled.id)[1] is False and store.get(cancelled.id).state == CANCELLED
 
 
 # -- leases: renew, release, requeue, adopt --------------------------------------------------------------
 def test_renew_extends_the_leases_an_owner_holds(make_store):
     s = make_store("renew", lease_seconds=0.8)
-    queued, running, scheduled, done = job(), job(), job(state=SCHEDULED, run_at=time.time() + 60), job()
-    s.insert([queued, running, scheduled, done], "A")
+    held, running, scheduled, done, unheld = (job(), job(), job(state=SCHEDULED, run_at=time.time() + 60), job(),
+                                              job())
+    started = job(state=RUNNING, attempts=1, started_at=time.time())
+    s.insert([held, running, scheduled, done, unheld, started], "A")
+    hold(s, held.id, "A")                                  # a queued job A holds (an earlier greenjobs' ledger)
     s.claim(running, "A").get()
     run_to(s, done, owner="A")
-    other = job()
+    other = job(state=RUNNING, attempts=1, started_at=time.time())
     s.insert([other], "Z")
     assert s.renew("nobody") == 0
     time.sleep(0.4)
     before = time.time()
-    assert s.renew("A") == 2                               # the queued and the running job
+    assert s.renew("A") == 3                               # the held queued job and the two running ones
     after = time.time()
     assert before + 0.8 - 0.001 <= dict(s.owners("me"))["A"] <= after + 0.8 + 0.001
+    for x in (held, running, started):
+        assert before + 0.8 - 0.001 <= lease_of(s, x.id).expires <= after + 0.8 + 0.001
     time.sleep(0.5)                                        # past Z's lease, well within A's renewed one
     assert ids(s.adopt("B", [], ("io",))) == [other.id]
     assert s.get(scheduled.id).state == SCHEDULED and lease_of(s, scheduled.id) == Lease(None, None)
+    assert lease_of(s, unheld.id) == Lease(None, None)     # renewing leases nobody a job
 
 
 def test_release_unleases_only_queued_jobs(store):
-    q1, q2, running = job(), job(), job()
-    store.insert([q1, q2, running], "A")
+    q1, q2, running, theirs = job(), job(), job(), job()
+    store.insert([q1, q2, running, theirs], "A")
+    for x, owner in ((q1, "A"), (q2, "A"), (theirs, "Z")):
+        hold(store, x.id, owner)                            # queued jobs held (an earlier greenjobs' ledger)
     store.claim(running, "A").get()
+    assert store.backlog(("io",)) == 0
     assert store.release("A") == 2
     assert store.release("A") == 0
-    assert lease_of(store, q1.id) == Lease(None, None)
-    assert [o for o, _ in store.owners("me")] == ["A"]      # still holds the running one
-    adopted = store.adopt("B", [], ("io",))
-    assert set(ids(adopted)) == {q1.id, q2.id}
+    assert lease_of(store, q1.id) == Lease(None, None) and lease_of(store, q2.id) == Lease(None, None)
+    assert sorted(o for o, _ in store.owners("me")) == ["A", "Z"]     # A still holds the running one
+    assert store.backlog(("io",)) == 2 and store.adopt("B", [], ("io",)) == []   # in the ledger, for anyone
+    assert set(ids(store.take("B", ("io",), 10))) == {q1.id, q2.id}
     assert store.get(running.id).state == RUNNING and lease_of(store, running.id).owner == "A"
+    assert lease_of(store, theirs.id).owner == "Z" and store.get(theirs.id).state == QUEUED
 
 
-def test_take_leases_unleased_queued_jobs_by_priority_then_age(store):
-    low, high, mid, running, theirs, cpu = job(), job(priority=5), job(priority=1), job(), job(), cpu_job()
-    store.insert([low, high, mid, running, cpu], "A")
-    store.insert([theirs], "B")
+def test_take_starts_queued_jobs_nobody_holds_by_priority_then_age(store):
+    low, high, mid, later_mid, later_low = job(), job(priority=5), job(priority=1), job(priority=1), job()
+    running, theirs, scheduled, cpu = job(), job(), job(state=SCHEDULED, run_at=time.time() - 1), cpu_job()
+    store.insert([low, high, mid, running, theirs, scheduled, cpu], "A")
+    store.insert([later_mid, later_low], "A")
+    hold(store, theirs.id, "B")
     assert store.claim(running, "A").get() is True
-    assert store.take("C", ("io",), 10) == []                     # every queued io job has a runner
-    assert store.release("A") == 3
+    assert store.take("C", ("io",), 0) == []
+    before = time.time()
     taken = store.take("C", ("io",), 2)
-    assert ids(taken) == [high.id, mid.id] and {j.state for j in taken} == {QUEUED}
-    lease = lease_of(store, high.id)
-    assert lease.owner == "C" and lease.expires > time.time()
-    # B's job is leased, the running one is not queued, the cpu job is not of the kinds asked
-    assert ids(store.take("C", ("io",), 10)) == [low.id]
-    assert store.take("C", ("io",), 10) == [] and store.take("C", ("io",), 0) == []
-    assert store.claim(taken[0], "C").get() is True and store.get(high.id).state == RUNNING
+    after = time.time()
+    assert ids(taken) == [high.id, mid.id]                               # the older of the two priority 1 jobs
+    lease_from, lease_to = before + store.lease_seconds - 0.001, after + store.lease_seconds + 0.001
+    for x in taken:
+        assert (x.state, x.attempts) == (RUNNING, 1) and before - 0.001 <= x.started_at <= after + 0.001
+        got = store.get(x.id)
+        assert (got.state, got.attempts, got.started_at) == (RUNNING, 1, pytest.approx(x.started_at))
+        lease = lease_of(store, x.id)
+        assert lease.owner == "C" and lease_from <= lease.expires <= lease_to
+    # B holds its job, the running one is not queued, the scheduled one is due but not promoted, the cpu job
+    # is not of the kinds asked
+    assert ids(store.take("C", ("io",), 10)) == [later_mid.id, low.id, later_low.id]
+    assert store.take("C", ("io",), 10) == [] and store.take("D", ("io",), 10) == []
+    assert (store.get(theirs.id).state, lease_of(store, theirs.id).owner) == (QUEUED, "B")
+    assert store.get(cpu.id).state == QUEUED and store.get(scheduled.id).state == SCHEDULED
+    assert store.claim(Job(id=high.id, handler="echo", kind="io", state=QUEUED), "D").get() is False  # C's
+    assert store.finish(taken[0], "D", SUCCEEDED, "1", None) is False     # fenced on C's lease
+    assert store.finish(taken[0], "C", SUCCEEDED, "1", None) is True and store.get(high.id).state == SUCCEEDED
 
 
 def test_servers_taking_at_once_get_each_job_once(make_store, request, tmp_path):
@@ -735,8 +790,8 @@ def test_servers_taking_at_once_get_each_job_once(make_store, request, tmp_path)
     servers = [store_for(url).open() for _ in range(3)]
     try:
         jobs = [job() for _ in range(300)]
-        servers[0].insert(jobs, "gone")
-        servers[0].release("gone")
+        servers[0].insert(jobs, "gone")                                  # queued: held by nobody
+        assert servers[1].backlog(("io",)) == 300
         got: dict[str, list[str]] = {f"S{i}": [] for i in range(3)}
 
         def server(name, s):
@@ -752,9 +807,39 @@ def test_servers_taking_at_once_get_each_job_once(make_store, request, tmp_path)
         assert sum(1 for taken in got.values() if taken) >= 2          # they shared the work
         for name, taken in got.items():
             assert {lease_of(servers[0], i).owner for i in taken} <= {name}
+            assert all((servers[0].get(i).state, servers[0].get(i).attempts) == (RUNNING, 1) for i in taken)
+        assert servers[2].backlog(("io",)) == 0
     finally:
         for s in servers:
             s.close()
+
+
+def test_backlog_counts_queued_jobs_of_the_kinds_asked_that_nobody_holds(store):
+    queued = [job(priority=i % 3) for i in range(5)]
+    held, done, cancelled = job(), job(), job()
+    started = job(state=RUNNING, attempts=1, started_at=time.time())
+    scheduled = job(state=SCHEDULED, run_at=time.time() - 1)                 # due, not yet promoted
+    other_handler = Job(id=new_id(), handler="sleep", kind="io", state=QUEUED)
+    cpus = [cpu_job(), cpu_job()]
+    assert store.backlog(("io",)) == 0
+    store.insert(queued + [held, done, cancelled, started, scheduled, other_handler] + cpus, "me")
+    hold(store, held.id, "someone")
+    run_to(store, done)
+    store.cancel(cancelled.id, CANCELLED_BY_REQUEST)
+    assert store.backlog(("io",)) == 6                     # the five, and the other handler's: counted by kind
+    assert store.backlog(("cpu",)) == 2 and store.backlog(("io", "cpu")) == 8
+    assert store.backlog(("nope",)) == 0
+    taken = store.take("S", ("io",), 2)
+    assert len(taken) == 2 and store.backlog(("io",)) == 4 and store.backlog(("cpu",)) == 2
+    assert ids(store.promote_due(("io",))) == [scheduled.id] and store.backlog(("io",)) == 5
+    dying = [job(state=RUNNING, attempts=1, started_at=time.time()) for _ in range(3)]
+    store.insert(dying, "dead")
+    assert store.backlog(("io",)) == 5                     # running: held by their runner
+    assert set(ids(store.adopt("S", ["dead"], ("io",)))) == set(ids(dying))
+    assert store.backlog(("io",)) == 8                     # given back to the ledger
+    assert store.requeue(taken, "S") == 2 and store.backlog(("io",)) == 10
+    assert len(store.take("T", ("io",), 100)) == 10 and store.backlog(("io",)) == 0
+    assert store.backlog(("cpu",)) == 2
 
 
 def test_requeue_gives_running_jobs_back_and_undoes_the_attempt(store):
@@ -770,44 +855,55 @@ def test_requeue_gives_running_jobs_back_and_undoes_the_attempt(store):
         assert (got.state, got.attempts, got.started_at) == (QUEUED, 0, None)
         assert lease_of(store, x.id) == Lease(None, None)
     assert store.get(theirs.id).state == RUNNING and store.get(theirs.id).attempts == 1
-    assert store.get(queued.id).state == QUEUED and lease_of(store, queued.id).owner == "me"
+    assert lease_of(store, theirs.id).owner == "other"
+    assert store.get(queued.id).state == QUEUED and store.get(queued.id).attempts == 0
     assert store.finish(r1, "me", SUCCEEDED, "1", None) is False          # the attempt was given back
-    assert set(ids(store.adopt("B", [], ("io",)))) == {r1.id, r2.id}
+    assert store.adopt("B", [], ("io",)) == []                            # back in the ledger: none to adopt
+    assert ids(store.take("B", ("io",), 10)) == [r1.id, r2.id, queued.id]
+    assert store.get(r1.id).attempts == 1
 
 
-def test_adopt_takes_dead_expired_and_unowned_jobs(make_store):
+def test_adopt_gives_back_dead_and_expired_jobs_but_not_unheld_or_live_ones(make_store):
     s = make_store("adopt", lease_seconds=0.5)
     d_queued, d_running, d_scheduled, d_done = job(), job(), job(state=SCHEDULED, run_at=time.time() + 60), job()
-    s.insert([d_queued, d_running, d_scheduled, d_done], "dead")
+    d_started, d_unheld = job(state=RUNNING, attempts=1, started_at=time.time()), job()
+    s.insert([d_queued, d_running, d_scheduled, d_done, d_started, d_unheld], "dead")
+    hold(s, d_queued.id, "dead", seconds=60)             # a queued job the dead runner held, lease still live
     s.claim(d_running, "dead").get()
     run_to(s, d_done, owner="dead")
     expired = job()
     s.insert([expired], "gone")
     s.claim(expired, "gone").get()
-    unowned = job()
-    s.insert([unowned], "leaver")
-    s.release("leaver")
+    unheld = job()
+    s.insert([unheld], "leaver")                         # queued: nobody holds it, nothing to adopt
+    mine = job(state=RUNNING, attempts=1, started_at=time.time())
+    s.insert([mine], "me")                               # my own lease ran out: not given back to me
     dead_cpu = cpu_job()
     s.insert([dead_cpu], "dead")                         # cpu: not asked for below
+    assert s.claim_for_worker(dead_cpu.id, "dead", lambda j, l: Verdict("go", lease_until=time.time() + 60))[0] == "go"
     time.sleep(0.6)
-    live = job()
+    live = job(state=RUNNING, attempts=1, started_at=time.time())
     s.insert([live], "live")
-    before = time.time()
+    assert s.backlog(("io",)) == 2                       # d_unheld and unheld
     adopted = s.adopt("me", ["dead"], ("io",))
-    assert s.adopt("me", ["dead"], ("io",)) == []         # all taken; the live lease is kept
-    assert set(ids(adopted)) == {d_queued.id, d_running.id, expired.id, unowned.id}
+    assert s.adopt("me", ["dead"], ("io",)) == []         # all given back; the live lease is kept
+    assert set(ids(adopted)) == {d_queued.id, d_running.id, d_started.id, expired.id}
     assert all(a.state == QUEUED for a in adopted)
     by_id = {a.id: a for a in adopted}
-    assert by_id[d_running.id].attempts == 1 and by_id[expired.id].attempts == 1
+    assert (by_id[d_running.id].attempts, by_id[d_started.id].attempts, by_id[expired.id].attempts,
+            by_id[d_queued.id].attempts) == (1, 1, 1, 0)                      # an interrupted attempt is counted
     for a in adopted:
-        lease = lease_of(s, a.id)
-        assert lease.owner == "me" and lease.expires >= before + 0.5 - 0.001
+        assert lease_of(s, a.id) == Lease(None, None) and s.get(a.id).state == QUEUED
+    assert s.backlog(("io",)) == 6
     assert s.get(d_scheduled.id).state == SCHEDULED and s.get(d_done.id).state == SUCCEEDED
-    assert s.get(dead_cpu.id).state == QUEUED and s.get(live.id).state == QUEUED
-    assert lease_of(s, live.id).owner == "live"
-    assert s.claim(s.get(d_running.id), "dead").get() is False
-    assert s.claim(s.get(d_running.id), "me").get() is True
-    assert ids(s.adopt("me", [], ("cpu",))) == [dead_cpu.id]
+    assert (s.get(live.id).state, lease_of(s, live.id).owner) == (RUNNING, "live")
+    assert (s.get(mine.id).state, lease_of(s, mine.id).owner) == (RUNNING, "me")
+    assert (s.get(dead_cpu.id).state, lease_of(s, dead_cpu.id).owner) == (RUNNING, "dead")
+    assert s.finish(d_running, "dead", SUCCEEDED, "1", None) is False        # the dead runner's attempt is fenced
+    assert s.claim(s.get(d_running.id), "me").get() is True and s.get(d_running.id).attempts == 2
+    back = s.adopt("me", ["dead"], ("cpu",))
+    assert ids(back) == [dead_cpu.id] and back[0].state == QUEUED and lease_of(s, dead_cpu.id) == Lease(None, None)
+    assert ids(s.adopt("other", [], ("io",))) == [mine.id]                 # expired, and held by someone else
 
 
 # -- due jobs and sweeping ------------------------------------------------------------------------------------
@@ -818,18 +914,19 @@ def test_promote_due_takes_due_jobs_of_the_kinds_asked_up_to_the_limit(store):
     due_cpu = cpu_job(state=SCHEDULED, run_at=now - 5)
     queued = job()
     store.insert(due + [later, due_cpu, queued], "me")
-    first = store.promote_due("me", ("io",), limit=2)
+    first = store.promote_due(("io",), limit=2)
     assert set(ids(first)) == {due[0].id, due[1].id}        # the earliest run_at first
     assert all(j.state == QUEUED for j in first)
     assert store.get(due[2].id).state == SCHEDULED and store.get(due_cpu.id).state == SCHEDULED
-    assert ids(store.promote_due("me", ("io",))) == [due[2].id]
-    assert store.promote_due("me", ("io",)) == []
+    assert ids(store.promote_due(("io",))) == [due[2].id]
+    assert store.promote_due(("io",)) == []
     assert store.unpublished() == ([], 0)
-    assert ids(store.promote_due("me", ("cpu",))) == [due_cpu.id]
+    assert ids(store.promote_due(("cpu",))) == [due_cpu.id]
     assert ids(store.unpublished()[0]) == [due_cpu.id]
     assert lease_of(store, due_cpu.id) == Lease(None, None)
     assert store.get(later.id).state == SCHEDULED
-    assert lease_of(store, due[0].id).owner == "me"
+    assert all(lease_of(store, x.id) == Lease(None, None) for x in due)          # held by nobody
+    assert store.backlog(("io",)) == 4 and store.backlog(("cpu",)) == 1        # with the queued one
     assert store.claim(store.get(due[0].id), "me").get() is True
 
 
@@ -971,7 +1068,7 @@ def test_claim_for_worker_carries_out_the_judges_verdict(store):
     calls = len(seen)
     assert store.claim_for_worker("no-such-job", "w1", judge("go", lease_until=until)) == ("skip", None)
     assert len(seen) == calls                                             # no job, no judge
-    assert store.revive(c.id, "me")[1] is True and ids(store.unpublished()[0]) == [c.id]
+    assert store.revive(c.id)[1] is True and ids(store.unpublished()[0]) == [c.id]
 
 
 def test_claim_for_worker_is_atomic_under_concurrent_workers(store):
@@ -1039,7 +1136,8 @@ def test_add_delivery_links_one_delivery_job(store):
     assert store.get(done.id).callback == {"url": url, "delivery": delivery.id, "state": "pending", "attempts": []}
     got = store.get(delivery.id)
     assert (got.state, got.kind, got.kwargs) == (QUEUED, "io", {"job": done.id})
-    assert lease_of(store, delivery.id).owner == "me"
+    assert lease_of(store, delivery.id) == Lease(None, None)             # queued: for any server to take
+    assert ids(store.take("other", ("io",), 10)) == [delivery.id]
     second = Job(id=new_id(), handler="greenjobs.webhook", kind="io", state=QUEUED, kwargs={"job": done.id})
     assert store.add_delivery(done.id, second, url, "me") is False
     assert store.get(second.id) is None
@@ -1162,11 +1260,12 @@ def test_concurrent_cancels_and_revives_change_a_job_once(store):
     f = job()
     store.insert([f], "me")
     run_to(store, f, FAILED)
-    revives = [gevent.spawn(store.revive, f.id, f"runner-{i}") for i in range(20)]
+    revives = [gevent.spawn(store.revive, f.id) for _ in range(20)]
     gevent.joinall(revives, raise_error=True)
-    changed = [i for i, g in enumerate(revives) if g.value[1]]
-    assert len(changed) == 1
-    assert lease_of(store, f.id).owner == f"runner-{changed[0]}"
+    assert [g.value[1] for g in revives].count(True) == 1
+    assert all(g.value[0].state == QUEUED for g in revives)
+    got = store.get(f.id)
+    assert (got.state, got.attempts) == (QUEUED, 1) and lease_of(store, f.id) == Lease(None, None)
 
 
 def test_a_cancel_racing_a_finish_has_one_winner(store):

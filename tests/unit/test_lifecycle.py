@@ -29,8 +29,10 @@ def test_every_store_move_is_in_the_transition_table():
                 assert target in TRANSITIONS[source], (source, target)
 
 
-def test_io_jobs_are_leased_and_cpu_jobs_published():
-    assert lifecycle.leased(job()) and not lifecycle.to_publish(job())
+def test_running_io_jobs_are_leased_and_cpu_jobs_published():
+    # a queued io job is held by nobody: whichever server has a free slot takes it
+    assert not lifecycle.leased(job()) and not lifecycle.to_publish(job())
+    assert lifecycle.leased(job(state="running")) and not lifecycle.leased(job(kind="cpu", state="running"))
     assert lifecycle.to_publish(job(kind="cpu")) and not lifecycle.leased(job(kind="cpu"))
     assert not lifecycle.leased(job(state="scheduled")) and not lifecycle.to_publish(job(kind="cpu", state="scheduled"))
 

@@ -22,7 +22,7 @@ from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
 from greenjobs.pool.store.postgres import schema
 from greenjobs.pool.store.postgres.committer import Committer, Swap, json_rows
-from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, INSERTED, LEASED_SQL, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
+from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
                                        dumps, insert_row, row_to_job)
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,13 @@ INSERT_MANY = (f"INSERT INTO jobs ({', '.join(INSERTED)}) SELECT {', '.join(INSE
                + json_rows(", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERTED), ordered=True))
 
 # The fenced moves of a run, each one statement for every row of a group commit (committer.Swap).
-#: queued (leased to the runner) -> running: (started_at, owner, lease_expires, id)
+#: queued (held by nobody or by the runner) -> running: (started_at, owner, lease_expires, id)
 CLAIM = Swap(
     f"UPDATE jobs SET state = '{RUNNING}', attempts = jobs.attempts + 1, started_at = v.started_at,"
     " lease_owner = v.owner, lease_expires = v.expires"
     f" FROM {json_rows('started_at float8, owner text, expires float8, id text')}"
-    f" WHERE jobs.id = v.id AND jobs.state IN {FROM['claim']} AND jobs.lease_owner = v.owner RETURNING jobs.id",
+    f" WHERE jobs.id = v.id AND jobs.state IN {FROM['claim']}"
+    " AND (jobs.lease_owner IS NULL OR jobs.lease_owner = v.owner) RETURNING jobs.id",
     key=3)
 #: running (this attempt, leased to the runner) -> an end state:
 #: (state, result, error, errors, finished_at, progress, id, owner, attempt)
@@ -215,6 +216,12 @@ class PostgresStore(JobStore):
             return row[0] if members == unique else None
         return self._db.read(query)
 
+    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None]]:
+        if not job_ids:
+            return []
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            "SELECT id, state, lease_owner FROM jobs WHERE id = ANY(%s)", (job_ids,)).fetchall())]
+
     def active_counts(self) -> list[tuple[str, str, int]]:
         return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
             f"SELECT handler, state, count(*) FROM jobs WHERE state IN {ACTIVE_SQL} GROUP BY handler, state").fetchall())]
@@ -271,12 +278,11 @@ class PostgresStore(JobStore):
         return repeats
 
     # -- outcomes ----------------------------------------------------------------------
-    def claim(self, job: Job, owner: str, bump: bool = True) -> Pending:
+    def claim(self, job: Job, owner: str) -> Pending:
         """queued -> running for ``owner``; the job object changes at once, the Pending says if the store agreed."""
-        now = time.time() if bump else (job.started_at or time.time())
-        if bump:
-            job.transition(RUNNING)
-            job.attempts, job.started_at = job.attempts + 1, now
+        now = time.time()
+        job.transition(RUNNING)
+        job.attempts, job.started_at = job.attempts + 1, now
         return self._db.swap(CLAIM, (now, owner, now + self.lease_seconds, job.id))
 
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
@@ -323,13 +329,12 @@ class PostgresStore(JobStore):
             f" error = %s WHERE id = %s AND state IN {FROM['cancel']} RETURNING {SELECT}",
             (time.time(), dumps(error), job_id), job_id)
 
-    def revive(self, job_id: str, owner: str) -> tuple[Job | None, bool]:
+    def revive(self, job_id: str) -> tuple[Job | None, bool]:
         return self._change_or_read(
             f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
-            f" lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN %s END,"
-            f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN %s::double precision END,"
+            " lease_owner = NULL, lease_expires = NULL,"
             f" outbox = (kind IN {PUBLISHED_SQL})::int WHERE id = %s AND state IN {FROM['revive']} RETURNING {SELECT}",
-            (owner, time.time() + self.lease_seconds, job_id), job_id)
+            (job_id,), job_id)
 
     # -- leases, adoption, due jobs, sweeping --------------------------------------------
     def renew(self, owner: str) -> int:
@@ -355,35 +360,43 @@ class PostgresStore(JobStore):
     def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:
         now = time.time()
         return self._write_returning(
-            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = %s, lease_expires = %s"
-            f" WHERE state IN ('{QUEUED}', '{RUNNING}') AND kind = ANY(%s)"
-            " AND (lease_owner IS NULL OR lease_owner = ANY(%s) OR (lease_owner <> %s AND lease_expires < %s))"
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL,"
+            f" outbox = (kind IN {PUBLISHED_SQL})::int"
+            f" WHERE state IN ('{QUEUED}', '{RUNNING}') AND kind = ANY(%s) AND lease_owner IS NOT NULL"
+            " AND (lease_owner = ANY(%s) OR (lease_owner <> %s AND lease_expires < %s))"
             f" RETURNING {SELECT}",
-            (owner, now + self.lease_seconds, list(kinds), list(dead_owners), owner, now))
+            (list(kinds), list(dead_owners), owner, now))
 
-    def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
+    def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         now = time.time()
         return self._write_returning(
             f"WITH due AS MATERIALIZED (SELECT seq FROM jobs WHERE state IN {FROM['promote']} AND run_at <= %s"
             " AND kind = ANY(%s) ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            f" UPDATE jobs SET state = '{QUEUED}', lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN %s END,"
-            f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN %s::double precision END,"
+            f" UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL,"
             f" outbox = (kind IN {PUBLISHED_SQL})::int FROM due WHERE jobs.seq = due.seq RETURNING "
             + ", ".join(f"jobs.{c}" for c in SELECT.split(", ")),
-            (now, list(kinds), limit, owner, now + self.lease_seconds))
+            (now, list(kinds), limit))
 
     def take(self, owner: str, kinds: tuple[str, ...], limit: int) -> list[Job]:
         """The claim every serious PostgreSQL queue makes: a MATERIALIZED selection locked with SKIP LOCKED
-        (without the fence the planner may update more rows than the limit), then one UPDATE … RETURNING."""
+        (without the fence the planner may update more rows than the limit), then one UPDATE … RETURNING
+        that starts them."""
         if limit <= 0:
             return []
+        now = time.time()
         sql = (f"WITH free AS MATERIALIZED (SELECT seq FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL"
                " AND kind = ANY(%s) ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-               " UPDATE jobs SET lease_owner = %s, lease_expires = %s FROM free WHERE jobs.seq = free.seq"
+               f" UPDATE jobs SET state = '{RUNNING}', attempts = jobs.attempts + 1, started_at = %s,"
+               " lease_owner = %s, lease_expires = %s FROM free WHERE jobs.seq = free.seq"
                " RETURNING jobs.priority, jobs.seq, " + ", ".join(f"jobs.{c}" for c in SELECT.split(", ")))
-        params = (list(kinds), limit, owner, time.time() + self.lease_seconds)
+        params = (list(kinds), limit, now, owner, now + self.lease_seconds)
         rows = self._db.write(lambda conn: conn.execute(sql, params).fetchall())
         return [row_to_job(r[2:]) for r in sorted(rows, key=lambda r: (-r[0], r[1]))]   # RETURNING keeps no order
+
+    def backlog(self, kinds: tuple[str, ...]) -> int:
+        return self._db.read(lambda conn: conn.execute(
+            f"SELECT count(*) FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind = ANY(%s)",
+            (list(kinds),)).fetchone()[0])
 
     def sweep(self, finished_before: float, limit: int = 5000) -> int:
         """Delete up to ``limit`` terminal jobs that finished before ``finished_before``, oldest first, by the

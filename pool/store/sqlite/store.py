@@ -17,7 +17,7 @@ from greenjobs.pool import lifecycle
 from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
 from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
-from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, LEASED_SQL, PUBLISHED_SQL, SELECT, TERMINAL_SQL, dumps,
+from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL, dumps,
                                        insert_row, row_to_job)
 from greenjobs.pool.store.sqlite import schema
 from greenjobs.pool.store.sqlite.committer import GroupCommitter
@@ -140,6 +140,16 @@ class SqliteStore(JobStore):
             return {"total": row[0], "created_at": row[1], "counts": counts}
         return self._db.read(query)
 
+    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None]]:
+        def query(conn):
+            rows = []
+            for at in range(0, len(job_ids), 500):          # SQLite binds at most 32,766 parameters
+                chunk = job_ids[at:at + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += conn.execute(f"SELECT id, state, lease_owner FROM jobs WHERE id IN ({marks})", chunk).fetchall()
+            return [tuple(r) for r in rows]
+        return self._db.read(query) if job_ids else []
+
     def active_counts(self) -> list[tuple[str, str, int]]:
         """(handler, state, count) of scheduled, queued and running jobs: reads the active part of the
         state index (and those rows), so the cost does not grow with the finished jobs kept.  (A
@@ -186,7 +196,7 @@ class SqliteStore(JobStore):
     # -- writes ----------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
                keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
-        """Store new jobs in one transaction (all or nothing).  Active io jobs are leased to ``owner``.
+        """Store new jobs in one transaction (all or nothing).  Running io jobs are leased to ``owner``.
 
         ``keys`` maps a job's index to its (Idempotency-Key, fingerprint of the request).  A key stored
         within ``idempotency_ttl`` seconds makes that job a repeat: it is not inserted and the result
@@ -261,20 +271,17 @@ class SqliteStore(JobStore):
             f" AND callback IS NULL AND state IN {TERMINAL_SQL} ORDER BY seq LIMIT ?",
             (limit,)).fetchall()])
 
-    def claim(self, job: Job, owner: str, bump: bool = True) -> Pending:
+    def claim(self, job: Job, owner: str) -> Pending:
         """queued -> running for ``owner``, bumping attempts; the job object is updated at once.
 
-        Returns a Pending whose ``get()`` is False if someone else moved the job first: the
-        executor starts the handler without waiting for this commit, and checks it before
-        recording the outcome.
+        Returns a Pending whose ``get()`` is False if someone else moved or holds the job.
         """
-        now = time.time() if bump else (job.started_at or time.time())
-        if bump:
-            job.transition(RUNNING)
-            job.attempts, job.started_at = job.attempts + 1, now
+        now = time.time()
+        job.transition(RUNNING)
+        job.attempts, job.started_at = job.attempts + 1, now
         return self._db.swap(
             f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
-            f" lease_expires = ? WHERE id = ? AND state IN {FROM['claim']} AND lease_owner = ?",
+            f" lease_expires = ? WHERE id = ? AND state IN {FROM['claim']} AND (lease_owner IS NULL OR lease_owner = ?)",
             (now, owner, now + self.lease_seconds, job.id, owner))
 
     def finish(self, job: Job, owner: str, state: str, result_json: str | None, error: dict | None) -> bool:
@@ -329,20 +336,16 @@ class SqliteStore(JobStore):
             return (row_to_job(row) if row else None), False
         return self._db.write(op, durable=True)
 
-    def revive(self, job_id: str, owner: str) -> tuple[Job | None, bool]:
+    def revive(self, job_id: str) -> tuple[Job | None, bool]:
         """failed -> queued (same id; its next start is a new attempt).  Returns (job as it is now, changed).
 
-        Leased kinds (io) are leased to ``owner``, who runs them; published kinds (cpu) go to the outbox.
+        Nobody holds it: an io job waits for a server with a free slot, a cpu job goes to the outbox.
         """
-        now = time.time()
-
         def op(conn):
             row = conn.execute(
                 f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
-                f" lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN ? END,"
-                f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN ? END, outbox = (kind IN {PUBLISHED_SQL})"
-                f" WHERE id = ? AND state IN {FROM['revive']} RETURNING {SELECT}",
-                (owner, now + self.lease_seconds, job_id)).fetchone()
+                f" lease_owner = NULL, lease_expires = NULL, outbox = (kind IN {PUBLISHED_SQL})"
+                f" WHERE id = ? AND state IN {FROM['revive']} RETURNING {SELECT}", (job_id,)).fetchone()
             if row is not None:
                 return row_to_job(row), True
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -389,42 +392,50 @@ class SqliteStore(JobStore):
             (expires, owner)).rowcount)
 
     def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:
-        """Take over active jobs whose owner is dead, whose lease expired, or that have no owner.
-
-        Running ones go back to queued (their attempt was interrupted); all are leased to ``owner``.
-        """
+        """Give back to the ledger the active jobs of ``kinds`` whose owner is dead or whose lease expired:
+        queued and unleased, for any server to take (a running one's interrupted attempt stays counted)."""
         now = time.time()
         marks = ",".join("?" * len(dead_owners)) or "NULL"
         kind_marks = ",".join("?" * len(kinds))
         return self._write_returning(
-            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = ?, lease_expires = ?"
-            f" WHERE state IN ('{QUEUED}', '{RUNNING}')"
-            f" AND kind IN ({kind_marks}) AND (lease_owner IS NULL OR lease_owner IN ({marks}) OR"
-            f" (lease_owner != ? AND lease_expires < ?)) RETURNING {SELECT}",
-            (owner, now + self.lease_seconds, *kinds, *dead_owners, owner, now))
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL,"
+            f" outbox = (kind IN {PUBLISHED_SQL})"
+            f" WHERE state IN ('{QUEUED}', '{RUNNING}') AND kind IN ({kind_marks}) AND lease_owner IS NOT NULL"
+            f" AND (lease_owner IN ({marks}) OR (lease_owner != ? AND lease_expires < ?)) RETURNING {SELECT}",
+            (*kinds, *dead_owners, owner, now))
 
-    def promote_due(self, owner: str, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
-        """scheduled -> queued for jobs whose ``run_at`` has come, leased to ``owner``."""
+    def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
+        """scheduled -> queued for jobs whose ``run_at`` has come: io jobs unleased, cpu jobs in the outbox."""
         now = time.time()
         kind_marks = ",".join("?" * len(kinds))
         return self._write_returning(
-            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = CASE WHEN kind IN {LEASED_SQL} THEN ? END,"
-            f" lease_expires = CASE WHEN kind IN {LEASED_SQL} THEN ? END, outbox = (kind IN {PUBLISHED_SQL}) WHERE id IN"
+            f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL,"
+            f" outbox = (kind IN {PUBLISHED_SQL}) WHERE id IN"
             f" (SELECT id FROM jobs WHERE state IN {FROM['promote']} AND run_at <= ? AND kind IN ({kind_marks})"
             f" ORDER BY run_at LIMIT ?) RETURNING {SELECT}",
-            (owner, now + self.lease_seconds, now, *kinds, limit))
+            (now, *kinds, limit))
 
     def take(self, owner: str, kinds: tuple[str, ...], limit: int) -> list[Job]:
-        """Unleased queued jobs leased to ``owner`` (one writer: no other server can race this one)."""
+        """Start up to ``limit`` queued jobs nobody holds, for ``owner`` (one writer: no other server can race
+        this one)."""
         if limit <= 0:
             return []
+        now = time.time()
         kind_marks = ",".join("?" * len(kinds))
-        jobs = self._write_returning(
-            f"UPDATE jobs SET lease_owner = ?, lease_expires = ? WHERE seq IN (SELECT seq FROM jobs"
-            f" WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind IN ({kind_marks})"
-            f" ORDER BY priority DESC, seq LIMIT ?) RETURNING {SELECT}",
-            (owner, time.time() + self.lease_seconds, *kinds, limit))
-        return sorted(jobs, key=lambda j: -j.priority)     # RETURNING keeps no order; the sort is stable by seq
+        sql = (f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
+               f" lease_expires = ? WHERE seq IN (SELECT seq FROM jobs"
+               f" WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind IN ({kind_marks})"
+               f" ORDER BY priority DESC, seq LIMIT ?) RETURNING priority, seq, {SELECT}")
+        params = (now, owner, now + self.lease_seconds, *kinds, limit)
+        rows = self._db.write(lambda conn: conn.execute(sql, params).fetchall())
+        return [row_to_job(r[2:]) for r in sorted(rows, key=lambda r: (-r[0], r[1]))]   # RETURNING keeps no order
+
+    def backlog(self, kinds: tuple[str, ...]) -> int:
+        """Queued jobs of ``kinds`` that nobody holds."""
+        kind_marks = ",".join("?" * len(kinds))
+        return self._db.read(lambda conn: conn.execute(
+            f"SELECT count(*) FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind IN ({kind_marks})",
+            kinds).fetchone()[0])
 
     # -- cpu jobs: the outbox and the claims of worker processes ------------------------
     def unpublished(self, after_seq: int = 0, limit: int = 5000) -> tuple[list[Job], int]:

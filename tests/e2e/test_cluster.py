@@ -1,0 +1,61 @@
+"""Several servers on one ledger behave as one: they share the io backlog, a long-poll on one sees a
+job end on another, and a cancel on one stops the job where it runs.  Two real pserve processes on
+one store, on each backend (the SQLite file shared by two processes of one host, and PostgreSQL)."""
+import pytest
+
+from tests.e2e.helpers import E2E_HANDLERS, QUICK_STOP, TERMINAL, wait_until
+
+BASE = {**E2E_HANDLERS, **QUICK_STOP, "greenjobs.workers.cpu": 0}
+
+
+@pytest.fixture
+def shared_store(store_backend, tmp_path):
+    """Settings that put two servers on one ledger."""
+    return store_backend or {"greenjobs.store.url": f"sqlite:///{tmp_path}/shared.sqlite"}
+
+
+def health(srv) -> dict:
+    return srv.get("/health").json()
+
+
+def test_a_full_server_leaves_its_backlog_to_an_idle_one(make_server, shared_store):
+    busy = make_server(app={**BASE, **shared_store, "greenjobs.pool.size": 2}, name="busy")
+    idle = make_server(app={**BASE, **shared_store, "greenjobs.pool.size": 50}, name="idle")
+    response = busy.post("/jobs/batch", {"jobs": [{"handler": "e2e.pid", "kwargs": {"pause": 0.5}}] * 30})
+    assert response.status_code == 202, response.text
+    ids = response.json()["ids"]
+    done = [busy.wait(i, 30) for i in ids]
+    assert {j["state"] for j in done} == {"succeeded"}, [j for j in done if j["state"] != "succeeded"][:3]
+    ran_by = [j["result"] for j in done]
+    assert set(ran_by) <= {busy.proc.pid, idle.proc.pid}
+    # the busy server can run 2 at a time: the idle one took the rest from the ledger
+    assert ran_by.count(idle.proc.pid) >= 10, ran_by
+    assert ran_by.count(busy.proc.pid) >= 2, ran_by
+    assert all(j["attempts"] == 1 for j in done)
+
+
+def test_a_long_poll_on_one_server_wakes_when_the_job_ends_on_another(make_server, shared_store):
+    a = make_server(app={**BASE, **shared_store}, name="a")
+    b = make_server(app={**BASE, **shared_store}, name="b")
+    job = a.submit("e2e.pid", kwargs={"pause": 1.0})
+    # a wait that is not woken answers after 20 s with the job still running
+    seen = b.wait(job["id"], 20)
+    assert seen["state"] == "succeeded" and seen["result"] == a.proc.pid, seen
+    batch = a.post("/jobs/batch", {"jobs": [{"handler": "e2e.pid", "kwargs": {"pause": 0.5}}] * 5}).json()
+    counts = b.get(f"/batches/{batch['batch']}?wait=20").json()
+    assert counts["counts"].get("succeeded") == 5, counts
+
+
+def test_a_cancel_on_one_server_stops_the_job_where_it_runs(make_server, shared_store):
+    a = make_server(app={**BASE, **shared_store}, name="a")
+    b = make_server(app={**BASE, **shared_store}, name="b")
+    job = a.submit("e2e.pid", kwargs={"pause": 30})
+    wait_until(lambda: health(a)["pool"]["busy"] == 1, 20, message="running on a")
+    cancelled = b.delete(f"/jobs/{job['id']}")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+    waiting = a.wait(job["id"], 5)        # a long-poll on the runner's server is answered too
+    assert waiting["state"] == "cancelled", waiting
+    wait_until(lambda: health(a)["pool"]["busy"] == 0, 20, message="a's slot freed")
+    assert "cancelled on another server" in a.log()
+    assert a.get(f"/jobs/{job['id']}").json()["state"] in TERMINAL
+    assert b.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
