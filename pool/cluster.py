@@ -45,19 +45,19 @@ class ClusterWatch:
     def check(self) -> None:
         """One look at the ledger for every job waited for or running here."""
         rt = self.rt
-        running = set(rt.io.running_ids())
+        running = rt.io.running_attempts()
         waited = rt.waiters.job_ids()
         if not running and not waited:
             return
         ended = []
-        for job_id, state, holder in rt.store.holders(list(running | waited)):
-            if job_id in running and (state != RUNNING or holder != rt.owner):
+        for job_id, state, holder, attempts in rt.store.holders(list(running.keys() | waited)):
+            attempt = running.get(job_id)
+            if attempt is not None and (state != RUNNING or holder != rt.owner or attempts != attempt):
                 why = ("cancelled on another server" if state == CANCELLED
-                       else f"it is {state} in the ledger, held by {holder or 'nobody'}: our lease was lost")
-                rt.io.abandon(job_id, why)
+                       else f"it is {state} in the ledger (attempt {attempts}), held by {holder or 'nobody'}:"
+                            " our lease was lost")
+                rt.io.abandon(job_id, attempt, why)
             if job_id in waited and state in TERMINAL:
                 ended.append(job_id)
-        for job_id in ended:
-            job = rt.store.get(job_id)
-            if job is not None:
-                rt.waiters.job_event(job.state, job)
+        for job in rt.store.get_many(ended) if ended else ():
+            rt.waiters.job_event(job.state, job)

@@ -61,7 +61,7 @@ class Maintenance(Listener):
     def start(self) -> None:
         """Adopt what dead runners left (before serving), then run the duties in a greenlet."""
         self.adopt_orphans()
-        self.take_backlog()
+        self.rt.io.poll(wait=True)
         self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:

@@ -72,6 +72,7 @@ class GreenletExecutor:
         self._taker: Greenlet | None = None
         self._running: dict[str, _Run] = {}
         self._unrecorded: list[_Run] = []  # settled runs whose outcome could not be stored yet
+        self._offered = 0                   # jobs offered so far (so a take or count can tell what came meanwhile)
         self._accepting = True
         self.completed = 0
 
@@ -103,17 +104,21 @@ class GreenletExecutor:
     def offer(self, count: int) -> None:
         """``count`` jobs of our kind were stored (or put back) queued and held by nobody: take them if we can."""
         self.backlog += count
+        self._offered += count
         self._fill()
 
     def recount(self) -> None:
-        """Count the ledger's backlog again (other servers add to it and take from it; a cancel takes from it)."""
-        self.backlog = self.store.backlog((self.kind,))
+        """Count the ledger's backlog again (other servers add to it and take from it)."""
+        offered = self._offered
+        counted = self.store.backlog((self.kind,))
+        self.backlog = counted + self._offered - offered      # offers made while counting may not be in it
 
-    def poll(self) -> None:
-        """:meth:`recount`, then take what fits."""
+    def poll(self, wait: bool = False) -> None:
+        """:meth:`recount`, then take what fits (``wait``: before returning, as start() does before serving)."""
         self.recount()
-        if self._taker is None or self._taker.dead:
-            self._take()                        # in the caller's greenlet: start() takes before serving
+        self._fill()
+        if wait and self._taker is not None:
+            self._taker.join()
 
     def _fill(self) -> None:
         """Take queued jobs from the ledger while slots are free (one taker at a time: takes coalesce)."""
@@ -124,15 +129,21 @@ class GreenletExecutor:
     def _take(self) -> None:
         while self._accepting and self.backlog and self._busy < self.size:
             want = min(self.size - self._busy, TAKE_MAX)
+            offered = self._offered
             self._busy += want
             try:
                 jobs = self.store.take(self.owner, (self.kind,), want)
             except Exception as exc:
                 self._busy -= want
-                log.warning("could not take queued %s jobs from the store (%s); next tick tries again", self.kind, exc)
+                log.warning("could not take queued %s jobs from the store (%s); the next tick tries again",
+                            self.kind, exc)
+                self.backlog = 0        # until the tick's recount: not a retry on every finishing job
                 return
             self._busy -= want - len(jobs)
-            self.backlog = 0 if len(jobs) < want else max(1, self.backlog - len(jobs))
+            if len(jobs) < want:        # the ledger had no more, except what was offered meanwhile
+                self.backlog = self._offered - offered
+            else:
+                self.backlog = max(1, self.backlog - len(jobs))
             if not self._accepting:             # shutting down meanwhile: give them back untouched
                 self.store.requeue(jobs, self.owner)
                 self._busy -= len(jobs)
@@ -141,6 +152,9 @@ class GreenletExecutor:
                 self._spawn(job)
 
     def _spawn(self, job: Job) -> None:
+        stale = self._running.get(job.id)
+        if stale is not None:       # an earlier attempt still runs here (we lost its lease, the job came back)
+            self.abandon(job.id, stale.job.attempts, "a later attempt of it starts here")
         run = _Run(job, self.registry.find(job.handler))
         self._running[job.id] = run
         run.greenlet = gevent.spawn(self._body, run)
@@ -216,7 +230,8 @@ class GreenletExecutor:
                       outcome.state, exc)
             self._unrecorded.append(run)
             return
-        self._running.pop(job.id, None)
+        if self._running.get(job.id) is run:
+            del self._running[job.id]
         run.done.set()
 
     def record_again(self) -> None:
@@ -245,11 +260,12 @@ class GreenletExecutor:
             run.done.wait(10.0)     # it is finishing; if the store is stuck, the caller falls back to it
         return run.job
 
-    def abandon(self, job_id: str, why: str) -> Job | None:
-        """Stop a job running here whose record another server changed (cancelled it, or adopted it after our
-        lease ran out): kill its greenlet and free its slot, recording nothing (the record is not ours)."""
+    def abandon(self, job_id: str, attempt: int, why: str) -> Job | None:
+        """Stop attempt ``attempt`` of a job running here whose record another server changed (cancelled it, or
+        adopted it after our lease ran out): kill its greenlet and free its slot, recording nothing (the record
+        is not ours).  Nothing happens if that attempt is not the one running here (or is settling already)."""
         run = self._running.get(job_id)
-        if run is None or run.outcome is not None:
+        if run is None or run.outcome is not None or run.job.attempts != attempt:
             return None
         run.outcome = outcomes.INTERRUPTED
         if run.timer is not None:
@@ -263,9 +279,9 @@ class GreenletExecutor:
         self._fill()
         return run.job
 
-    def running_ids(self) -> list[str]:
-        """Ids of the jobs running here (settled ones still recording included)."""
-        return list(self._running)
+    def running_attempts(self) -> dict[str, int]:
+        """Job id -> the attempt running here (settled ones still recording included)."""
+        return {job_id: run.job.attempts for job_id, run in self._running.items()}
 
     def stats(self) -> dict:
         """Slots (size, busy), backlog and jobs completed, for /health and /metrics."""
@@ -278,6 +294,8 @@ class GreenletExecutor:
         Returns the interrupted jobs (still running in the store) for the caller to requeue.
         """
         self._accepting = False
+        if self._taker is not None:
+            self._taker.join(5.0)           # a take in flight gives its jobs back (or they are ours to interrupt)
         runs = list(self._running.values())
         gevent.joinall([r.greenlet for r in runs if r.greenlet is not None], timeout=grace)
         left = [r for r in self._running.values() if r.outcome is None]

@@ -102,9 +102,13 @@ class JobStore(ABC):
         """(handler, state, count) of active jobs; its cost must not grow with finished jobs kept."""
 
     @abstractmethod
-    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None]]:
-        """(id, state, lease owner) of those of ``job_ids`` that exist: one read for many, however many ids
-        (how a server learns that jobs it waits for or runs were ended or taken over elsewhere)."""
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        """Those of ``job_ids`` that exist, in one read."""
+
+    @abstractmethod
+    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None, int]]:
+        """(id, state, lease owner, attempts) of those of ``job_ids`` that exist: one read for many, however many
+        ids (how a server learns that jobs it waits for or runs were ended or taken over elsewhere)."""
 
     @abstractmethod
     def owners(self, me: str) -> list[tuple[str, float]]:

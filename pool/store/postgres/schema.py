@@ -62,7 +62,12 @@ CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
 """
 
 #: version -> the SQL that brings the previous version to it, in order.
-MIGRATIONS: dict[int, str] = {1: VERSION_1}
+MIGRATIONS: dict[int, str] = {
+    1: VERSION_1,
+    # servers take queued jobs nobody holds, best first, without sorting the whole backlog
+    2: "CREATE INDEX IF NOT EXISTS jobs_free ON jobs (kind, priority DESC, seq) WHERE state = 'queued'"
+       " AND lease_owner IS NULL;",
+}
 CURRENT = max(MIGRATIONS)
 
 

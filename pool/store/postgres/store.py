@@ -65,6 +65,15 @@ RETRY = Swap(
     " AND jobs.attempts = v.attempt RETURNING jobs.id", key=3)
 
 
+def _kinds(kinds: tuple[str, ...]) -> str:
+    """``kind = %s`` for one kind (so an index on (kind, priority, seq) gives the order), else ``= ANY``."""
+    return "kind = %s" if len(kinds) == 1 else "kind = ANY(%s)"
+
+
+def _kind_param(kinds: tuple[str, ...]):
+    return kinds[0] if len(kinds) == 1 else list(kinds)
+
+
 class _Conflict(Exception):
     """An Idempotency-Key known with another fingerprint: rolls the insert's savepoint back."""
 
@@ -216,11 +225,14 @@ class PostgresStore(JobStore):
             return row[0] if members == unique else None
         return self._db.read(query)
 
-    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None]]:
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        return self._read_jobs(f"SELECT {SELECT} FROM jobs WHERE id = ANY(%s)", (job_ids,)) if job_ids else []
+
+    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None, int]]:
         if not job_ids:
             return []
         return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
-            "SELECT id, state, lease_owner FROM jobs WHERE id = ANY(%s)", (job_ids,)).fetchall())]
+            "SELECT id, state, lease_owner, attempts FROM jobs WHERE id = ANY(%s)", (job_ids,)).fetchall())]
 
     def active_counts(self) -> list[tuple[str, str, int]]:
         return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
@@ -385,18 +397,18 @@ class PostgresStore(JobStore):
             return []
         now = time.time()
         sql = (f"WITH free AS MATERIALIZED (SELECT seq FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL"
-               " AND kind = ANY(%s) ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
+               f" AND {_kinds(kinds)} ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
                f" UPDATE jobs SET state = '{RUNNING}', attempts = jobs.attempts + 1, started_at = %s,"
                " lease_owner = %s, lease_expires = %s FROM free WHERE jobs.seq = free.seq"
                " RETURNING jobs.priority, jobs.seq, " + ", ".join(f"jobs.{c}" for c in SELECT.split(", ")))
-        params = (list(kinds), limit, now, owner, now + self.lease_seconds)
+        params = (_kind_param(kinds), limit, now, owner, now + self.lease_seconds)
         rows = self._db.write(lambda conn: conn.execute(sql, params).fetchall())
         return [row_to_job(r[2:]) for r in sorted(rows, key=lambda r: (-r[0], r[1]))]   # RETURNING keeps no order
 
     def backlog(self, kinds: tuple[str, ...]) -> int:
         return self._db.read(lambda conn: conn.execute(
-            f"SELECT count(*) FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind = ANY(%s)",
-            (list(kinds),)).fetchone()[0])
+            f"SELECT count(*) FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL AND {_kinds(kinds)}",
+            (_kind_param(kinds),)).fetchone()[0])
 
     def sweep(self, finished_before: float, limit: int = 5000) -> int:
         """Delete up to ``limit`` terminal jobs that finished before ``finished_before``, oldest first, by the

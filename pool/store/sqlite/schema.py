@@ -61,6 +61,9 @@ _UNVERSIONED_ADDITIONS = (("callback_url", "TEXT"), ("callback", "TEXT"))
 MIGRATIONS: dict[int, str] = {
     # the TTL sweep goes by when jobs finished, oldest first, whatever their sequence
     2: f"CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE state IN {TERMINAL_SQL}",
+    # servers take queued jobs nobody holds, best first, without sorting the whole backlog
+    3: "CREATE INDEX IF NOT EXISTS jobs_free ON jobs(kind, priority DESC, seq) WHERE state = 'queued'"
+       " AND lease_owner IS NULL",
 }
 CURRENT = max((1, *MIGRATIONS))
 

@@ -140,15 +140,21 @@ class SqliteStore(JobStore):
             return {"total": row[0], "created_at": row[1], "counts": counts}
         return self._db.read(query)
 
-    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None]]:
+    def _by_ids(self, columns: str, job_ids: list[str]) -> list:
         def query(conn):
             rows = []
             for at in range(0, len(job_ids), 500):          # SQLite binds at most 32,766 parameters
                 chunk = job_ids[at:at + 500]
                 marks = ",".join("?" * len(chunk))
-                rows += conn.execute(f"SELECT id, state, lease_owner FROM jobs WHERE id IN ({marks})", chunk).fetchall()
-            return [tuple(r) for r in rows]
+                rows += conn.execute(f"SELECT {columns} FROM jobs WHERE id IN ({marks})", chunk).fetchall()
+            return rows
         return self._db.read(query) if job_ids else []
+
+    def get_many(self, job_ids: list[str]) -> list[Job]:
+        return [row_to_job(r) for r in self._by_ids(SELECT, job_ids)]
+
+    def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None, int]]:
+        return [tuple(r) for r in self._by_ids("id, state, lease_owner, attempts", job_ids)]
 
     def active_counts(self) -> list[tuple[str, str, int]]:
         """(handler, state, count) of scheduled, queued and running jobs: reads the active part of the
