@@ -2,15 +2,20 @@
 
 Servers share one ledger, so a job this one waits for (a long-poll) may end on another, and a job
 running here may be cancelled, or adopted after our lease ran out, by another.  The watch reads
-the ledger for every such job in one query every ``greenjobs.cluster.poll`` seconds: it wakes the
-long-polls of jobs that ended elsewhere and stops the greenlets of jobs that are no longer ours
-(their record is not ours to write: a late outcome would be fenced out anyway).
+the ledger for every such job in one query: it wakes the long-polls of jobs that ended elsewhere
+and stops the greenlets of jobs that are no longer ours (their record is not ours to write: a late
+outcome would be fenced out anyway).  It reads when the store says another server changed jobs
+(PostgreSQL LISTEN/NOTIFY, ``greenjobs.cluster.notify``; "queued" also makes the pool take from the
+ledger at once) and, whatever it heard, every ``greenjobs.cluster.poll`` seconds: a notification
+can be missed (a lost connection, PgBouncer in transaction mode), a poll cannot.
 """
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
+from gevent.event import Event
 
 from greenjobs.pool.job import CANCELLED, RUNNING, TERMINAL
 
@@ -18,15 +23,25 @@ log = logging.getLogger(__name__)
 
 
 class ClusterWatch:
-    """Polls the ledger for the jobs ``runtime`` waits for or runs (every ``every`` seconds; 0: never)."""
+    """Reads the ledger for the jobs ``runtime`` waits for or runs: every ``every`` seconds (0: never) and,
+    with ``notify``, as soon as the store hears that another server changed jobs."""
 
-    def __init__(self, runtime, every: float):
+    #: Seconds between two reads at least, however many notifications come (one per group commit of every server).
+    MIN_GAP = 0.05
+
+    def __init__(self, runtime, every: float, notify: bool = True):
         self.rt = runtime
         self.every = every
+        self.notify = notify
+        self.listening = False
+        self._heard: set[str] = set()
+        self._wake = Event()
         self._greenlet = None
 
     def start(self) -> None:
-        if self.every > 0:
+        if self.notify:
+            self.listening = self.rt.store.listen(self.heard)
+        if self.every > 0 or self.listening:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -34,18 +49,35 @@ class ClusterWatch:
             self._greenlet.kill()
             self._greenlet = None
 
+    def heard(self, words: set[str]) -> None:
+        """The store heard a commit that queued ("queued"), ended ("ended") or cancelled ("cancelled") jobs."""
+        self._heard |= words
+        self._wake.set()
+
     def _run(self) -> None:
+        every = self.every if self.every > 0 else None
+        last_poll = time.monotonic()
         while True:
-            gevent.sleep(self.every)
+            self._wake.wait(every)
+            self._wake.clear()
+            words, self._heard = self._heard, set()
+            polling = every is not None and time.monotonic() - last_poll >= every * 0.9
             try:
-                self.check()
+                if "queued" in words:
+                    self.rt.io.poll()
+                if polling or "cancelled" in words:
+                    last_poll = time.monotonic()
+                    self.check()
+                elif "ended" in words:
+                    self.check(running=False)     # jobs end here all the time: only long-polls care
             except Exception as exc:          # the store is failing: its health says so; try again later
                 log.debug("cluster watch: could not read the ledger (%s)", exc)
+            gevent.sleep(self.MIN_GAP)
 
-    def check(self) -> None:
-        """One look at the ledger for every job waited for or running here."""
+    def check(self, running: bool = True) -> None:
+        """One look at the ledger for every job waited for (and, with ``running``, running) here."""
         rt = self.rt
-        running = rt.io.running_attempts()
+        running = rt.io.running_attempts() if running else {}
         waited = rt.waiters.job_ids()
         if not running and not waited:
             return

@@ -93,7 +93,7 @@ class Runtime:
         self.supervisor = Supervisor(ini, settings.workers_cpu, grace=settings.shutdown_grace) \
             if ini and settings.workers_cpu > 0 else None
         self.cpu = CpuDispatcher(settings, self.store, registry, sink, supervisor=self.supervisor)
-        self.cluster = ClusterWatch(self, settings.cluster_poll)
+        self.cluster = ClusterWatch(self, settings.cluster_poll, settings.cluster_notify)
         self.accepting = False
         self.started_at = time.time()
 

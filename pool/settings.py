@@ -223,6 +223,9 @@ TABLE = (
     Setting("greenjobs.cluster.poll", as_float(0.0, 60.0), 0.5,
             "seconds between reads of the ledger for jobs waited for or running here that other servers ended,"
             " cancelled or took over (0: never, for a server that is alone on its ledger)"),
+    Setting("greenjobs.cluster.notify", as_bool, True,
+            "PostgreSQL: hear other servers' changes at once with LISTEN/NOTIFY (off behind PgBouncer in transaction"
+            " mode: then greenjobs.cluster.poll alone)"),
     Setting("greenjobs.workers.cpu", as_int(0, 1024), default_cpu_count(),
             "CPU worker processes the server starts and supervises (0: run them elsewhere with greenjobs-worker)"),
     Setting("greenjobs.workers.redeliveries", as_int(0, 100), 3,

@@ -70,6 +70,13 @@ class JobStore(ABC):
     def maintain(self) -> None:
         """Backend upkeep, called once per maintenance tick (SQLite: a passive WAL checkpoint)."""
 
+    def listen(self, heard: Callable[[set[str]], None]) -> bool:
+        """Call ``heard(words)`` whenever a commit, by any server of this ledger, queued jobs nobody holds
+        ("queued"), ended jobs ("ended") or cancelled them ("cancelled"), and once after a lost connection
+        (``{"queued", "ended", "cancelled"}``: anything may have been missed).  False if the backend cannot
+        (then servers poll alone)."""
+        return False
+
     # -- reads -----------------------------------------------------------------------
     @abstractmethod
     def get(self, job_id: str) -> Job | None:

@@ -67,10 +67,10 @@ class Swap:
     it changed; ``key`` is the position of the job id in a row.  A thousand claims or outcomes in one
     group commit are one statement, not a thousand."""
 
-    __slots__ = ("sql", "key")
+    __slots__ = ("sql", "key", "notify")
 
-    def __init__(self, sql: str, key: int):
-        self.sql, self.key = sql, key
+    def __init__(self, sql: str, key: int, notify: str | None = None):
+        self.sql, self.key, self.notify = sql, key, notify
 
     def run(self, conn: psycopg.Connection, rows: list[tuple]) -> list[bool]:
         """For each of ``rows``, whether it changed its row.  An UPDATE … FROM changes a row once however
@@ -96,13 +96,14 @@ class Swap:
 
 
 class Op:
-    """A queued write: ``fn(conn)``, or one row of a compare-and-swap ``swap`` (True if the row changed)."""
+    """A queued write: ``fn(conn)``, or one row of a compare-and-swap ``swap`` (True if the row changed);
+    ``notify`` is the word other servers hear when its batch commits (see Committer.channel)."""
 
-    __slots__ = ("fn", "swap", "params", "durable", "result")
+    __slots__ = ("fn", "swap", "params", "durable", "notify", "result")
 
     def __init__(self, fn: Callable[[psycopg.Connection], Any] | None, swap: Swap | None = None,
-                 params: tuple = (), durable: bool = False):
-        self.fn, self.swap, self.params, self.durable = fn, swap, params, durable
+                 params: tuple = (), durable: bool = False, notify: str | None = None):
+        self.fn, self.swap, self.params, self.durable, self.notify = fn, swap, params, durable, notify
         self.result = AsyncResult()
 
     def run(self, conn: psycopg.Connection) -> Any:
@@ -120,8 +121,12 @@ def _unavailable(exc: BaseException, doing: str) -> StoreUnavailable:
 class Committer:
     """One writer connection fed by a committer greenlet; ``readers`` pooled connections for reads."""
 
-    def __init__(self, url: str, readers: int = 4, max_batch_ops: int = 5000, setup=None, each_batch=None):
+    def __init__(self, url: str, readers: int = 4, max_batch_ops: int = 5000, setup=None, each_batch=None,
+                 channel: str | None = None):
         self.url = url
+        #: the LISTEN/NOTIFY channel: a batch that changed jobs other servers care about ends with one NOTIFY
+        #: of the words its ops carry ("queued", "ended", "cancelled"), delivered when it commits
+        self.channel = channel
         self.max_batch_ops = max_batch_ops
         self.setup = setup
         self.each_batch = each_batch or (lambda: None)
@@ -173,16 +178,17 @@ class Committer:
         self._readers.close(timeout=5)
 
     # -- writing ---------------------------------------------------------------------
-    def write(self, fn: Callable[[psycopg.Connection], Any], durable: bool = False) -> Any:
+    def write(self, fn: Callable[[psycopg.Connection], Any], durable: bool = False, notify: str | None = None) -> Any:
         """Queue ``fn`` for the next group commit and wait for its result (``durable``: a promise to a
-        client, committed with synchronous_commit on)."""
-        return self.submit(fn, durable=durable).result.get()
+        client, committed with synchronous_commit on; ``notify``: what other servers hear of it)."""
+        return self.submit(fn, durable=durable, notify=notify).result.get()
 
-    def submit(self, fn, swap: Swap | None = None, params: tuple = (), durable: bool = False) -> Op:
+    def submit(self, fn, swap: Swap | None = None, params: tuple = (), durable: bool = False,
+               notify: str | None = None) -> Op:
         """Queue an op without waiting; its ``result`` is set after its commit."""
         if not self._open:
             raise StoreUnavailable("the store is closed")
-        op = Op(fn, swap, params, durable)
+        op = Op(fn, swap, params, durable, notify)
         self._ops.append(op)
         self._wake.set()
         return op
@@ -258,17 +264,24 @@ class Committer:
         their batch changes nothing for correctness (the later one simply finds the row moved)."""
         results: list = [None] * len(ops)
         groups: dict[Swap, list[int]] = {}
+        words = set()
         with conn.transaction():
             for i, op in enumerate(ops):
                 if op.fn is None:
                     groups.setdefault(op.swap, []).append(i)
                 else:
                     results[i] = (True, op.fn(conn))
+                    if op.notify:
+                        words.add(op.notify)
             for swap, members in groups.items():        # one statement per kind of swap
                 for i, changed in zip(members, swap.run(conn, [ops[i].params for i in members])):
                     results[i] = (True, changed)
+                    if changed and swap.notify:
+                        words.add(swap.notify)
             if extra is not None:
                 extra(conn)
+            if words and self.channel:      # one NOTIFY per group commit: each takes a lock that serialises commits
+                conn.execute("SELECT pg_notify(%s, %s)", (self.channel, ",".join(sorted(words))))
         return results
 
     def _run_singly(self, conn: psycopg.Connection, ops: list[Op]) -> list:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 import gevent
+import psycopg
 
 from greenjobs.pool import lifecycle
 from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
@@ -55,7 +56,7 @@ FINISH = Swap(
     " lease_expires = NULL FROM " + json_rows("state text, result text, error text, errors text, finished_at float8,"
                                               " progress text, id text, owner text, attempt int")
     + f" WHERE jobs.id = v.id AND jobs.state IN {FROM['finish']} AND jobs.lease_owner = v.owner"
-    " AND jobs.attempts = v.attempt RETURNING jobs.id", key=6)
+    " AND jobs.attempts = v.attempt RETURNING jobs.id", key=6, notify="ended")
 #: running (this attempt, leased to the runner) -> scheduled for a retry: (run_at, error, errors, id, owner, attempt)
 RETRY = Swap(
     f"UPDATE jobs SET state = '{SCHEDULED}', run_at = v.run_at, error = v.error, errors = v.errors,"
@@ -63,6 +64,10 @@ RETRY = Swap(
     f" FROM {json_rows('run_at float8, error text, errors text, id text, owner text, attempt int')}"
     f" WHERE jobs.id = v.id AND jobs.state IN {FROM['retry']} AND jobs.lease_owner = v.owner"
     " AND jobs.attempts = v.attempt RETURNING jobs.id", key=3)
+
+
+#: The LISTEN/NOTIFY channel servers of one database hear each other's changes on (words, never job data).
+CHANNEL = "greenjobs"
 
 
 def _kinds(kinds: tuple[str, ...]) -> str:
@@ -96,7 +101,9 @@ class PostgresStore(JobStore):
         self._progress: dict[str, str] = {}
         self._next_analyze = 0.0
         self._analyzer = None
-        self._db = Committer(url, readers, max_batch_ops, setup=schema.migrate, each_batch=self._progress_writes)
+        self._db = Committer(url, readers, max_batch_ops, setup=schema.migrate, each_batch=self._progress_writes,
+                             channel=CHANNEL)
+        self._listener = None
 
     @classmethod
     def from_url(cls, url: str, *, lease_seconds: float = 30.0, synchronous: str = "full") -> "PostgresStore":
@@ -116,7 +123,31 @@ class PostgresStore(JobStore):
         return self
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.kill()
+            self._listener = None
         self._db.close()
+
+    def listen(self, heard: Callable[[set[str]], None]) -> bool:
+        """LISTEN on one dedicated connection (not the pool's: it must stay in session mode, so not through
+        PgBouncer's transaction mode; there, turn greenjobs.cluster.notify off and poll)."""
+        def run():
+            missed = False
+            while True:
+                try:
+                    with psycopg.connect(self._db.url, autocommit=True, connect_timeout=5) as conn:
+                        conn.execute(f"LISTEN {CHANNEL}")
+                        if missed:
+                            heard({"queued", "ended", "cancelled"})
+                        while True:
+                            for note in conn.notifies(timeout=5.0):
+                                heard(set(note.payload.split(",")))
+                except Exception as exc:            # the database went away: poll until it is back
+                    log.debug("LISTEN %s: %s; listening again in 1 s", CHANNEL, exc)
+                    missed = True
+                    gevent.sleep(1.0)
+        self._listener = gevent.spawn(run)
+        return True
 
     def flush(self) -> None:
         self._db.write(lambda conn: None)
@@ -173,8 +204,9 @@ class PostgresStore(JobStore):
         return lambda conn: conn.cursor().executemany(
             f"UPDATE jobs SET progress = %s WHERE id = %s AND state = '{RUNNING}'", rows)
 
-    def _write_returning(self, sql: str, params: tuple) -> list[Job]:
-        return self._db.write(lambda conn: [row_to_job(r) for r in conn.execute(sql, params).fetchall()])
+    def _write_returning(self, sql: str, params: tuple, notify: str | None = None) -> list[Job]:
+        return self._db.write(lambda conn: [row_to_job(r) for r in conn.execute(sql, params).fetchall()],
+                              notify=notify)
 
     def _read_jobs(self, sql: str, params: tuple) -> list[Job]:
         return self._db.read(lambda conn: [row_to_job(r) for r in conn.execute(sql, params).fetchall()])
@@ -283,7 +315,8 @@ class PostgresStore(JobStore):
             except _Conflict as conflict:
                 return repeats, str(conflict)
             return repeats, None
-        repeats, conflict = self._db.write(op, durable=True)
+        shared = any(j.kind in lifecycle.LEASED_KINDS and j.state == QUEUED for j in jobs)
+        repeats, conflict = self._db.write(op, durable=True, notify="queued" if shared else None)
         if conflict is not None:
             raise IdempotencyConflict(f"this Idempotency-Key was used for a different request (job {conflict});"
                                       " use a new key for a new job")
@@ -326,27 +359,27 @@ class PostgresStore(JobStore):
         self._progress[job_id] = dumps(progress)
         self._db.poke()
 
-    def _change_or_read(self, sql: str, params: tuple, job_id: str) -> tuple[Job | None, bool]:
+    def _change_or_read(self, sql: str, params: tuple, job_id: str, notify: str) -> tuple[Job | None, bool]:
         def op(conn):
             row = conn.execute(sql, params).fetchone()
             if row is not None:
                 return row_to_job(row), True
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = %s", (job_id,)).fetchone()
             return (row_to_job(row) if row else None), False
-        return self._db.write(op, durable=True)
+        return self._db.write(op, durable=True, notify=notify)
 
     def cancel(self, job_id: str, error: dict) -> tuple[Job | None, bool]:
         return self._change_or_read(
             f"UPDATE jobs SET state = '{CANCELLED}', finished_at = %s, lease_owner = NULL, lease_expires = NULL,"
             f" error = %s WHERE id = %s AND state IN {FROM['cancel']} RETURNING {SELECT}",
-            (time.time(), dumps(error), job_id), job_id)
+            (time.time(), dumps(error), job_id), job_id, "cancelled")
 
     def revive(self, job_id: str) -> tuple[Job | None, bool]:
         return self._change_or_read(
             f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
             " lease_owner = NULL, lease_expires = NULL,"
             f" outbox = (kind IN {PUBLISHED_SQL})::int WHERE id = %s AND state IN {FROM['revive']} RETURNING {SELECT}",
-            (job_id,), job_id)
+            (job_id,), job_id, "queued")
 
     # -- leases, adoption, due jobs, sweeping --------------------------------------------
     def renew(self, owner: str) -> int:
@@ -358,7 +391,7 @@ class PostgresStore(JobStore):
     def release(self, owner: str) -> int:
         return self._db.write(lambda conn: conn.execute(
             f"UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = %s AND state = '{QUEUED}'",
-            (owner,)).rowcount)
+            (owner,)).rowcount, notify="queued")
 
     def requeue(self, jobs: Iterable[Job], owner: str) -> int:
         ids = [j.id for j in jobs]
@@ -367,7 +400,7 @@ class PostgresStore(JobStore):
         return self._db.write(lambda conn: conn.execute(
             f"UPDATE jobs SET state = '{QUEUED}', attempts = GREATEST(attempts - 1, 0), lease_owner = NULL,"
             f" lease_expires = NULL, started_at = NULL WHERE id = ANY(%s) AND state IN {FROM['give_back']}"
-            " AND lease_owner = %s", (ids, owner)).rowcount)
+            " AND lease_owner = %s", (ids, owner)).rowcount, notify="queued")
 
     def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:
         now = time.time()
@@ -377,7 +410,7 @@ class PostgresStore(JobStore):
             f" WHERE state IN ('{QUEUED}', '{RUNNING}') AND kind = ANY(%s) AND lease_owner IS NOT NULL"
             " AND (lease_owner = ANY(%s) OR (lease_owner <> %s AND lease_expires < %s))"
             f" RETURNING {SELECT}",
-            (list(kinds), list(dead_owners), owner, now))
+            (list(kinds), list(dead_owners), owner, now), notify="queued")
 
     def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         now = time.time()
@@ -387,7 +420,7 @@ class PostgresStore(JobStore):
             f" UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL,"
             f" outbox = (kind IN {PUBLISHED_SQL})::int FROM due WHERE jobs.seq = due.seq RETURNING "
             + ", ".join(f"jobs.{c}" for c in SELECT.split(", ")),
-            (now, list(kinds), limit))
+            (now, list(kinds), limit), notify="queued")
 
     def take(self, owner: str, kinds: tuple[str, ...], limit: int) -> list[Job]:
         """The claim every serious PostgreSQL queue makes: a MATERIALIZED selection locked with SKIP LOCKED
@@ -452,7 +485,7 @@ class PostgresStore(JobStore):
                     f" lease_expires = NULL, outbox = 0 WHERE id = %s RETURNING {SELECT}",
                     (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()
-                return "lost", row_to_job(row)
+                return "lost", row_to_job(row)      # (other servers' long-polls learn it by polling)
             if verdict.answer == "go":
                 row = conn.execute(
                     f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = %s, lease_owner = %s,"
@@ -478,7 +511,7 @@ class PostgresStore(JobStore):
                 return False
             conn.execute(INSERT, insert_row(delivery, owner, time.time() + self.lease_seconds))
             return True
-        return self._db.write(op)
+        return self._db.write(op, notify="queued")
 
     def record_delivery(self, job_id: str, attempt: dict, state: str, keep: int = 20) -> None:
         def op(conn):
