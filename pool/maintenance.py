@@ -29,6 +29,8 @@ SWEEP_EVERY = 60.0
 #: Jobs deleted per sweep transaction, and seconds of sweeping per tick.
 SWEEP_BATCH = 5000
 SWEEP_BUDGET = 0.5
+#: Seconds after its start an io job leased to us in the ledger but not running here is given back.
+UNSTARTED_AFTER = 10.0
 
 
 class Maintenance(Listener):
@@ -88,8 +90,8 @@ class Maintenance(Listener):
                 duties.append(self.renew_leases)
                 last_renew = now
             if tick:
-                duties += [self.record_again, self.adopt_orphans, self.take_backlog, self.repair_outbox,
-                           self.repair_callbacks]
+                duties += [self.record_again, self.adopt_orphans, self.take_backlog, self.requeue_unstarted,
+                           self.repair_outbox, self.repair_callbacks]
                 last_tick = now
             if self.settings.store_ttl and (self._sweep_behind or now - last_sweep >= self.sweep_every):
                 duties.append(self.sweep)
@@ -126,6 +128,21 @@ class Maintenance(Listener):
         if jobs:
             log.info("adopted %d jobs of dead or expired runners: queued again for any server", len(jobs))
             self.rt.dispatch(jobs)
+
+    def requeue_unstarted(self) -> None:
+        """Give back io jobs the ledger says run here but that do not: a take whose commit succeeded while its
+        answer was lost (the connection broke in between).  Only jobs started UNSTARTED_AFTER seconds ago, so a
+        take or submission on its way to starting its jobs is never mistaken for one."""
+        rt = self.rt
+        cutoff = time.time() - UNSTARTED_AFTER
+        lost = [job_id for job_id, started in rt.store.held(rt.owner, LEASED_KINDS)
+                if (started or 0) < cutoff and not rt.io.running(job_id)]
+        if lost:
+            jobs = rt.store.get_many(lost)
+            given = rt.store.requeue(jobs, rt.owner)
+            log.warning("%d io jobs were leased to this server in the ledger but never started here (a lost answer);"
+                        " %d given back to the ledger", len(lost), given)
+            rt.dispatch([j for j in jobs if j.kind in LEASED_KINDS])
 
     def take_backlog(self) -> None:
         """Count the queued io jobs nobody holds (any server may have added some) and take what fits."""

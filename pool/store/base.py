@@ -118,6 +118,10 @@ class JobStore(ABC):
         ids (how a server learns that jobs it waits for or runs were ended or taken over elsewhere)."""
 
     @abstractmethod
+    def held(self, owner: str, kinds: tuple[str, ...]) -> list[tuple[str, float]]:
+        """(id, started_at) of the running jobs of ``kinds`` leased to ``owner``: what the ledger says runs there."""
+
+    @abstractmethod
     def owners(self, me: str) -> list[tuple[str, float]]:
         """Lease owners of active jobs other than ``me``, each with its latest lease expiry."""
 

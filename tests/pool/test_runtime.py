@@ -199,3 +199,20 @@ def test_a_late_result_of_an_earlier_cpu_attempt_cannot_end_the_attempt_now_runn
     rt.cpu._on_result({"job": job.id, "worker": "W", "attempt": 2, "state": "succeeded", "result": 2})
     got = rt.store.get(job.id)
     assert (got.state, got.result, got.attempts) == ("succeeded", 2, 2)
+
+
+def test_a_job_leased_to_us_in_the_ledger_but_never_started_here_is_given_back_and_runs(make_runtime):
+    """A take whose commit succeeded while its answer was lost leaves jobs running under our lease that no
+    greenlet runs: the maintenance duty gives them back (only once they are old enough) and they run."""
+    import time
+
+    from greenjobs.pool.job import RUNNING, Job, new_id
+    rt = make_runtime()
+    fresh = Job(id=new_id(), handler="echo", kind="io", state=RUNNING, attempts=1, started_at=time.time())
+    lost = Job(id=new_id(), handler="echo", kind="io", state=RUNNING, attempts=1, started_at=time.time() - 60)
+    rt.store.insert([fresh, lost], rt.owner)
+    assert {i for i, _ in rt.store.held(rt.owner, ("io",))} == {fresh.id, lost.id}
+    rt.maintenance.requeue_unstarted()
+    done = rt.wait(lost.id, 10)
+    assert (done.state, done.attempts) == ("succeeded", 1)     # the lost attempt was undone, then it ran here
+    assert rt.store.get(fresh.id).state == RUNNING             # too recent to be judged lost

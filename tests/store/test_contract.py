@@ -1281,3 +1281,15 @@ def test_a_cancel_racing_a_finish_has_one_winner(store):
     for x, (fin, can) in zip(jobs, racers):
         assert fin.value != can.value[1]
         assert store.get(x.id).state == (SUCCEEDED if fin.value else CANCELLED)
+
+
+def test_held_lists_the_running_jobs_of_the_kinds_asked_leased_to_an_owner(store):
+    mine, theirs, queued, cpu = (job(state=RUNNING, attempts=1, started_at=time.time()), job(state=RUNNING, attempts=1,
+                                 started_at=time.time()), job(), cpu_job())
+    store.insert([mine, queued, cpu], "A")
+    store.insert([theirs], "B")
+    held = store.held("A", ("io",))
+    assert [i for i, _ in held] == [mine.id] and held[0][1] == pytest.approx(mine.started_at)
+    assert store.held("nobody", ("io",)) == []
+    assert store.finish(mine, "A", SUCCEEDED, "1", None) is True
+    assert store.held("A", ("io",)) == []

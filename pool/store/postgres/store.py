@@ -266,6 +266,11 @@ class PostgresStore(JobStore):
         return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
             "SELECT id, state, lease_owner, attempts FROM jobs WHERE id = ANY(%s)", (job_ids,)).fetchall())]
 
+    def held(self, owner: str, kinds: tuple[str, ...]) -> list[tuple[str, float]]:
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            f"SELECT id, started_at FROM jobs WHERE lease_owner = %s AND state = '{RUNNING}' AND kind = ANY(%s)",
+            (owner, list(kinds))).fetchall())]
+
     def active_counts(self) -> list[tuple[str, str, int]]:
         return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
             f"SELECT handler, state, count(*) FROM jobs WHERE state IN {ACTIVE_SQL} GROUP BY handler, state").fetchall())]

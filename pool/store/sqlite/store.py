@@ -156,6 +156,12 @@ class SqliteStore(JobStore):
     def holders(self, job_ids: list[str]) -> list[tuple[str, str, str | None, int]]:
         return [tuple(r) for r in self._by_ids("id, state, lease_owner, attempts", job_ids)]
 
+    def held(self, owner: str, kinds: tuple[str, ...]) -> list[tuple[str, float]]:
+        kind_marks = ",".join("?" * len(kinds))
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            f"SELECT id, started_at FROM jobs WHERE lease_owner = ? AND state = '{RUNNING}' AND kind IN ({kind_marks})",
+            (owner, *kinds)).fetchall())]
+
     def active_counts(self) -> list[tuple[str, str, int]]:
         """(handler, state, count) of scheduled, queued and running jobs: reads the active part of the
         state index (and those rows), so the cost does not grow with the finished jobs kept.  (A
