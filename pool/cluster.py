@@ -33,15 +33,13 @@ class ClusterWatch:
         self.rt = runtime
         self.every = every
         self.notify = notify
-        self.listening = False
         self._heard: set[str] = set()
         self._wake = Event()
         self._greenlet = None
 
     def start(self) -> None:
-        if self.notify:
-            self.listening = self.rt.store.listen(self.heard)
-        if self.every > 0 or self.listening:
+        listening = self.notify and self.rt.store.listen(self.heard)
+        if self.every > 0 or listening:
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -69,16 +67,20 @@ class ClusterWatch:
                     last_poll = time.monotonic()
                     self.check()
                 elif "ended" in words:
-                    self.check(running=False)     # jobs end here all the time: only long-polls care
+                    self.check(with_running=False)     # jobs end here all the time: only long-polls care
             except Exception as exc:          # the store is failing: its health says so; try again later
                 log.debug("cluster watch: could not read the ledger (%s)", exc)
             gevent.sleep(self.MIN_GAP)
 
-    def check(self, running: bool = True) -> None:
-        """One look at the ledger for every job waited for (and, with ``running``, running) here."""
+    def check(self, with_running: bool = True) -> None:
+        """One look at the ledger for every job waited for (and, ``with_running``, running) here."""
         rt = self.rt
-        running = rt.io.running_attempts() if running else {}
         waited = rt.waiters.job_ids()
+        running: dict[str, int] = {}
+        if with_running:
+            running = rt.io.running_attempts()      # read anyway: a job stopped below may be waited for
+        else:                                       # io jobs running here wake their own long-polls when they end
+            waited = {job_id for job_id in waited if not rt.io.running(job_id)}
         if not running and not waited:
             return
         ended = []

@@ -138,11 +138,10 @@ class Maintenance(Listener):
         lost = [job_id for job_id, started in rt.store.held(rt.owner, LEASED_KINDS)
                 if (started or 0) < cutoff and not rt.io.running(job_id)]
         if lost:
-            jobs = rt.store.get_many(lost)
-            given = rt.store.requeue(jobs, rt.owner)
+            given = rt.store.requeue(rt.store.get_many(lost), rt.owner)
             log.warning("%d io jobs were leased to this server in the ledger but never started here (a lost answer);"
                         " %d given back to the ledger", len(lost), given)
-            rt.dispatch([j for j in jobs if j.kind in LEASED_KINDS])
+            rt.io.offer(given)
 
     def take_backlog(self) -> None:
         """Count the queued io jobs nobody holds (any server may have added some) and take what fits."""

@@ -269,8 +269,8 @@ class Runtime:
             raise JobNotFound(f"no job with id {job_id!r}")
         if not changed:
             raise JobFinished(f"job {job_id} already ended ({job.state}); nothing to cancel")
-        if job.kind == "io" and self.io.backlog:
-            self.io.backlog -= 1        # it may have waited in the backlog (the next tick's count corrects a guess)
+        if job.kind == self.io.kind:
+            self.io.withdrawn()
         self.listeners.emit(job.state, job)
         return job
 

@@ -107,6 +107,10 @@ class GreenletExecutor:
         self._offered += count
         self._fill()
 
+    def withdrawn(self) -> None:
+        """A job of ours that may have waited in the backlog was cancelled (the next count corrects a guess)."""
+        self.backlog = max(0, self.backlog - 1)
+
     def recount(self) -> None:
         """Count the ledger's backlog again (other servers add to it and take from it)."""
         offered = self._offered
@@ -199,13 +203,18 @@ class GreenletExecutor:
         """
         if run.outcome is not None:
             return False
+        self._settle(run, outcome, kill=from_outside)
+        self._record(run)
+        return True
+
+    @staticmethod
+    def _settle(run: _Run, outcome: Outcome, kill: bool) -> None:
+        """Fix ``run``'s outcome, stop its timer and (``kill``: from outside its greenlet) interrupt it."""
         run.outcome = outcome
         if run.timer is not None:
             run.timer.close()
-        if from_outside and run.greenlet is not None and not run.greenlet.dead:
+        if kill and run.greenlet is not None and not run.greenlet.dead:
             run.greenlet.kill(JobInterrupt, block=False)
-        self._record(run)
-        return True
 
     def _record(self, run: _Run) -> None:
         """Give the slot back (committing is store work, not handler work), then store the outcome."""
@@ -267,11 +276,7 @@ class GreenletExecutor:
         run = self._running.get(job_id)
         if run is None or run.outcome is not None or run.job.attempts != attempt:
             return None
-        run.outcome = outcomes.INTERRUPTED
-        if run.timer is not None:
-            run.timer.close()
-        if run.greenlet is not None and not run.greenlet.dead:
-            run.greenlet.kill(JobInterrupt, block=False)
+        self._settle(run, outcomes.INTERRUPTED, kill=True)
         log.info("job %s (%s): stopped here, %s", job_id, run.job.handler, why)
         self._running.pop(job_id, None)
         run.done.set()
@@ -300,10 +305,6 @@ class GreenletExecutor:
         gevent.joinall([r.greenlet for r in runs if r.greenlet is not None], timeout=grace)
         left = [r for r in self._running.values() if r.outcome is None]
         for run in left:
-            run.outcome = outcomes.INTERRUPTED
-            if run.timer is not None:
-                run.timer.close()
-            if run.greenlet is not None:
-                run.greenlet.kill(JobInterrupt, block=False)
+            self._settle(run, outcomes.INTERRUPTED, kill=True)
         gevent.sleep(0)
         return [r.job for r in left]

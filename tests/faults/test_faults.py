@@ -1,4 +1,5 @@
 """Fault injection with a ledger: kill or stop the server with jobs in flight, restart, count."""
+import collections
 import signal
 import threading
 import time
@@ -25,6 +26,14 @@ def all_terminal(srv, ledger) -> bool:
     return all(states.get(j, {}).get("state") in ("succeeded", "failed", "cancelled") for j in ledger.accepted)
 
 
+def not_terminal(srv, ledger) -> str:
+    """What a failed all_terminal wait leaves: how many jobs of each kind are in which state, and the log's tail."""
+    states = final_states(srv)
+    left = collections.Counter((states.get(j, {}).get("kind"), states.get(j, {}).get("state")) for j in ledger.accepted
+                               if states.get(j, {}).get("state") not in ("succeeded", "failed", "cancelled"))
+    return f"not terminal: {dict(left)}; health {srv.get('/health').text}; log tail:\n{srv.log()[-3000:]}"
+
+
 def test_sigkill_with_io_and_cpu_jobs_in_flight_loses_nothing(make_server, tmp_path, store_backend):
     srv = make_server(app={**APP, **store_backend}, name="kill")
     ledger = Ledger(srv.ini.parent)
@@ -35,7 +44,10 @@ def test_sigkill_with_io_and_cpu_jobs_in_flight_loses_nothing(make_server, tmp_p
     time.sleep(0.3)
     srv.kill()                                  # SIGKILL: no cleanup at all
     srv.start()
-    wait_until(lambda: all_terminal(srv, ledger), 120, interval=0.5, message="every accepted job terminal")
+    try:
+        wait_until(lambda: all_terminal(srv, ledger), 120, interval=0.5, message="every accepted job terminal")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{not_terminal(srv, ledger)}") from None
     report = ledger.report(final_states(srv))
     print({k: len(v) for k, v in report.items()})
     assert not report["lost"] and not report["stuck"] and not report["unexpected"], report
