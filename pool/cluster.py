@@ -1,4 +1,9 @@
-"""What this server learns from the ledger about the others: jobs they ended, cancelled or took over.
+"""What this server learns from the ledger about the others: who they are, and the jobs they ended,
+cancelled or took over.
+
+:class:`Membership` keeps this runtime's row of the servers table (a heartbeat with its load, every
+maintenance tick) and the table as it read it then: what ``/health``, ``/servers``, the dashboard and
+the cluster gauges of ``/metrics`` show, without a ledger read per request.
 
 Servers share one ledger, so a job this one waits for (a long-poll) may end on another, and a job
 running here may be cancelled, or adopted after our lease ran out, by another.  The watch reads
@@ -12,14 +17,73 @@ can be missed (a lost connection, PgBouncer in transaction mode), a poll cannot.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import asdict
+from importlib import metadata
 
 import gevent
 from gevent.event import Event
 
 from greenjobs.pool.job import CANCELLED, RUNNING, TERMINAL
+from greenjobs.pool.owners import HOST
+from greenjobs.pool.store.rows import ServerRecord
 
 log = logging.getLogger(__name__)
+
+#: Seconds after its last heartbeat a server's row is deleted (it is shown as lost until then).
+FORGET_AFTER = 3600.0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("greenjobs")
+    except metadata.PackageNotFoundError:       # run from a checkout that was never installed
+        return "unknown"
+
+
+class Membership:
+    """This runtime's row in the servers table, and the cluster as the table showed it at the last heartbeat.
+
+    A server whose heartbeat is older than the lease (``greenjobs.store.lease_seconds``) is *lost*: by
+    then the others adopt its jobs.  A clean shutdown deletes the row; a lost one stays FORGET_AFTER."""
+
+    def __init__(self, runtime, role: str = "server"):
+        self.rt = runtime
+        self.role = role
+        self.version = _version()
+        self.servers: list[ServerRecord] = []
+
+    def record(self, now: float) -> ServerRecord:
+        """This runtime as a servers row, now."""
+        rt = self.rt
+        pool = rt.io.stats()
+        workers = rt.supervisor.alive() if rt.supervisor is not None else 0
+        return ServerRecord(owner=rt.owner, host=HOST, pid=os.getpid(), role=self.role, version=self.version,
+                            started_at=rt.started_at, heartbeat_at=now, pool_size=pool["size"],
+                            pool_busy=pool["busy"], cpu_workers=workers)
+
+    def beat(self) -> None:
+        """Write our heartbeat (forgetting servers long gone) and read the table."""
+        now = time.time()
+        self.rt.store.beat(self.record(now), forget_before=now - max(FORGET_AFTER, 10 * self.rt.settings.store_lease_seconds))
+        self.servers = self.rt.store.servers()
+
+    def leave(self) -> None:
+        """Delete our row (a clean shutdown: we are gone, not lost)."""
+        self.rt.store.leave(self.rt.owner)
+
+    def view(self) -> list[dict]:
+        """Every server of the last read, with whether it is alive (a heartbeat within the lease) and which is us."""
+        now, lease = time.time(), self.rt.settings.store_lease_seconds
+        return [{**asdict(s), "alive": s.heartbeat_at >= now - lease, "me": s.owner == self.rt.owner,
+                 "heartbeat_age": round(max(0.0, now - s.heartbeat_at), 3)} for s in self.servers]
+
+    def counts(self) -> dict:
+        """How many servers are alive and lost (for /health)."""
+        servers = self.view()
+        alive = sum(1 for s in servers if s["alive"])
+        return {"servers": alive, "lost": len(servers) - alive}
 
 
 class ClusterWatch:

@@ -1,10 +1,10 @@
 """The runtime's background duties, one method each, run by one greenlet on a timer.
 
 Like River's and Oban's maintenance services, each duty is small and named: renew this process's
-leases, record outcomes that failed to commit, give the ledger back the jobs of dead or expired
-runners, count the ledger's backlog and take what fits the free slots, repair
-the cpu outbox, repair missed webhook deliveries, promote scheduled jobs when due, sweep old
-jobs, and the store's own upkeep.  A duty that fails is logged and tried again next tick; it
+leases, write its heartbeat to the servers table, record outcomes that failed to commit, give the
+ledger back the jobs of dead or expired runners, count the ledger's backlog and take what fits the
+free slots, repair the cpu outbox, repair missed webhook deliveries, promote scheduled jobs when
+due, sweep old jobs, and the store's own upkeep.  A duty that fails is logged and tried again next tick; it
 never stops the others.  As a listener, it wakes early for a retry or a job scheduled sooner
 than the next tick.
 """
@@ -90,8 +90,8 @@ class Maintenance(Listener):
                 duties.append(self.renew_leases)
                 last_renew = now
             if tick:
-                duties += [self.record_again, self.adopt_orphans, self.take_backlog, self.requeue_unstarted,
-                           self.repair_outbox, self.repair_callbacks]
+                duties += [self.heartbeat, self.record_again, self.adopt_orphans, self.take_backlog,
+                           self.requeue_unstarted, self.repair_outbox, self.repair_callbacks]
                 last_tick = now
             if self.settings.store_ttl and (self._sweep_behind or now - last_sweep >= self.sweep_every):
                 duties.append(self.sweep)
@@ -110,6 +110,10 @@ class Maintenance(Listener):
     def renew_leases(self) -> None:
         """Extend every lease this runtime holds (one statement)."""
         self.rt.store.renew(self.rt.owner)
+
+    def heartbeat(self) -> None:
+        """Write this runtime's row of the servers table (its load, now) and read the others'."""
+        self.rt.members.beat()
 
     def record_again(self) -> None:
         """Store outcomes whose commit failed earlier (in a greenlet: the store may still be failing)."""

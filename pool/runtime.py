@@ -16,7 +16,7 @@ from typing import Iterable
 
 import gevent
 
-from greenjobs.pool.cluster import ClusterWatch
+from greenjobs.pool.cluster import ClusterWatch, Membership
 from greenjobs.pool.cpu.dispatcher import CpuDispatcher
 from greenjobs.pool.cpu.supervisor import Supervisor
 from greenjobs.pool.errors import BadCursor, JobFinished, JobNotFound, ShuttingDown
@@ -70,7 +70,7 @@ class Progress(Listener):
 class Runtime:
     """Everything that runs jobs in this process."""
 
-    def __init__(self, settings, registry, ini: str | None = None):
+    def __init__(self, settings, registry, ini: str | None = None, role: str = "server"):
         self.settings = settings
         self.registry = registry
         self.owner = owner_id()
@@ -94,8 +94,9 @@ class Runtime:
             if ini and settings.workers_cpu > 0 else None
         self.cpu = CpuDispatcher(settings, self.store, registry, sink, supervisor=self.supervisor)
         self.cluster = ClusterWatch(self, settings.cluster_poll, settings.cluster_notify)
-        self.accepting = False
         self.started_at = time.time()
+        self.members = Membership(self, role)
+        self.accepting = False
 
     def _enqueue(self, jobs: list[Job]) -> None:
         self.io.offer(len(jobs))
@@ -105,6 +106,10 @@ class Runtime:
         """Open the store, adopt what dead runners left, connect the broker, start workers and duties."""
         self.store.open()
         self.maintenance.start()
+        try:
+            self.maintenance.heartbeat()        # in the servers table before the first request
+        except Exception as exc:                # the store is failing: the next tick tries again
+            log.warning("could not write the first heartbeat (%s)", exc)
         self.cluster.start()
         self.cpu.start()
         if self.supervisor is not None:
@@ -135,6 +140,7 @@ class Runtime:
             requeued = self.store.requeue(interrupted, self.owner)
             released = self.store.release(self.owner)
             log.info("shutdown: %d running jobs requeued, %d queued jobs released", requeued, released)
+            self.members.leave()
             self.waiters.wake_all()
             self.events.close()
             # Woken long-polls read the job before they answer: let them, before the store closes (a fixed
@@ -315,4 +321,4 @@ class Runtime:
         store_ok = self.store.ping()
         return {"status": "ok" if store_ok and self.accepting else "unavailable", "accepting": self.accepting,
                 "pool": self.io.stats(), "cpu": self.cpu.stats(), "waiters": self.waiters.count(),
-                "store": {"ok": store_ok, "error": self.store.last_error}}
+                "store": {"ok": store_ok, "error": self.store.last_error}, "cluster": self.members.counts()}

@@ -108,8 +108,14 @@ DOCUMENT = {
                                   **_errors(400, 404)}},
         },
         "/handlers": {"get": {"summary": "Registered handlers", "responses": {"200": {"description": "handlers"}}}},
-        "/health": {"get": {"summary": "Pool and store health",
+        "/health": {"get": {"summary": "Pool and store health; how many servers of the cluster are alive and lost",
                             "responses": {"200": {"description": "healthy"}, "503": {"description": "unhealthy"}}}},
+        "/servers": {"get": {"summary": "Every server and io worker sharing this ledger: host, pid, role, version, "
+                                        "started, last heartbeat, pool size and busy, cpu workers, alive",
+                             "responses": {"200": {"description": "servers", "content": {"application/json": {
+                                 "schema": {"type": "object", "properties": {
+                                     "servers": {"type": "array", "items": {"type": "object"}}}}}}},
+                                 **_errors(401, 403)}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/session": {
             "get": {"summary": "Who this request is (auth on/off, roles, the session's CSRF token)",

@@ -8,6 +8,7 @@ ROUTES = (
     ("batch", "/batches/{id}"),
     ("handlers", "/handlers"),
     ("health", "/health"),
+    ("servers", "/servers"),
     ("openapi", "/openapi.json"),
     ("session", "/session"),
     ("events", "/events"),

@@ -167,3 +167,52 @@ def stop_all(procs) -> None:
             proc.stop(timeout=30)
         except Exception:
             proc.kill()
+
+
+class IoWorkerProcess:
+    """``greenjobs-worker --io config.ini`` as a child process (no HTTP), with its output in ``folder/io-worker.log``."""
+
+    def __init__(self, ini: Path):
+        self.ini = ini
+        self.log_path = ini.parent / "io-worker.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "IoWorkerProcess":
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen([sys.executable, "-m", "greenjobs.pool.cli", "--io", str(self.ini)],
+                                     cwd=self.ini.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the io worker exited with {self.proc.returncode}:\n{self.log()}")
+            if "io worker running io jobs" in self.log():
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"the io worker did not start in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        return self.proc.returncode

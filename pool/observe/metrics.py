@@ -118,6 +118,20 @@ class Collector:
         yield CounterMetricFamily("greenjobs_signal_receiver_errors", "signal receiver calls that raised",
                                   value=rt.signals.failed)
         yield GaugeMetricFamily("greenjobs_store_ok", "1 when the store accepts writes", value=int(rt.store.healthy))
+        # the cluster, from the servers table as of this server's last heartbeat (the same on every server)
+        servers = rt.members.view()
+        alive = [s for s in servers if s["alive"]]
+        family = GaugeMetricFamily("greenjobs_cluster_servers", "servers sharing the ledger, alive (a heartbeat within "
+                                   "the lease) or lost", labels=["state"])
+        family.add_metric(["alive"], len(alive))
+        family.add_metric(["lost"], len(servers) - len(alive))
+        yield family
+        yield GaugeMetricFamily("greenjobs_cluster_pool_size", "io slots of the alive servers together",
+                                value=sum(s["pool_size"] for s in alive))
+        yield GaugeMetricFamily("greenjobs_cluster_pool_busy", "io jobs running on the alive servers together",
+                                value=sum(s["pool_busy"] for s in alive))
+        yield GaugeMetricFamily("greenjobs_cluster_cpu_workers", "cpu worker processes the alive servers supervise",
+                                value=sum(s["cpu_workers"] for s in alive))
         yield CounterMetricFamily("greenjobs_outcomes_rejected", "late outcomes the store refused: their runner no "
                                   "longer held the job (cancelled, or adopted after its lease expired)",
                                   value=rt.sink.rejected)

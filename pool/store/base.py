@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 from greenjobs.pool.job import Job
+from greenjobs.pool.store.rows import ServerRecord
 
 
 class Pending(Protocol):
@@ -124,6 +125,20 @@ class JobStore(ABC):
     @abstractmethod
     def owners(self, me: str) -> list[tuple[str, float]]:
         """Lease owners of active jobs other than ``me``, each with its latest lease expiry."""
+
+    # -- the servers table ----------------------------------------------------------------
+    @abstractmethod
+    def beat(self, server: ServerRecord, forget_before: float) -> None:
+        """Record ``server``'s heartbeat (insert or replace its row) and delete the rows of servers whose last
+        heartbeat is older than ``forget_before`` (epoch seconds), in one transaction."""
+
+    @abstractmethod
+    def servers(self) -> list[ServerRecord]:
+        """Every server in the table, oldest start first."""
+
+    @abstractmethod
+    def leave(self, owner: str) -> None:
+        """Delete ``owner``'s row (a clean shutdown)."""
 
     # -- submission and outcomes ------------------------------------------------------
     @abstractmethod

@@ -6,6 +6,7 @@ writes the same way whichever database holds it; only the SQL dialect differs.
 from __future__ import annotations
 
 import json
+from dataclasses import astuple, dataclass
 from typing import Any
 
 from greenjobs.pool import lifecycle
@@ -20,6 +21,31 @@ SELECT = ", ".join(COLUMNS)
 INSERTED = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
             "attempts", "batch_id", "lease_owner", "lease_expires", "outbox", "created_at", "started_at",
             "callback_url")
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """One runtime of the cluster as the servers table holds it: who it is and how busy, at its last heartbeat."""
+
+    owner: str              # the lease owner id (greenjobs.pool.owners)
+    host: str
+    pid: int
+    role: str               # "server" (HTTP and jobs) or "io-worker" (jobs only)
+    version: str
+    started_at: float
+    heartbeat_at: float
+    pool_size: int
+    pool_busy: int
+    cpu_workers: int        # worker processes it supervises
+
+    def row(self) -> tuple:
+        """The record as a servers row, in SERVER_COLUMNS order."""
+        return astuple(self)
+
+
+#: The servers table's columns, in ServerRecord's order.
+SERVER_COLUMNS = ("owner", "host", "pid", "role", "version", "started_at", "heartbeat_at", "pool_size", "pool_busy",
+                  "cpu_workers")
 
 
 def states(names) -> str:

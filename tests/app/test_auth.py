@@ -32,6 +32,7 @@ EXPECTED = {
     ("job_retry", "POST"): ("admin", 202),
     ("batch", "GET"): ("read", 200),
     ("handlers", "GET"): ("read", 200),
+    ("servers", "GET"): ("read", 200),
     ("events", "GET"): ("read", 200),
     ("metrics", "GET"): ("read", 200),
     ("health", "GET"): (OPEN, 200),

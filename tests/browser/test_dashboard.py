@@ -118,6 +118,12 @@ def test_overview_shows_the_pool_workers_queues_and_live_rates(make_server, brow
     wait(browser, lambda d: float(text(d, "#rate-succeeded")) > 0 and float(text(d, "#rate-failed")) > 0)
     wait(browser, lambda d: text(d, "#pool-busy") == "4", message="3 sleeps and a progress job busy the pool")
 
+    def this_server(d):
+        return js(d, "const r = document.querySelector('#servers tbody tr');"
+                     "return r ? [r.cells[0].textContent.endsWith('(this one)'), r.cells[2].textContent,"
+                     "            r.cells[3].textContent] : null")
+    wait(browser, lambda d: this_server(d) == [True, "alive", "4 / 64"], message="the cluster table, from /servers")
+
     def sleep_running(d):
         return js(d, "for (const tr of document.querySelectorAll('#queues tbody tr'))"
                      "  if (tr.cells[0].textContent === 'sleep') return tr.cells[3].textContent;"

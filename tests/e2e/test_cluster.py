@@ -73,3 +73,33 @@ def test_a_cancel_on_one_server_stops_the_job_where_it_runs(make_server, shared_
     assert "cancelled on another server" in a.log()
     assert a.get(f"/jobs/{job['id']}").json()["state"] in TERMINAL
     assert b.get(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+
+
+def test_every_server_sees_the_cluster_in_the_servers_table(make_server, shared_store):
+    lease = {"greenjobs.store.lease_seconds": 3}
+    a = make_server(app={**BASE, **shared_store, **lease, "greenjobs.pool.size": 7}, name="a")
+    b = make_server(app={**BASE, **shared_store, **lease, "greenjobs.pool.size": 5}, name="b")
+
+    def servers(srv) -> dict:
+        return {s["pid"]: s for s in srv.get("/servers").json()["servers"]}
+
+    pids = {a.proc.pid, b.proc.pid}
+    wait_until(lambda: set(servers(a)) == pids and set(servers(b)) == pids, 20, message="both servers in both views")
+    seen = servers(b)
+    assert seen[a.proc.pid]["pool_size"] == 7 and seen[b.proc.pid]["pool_size"] == 5, seen
+    assert [s["me"] for s in (seen[a.proc.pid], seen[b.proc.pid])] == [False, True]
+    assert all(s["alive"] and s["role"] == "server" and s["version"] for s in seen.values()), seen
+    assert health(a)["cluster"] == {"servers": 2, "lost": 0}
+    metrics = a.get("/metrics").text
+    assert 'greenjobs_cluster_servers{state="alive"} 2.0' in metrics and "greenjobs_cluster_pool_size 12.0" in metrics
+    job = a.submit("e2e.pid", kwargs={"pause": 30})
+    wait_until(lambda: servers(b)[a.proc.pid]["pool_busy"] == 1, 20, message="a's load seen from b")
+    a.delete(f"/jobs/{job['id']}")
+    a.kill()                                      # a crash: its row stays, its heartbeat stops
+    wait_until(lambda: health(b)["cluster"] == {"servers": 1, "lost": 1}, 20, message="a lost")
+    assert servers(b)[a.proc.pid]["alive"] is False
+    c = make_server(app={**BASE, **shared_store, **lease}, name="c")
+    wait_until(lambda: c.proc.pid in servers(b), 20, message="c seen from b")
+    assert c.stop() == 0                          # a clean shutdown deletes its row
+    wait_until(lambda: c.proc.pid not in servers(b), 20, message="c gone from b's view")
+    assert a.proc.pid in servers(b)               # a lost server stays until it is forgotten

@@ -1293,3 +1293,33 @@ def test_held_lists_the_running_jobs_of_the_kinds_asked_leased_to_an_owner(store
     assert store.held("nobody", ("io",)) == []
     assert store.finish(mine, "A", SUCCEEDED, "1", None) is True
     assert store.held("A", ("io",)) == []
+
+
+def server(owner, started, beat, busy=0, role="server"):
+    from greenjobs.pool.store.rows import ServerRecord
+    return ServerRecord(owner=owner, host="h1", pid=4242, role=role, version="0.1.0", started_at=started,
+                        heartbeat_at=beat, pool_size=100, pool_busy=busy, cpu_workers=2)
+
+
+def test_the_servers_table_keeps_one_row_per_server_with_its_last_heartbeat(store):
+    assert store.servers() == []
+    now = time.time()
+    store.beat(server("B", now - 5, now), forget_before=now - 60)
+    store.beat(server("A", now - 10, now, role="io-worker"), forget_before=now - 60)
+    assert [(s.owner, s.role) for s in store.servers()] == [("A", "io-worker"), ("B", "server")]   # oldest first
+    store.beat(server("B", now - 5, now + 1, busy=7), forget_before=now - 60)      # a later beat replaces
+    rows = {s.owner: s for s in store.servers()}
+    assert len(rows) == 2 and rows["B"].pool_busy == 7 and rows["B"].heartbeat_at == pytest.approx(now + 1)
+    assert rows["B"] == server("B", now - 5, now + 1, busy=7)                        # every field round-trips
+    store.leave("A")
+    assert [s.owner for s in store.servers()] == ["B"]
+    store.leave("nobody")                                                           # nothing to delete: no error
+
+
+def test_a_heartbeat_forgets_servers_silent_since_before_its_cutoff(store):
+    now = time.time()
+    store.beat(server("old", now - 100, now - 90), forget_before=now - 1000)
+    store.beat(server("recent", now - 100, now - 10), forget_before=now - 1000)
+    assert len(store.servers()) == 2
+    store.beat(server("me", now, now), forget_before=now - 60)
+    assert [s.owner for s in store.servers()] == ["old", "recent", "me"][1:]

@@ -67,6 +67,11 @@ MIGRATIONS: dict[int, str] = {
     # servers take queued jobs nobody holds, best first, without sorting the whole backlog
     2: "CREATE INDEX IF NOT EXISTS jobs_free ON jobs (kind, priority DESC, seq) WHERE state = 'queued'"
        " AND lease_owner IS NULL;",
+    # the cluster: every runtime's heartbeat and load, for /health, /servers and /metrics
+    3: "CREATE TABLE IF NOT EXISTS servers (owner text PRIMARY KEY, host text NOT NULL, pid integer NOT NULL,"
+       " role text NOT NULL, version text NOT NULL, started_at double precision NOT NULL,"
+       " heartbeat_at double precision NOT NULL, pool_size integer NOT NULL, pool_busy integer NOT NULL,"
+       " cpu_workers integer NOT NULL);",
 }
 CURRENT = max(MIGRATIONS)
 

@@ -23,10 +23,13 @@ from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
 from greenjobs.pool.store.postgres import schema
 from greenjobs.pool.store.postgres.committer import Committer, Swap, json_rows
-from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
+from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
                                        dumps, insert_row, row_to_job)
 
 log = logging.getLogger(__name__)
+_SERVER_SELECT = ", ".join(SERVER_COLUMNS)
+_BEAT = (f"INSERT INTO servers ({_SERVER_SELECT}) VALUES ({', '.join(['%s'] * len(SERVER_COLUMNS))})"
+         " ON CONFLICT (owner) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in SERVER_COLUMNS[1:]))
 
 #: A maintenance tick analyzes the job table when this share of its rows changed since the last analyze
 #: (and at least ANALYZE_MIN_ROWS), at most once per ANALYZE_EVERY seconds.
@@ -279,6 +282,20 @@ class PostgresStore(JobStore):
         return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
             "SELECT lease_owner, max(lease_expires) FROM jobs WHERE lease_owner IS NOT NULL AND lease_owner <> %s"
             f" AND state IN {ACTIVE_SQL} GROUP BY lease_owner", (me,)).fetchall())]
+
+    # -- the servers table ----------------------------------------------------------------
+    def beat(self, server: ServerRecord, forget_before: float) -> None:
+        def write(conn):
+            conn.execute(_BEAT, server.row())
+            conn.execute("DELETE FROM servers WHERE heartbeat_at < %s", (forget_before,))
+        self._db.write(write)
+
+    def servers(self) -> list[ServerRecord]:
+        return [ServerRecord(*r) for r in self._db.read(lambda conn: conn.execute(
+            f"SELECT {_SERVER_SELECT} FROM servers ORDER BY started_at, owner").fetchall())]
+
+    def leave(self, owner: str) -> None:
+        self._db.write(lambda conn: conn.execute("DELETE FROM servers WHERE owner = %s", (owner,)))
 
     # -- submission --------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,

@@ -64,6 +64,10 @@ MIGRATIONS: dict[int, str] = {
     # servers take queued jobs nobody holds, best first, without sorting the whole backlog
     3: "CREATE INDEX IF NOT EXISTS jobs_free ON jobs(kind, priority DESC, seq) WHERE state = 'queued'"
        " AND lease_owner IS NULL",
+    # the cluster: every runtime's heartbeat and load, for /health, /servers and /metrics
+    4: "CREATE TABLE IF NOT EXISTS servers (owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
+       " role TEXT NOT NULL, version TEXT NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,"
+       " pool_size INTEGER NOT NULL, pool_busy INTEGER NOT NULL, cpu_workers INTEGER NOT NULL)",
 }
 CURRENT = max((1, *MIGRATIONS))
 

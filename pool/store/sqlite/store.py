@@ -17,12 +17,14 @@ from greenjobs.pool import lifecycle
 from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
 from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
-from greenjobs.pool.store.rows import (ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL, dumps,
+from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL, dumps,
                                        insert_row, row_to_job)
 from greenjobs.pool.store.sqlite import schema
 from greenjobs.pool.store.sqlite.committer import GroupCommitter
 
 log = logging.getLogger(__name__)
+_SERVER_SELECT = ", ".join(SERVER_COLUMNS)
+_BEAT = f"INSERT OR REPLACE INTO servers ({_SERVER_SELECT}) VALUES ({', '.join('?' * len(SERVER_COLUMNS))})"
 
 
 class SqliteStore(JobStore):
@@ -204,6 +206,20 @@ class SqliteStore(JobStore):
         except StoreUnavailable:
             return False
         return self.healthy
+
+    # -- the servers table ----------------------------------------------------------------
+    def beat(self, server: ServerRecord, forget_before: float) -> None:
+        def write(conn):
+            conn.execute(_BEAT, server.row())
+            conn.execute("DELETE FROM servers WHERE heartbeat_at < ?", (forget_before,))
+        self._db.write(write)
+
+    def servers(self) -> list[ServerRecord]:
+        return [ServerRecord(*r) for r in self._db.read(lambda conn: conn.execute(
+            f"SELECT {_SERVER_SELECT} FROM servers ORDER BY started_at, owner").fetchall())]
+
+    def leave(self, owner: str) -> None:
+        self._db.write(lambda conn: conn.execute("DELETE FROM servers WHERE owner = ?", (owner,)))
 
     # -- writes ----------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,

@@ -473,6 +473,7 @@
       this.cpu = h("div", {class: "stats"});
       this.server = h("dl", {class: "facts"});
       this.queues = h("div", {class: "table-wrap"});
+      this.servers = h("div", {class: "table-wrap"});
       this.feed = h("ol", {class: "feed"});
       put(clear(this.root), [
         pageHeader("Overview", "Live from /events; pool, workers and queues refreshed every 2 s."),
@@ -487,6 +488,7 @@
           card("CPU workers", this.cpu),
           card("Queue depths", this.queues, "wide"),
           card("Server", this.server),
+          card("Cluster", this.servers, "wide"),
           card("Recent events", this.feed, "wide")),
       ]);
       this.renderRates();
@@ -589,6 +591,33 @@
       } catch (error) {
         clear(this.queues).append(h("p", {class: "muted"}, "Queue depths need /metrics: " + error.message));
       }
+      try {
+        this.renderServers((await api.get("/servers")).servers || []);
+      } catch (error) {
+        clear(this.servers).append(h("p", {class: "muted"}, "The cluster needs /servers: " + error.message));
+      }
+    }
+
+    /** Every server sharing the ledger, from its servers table: alive or lost, its load, which one is this. */
+    renderServers(servers) {
+      const body = h("tbody");
+      for (const s of servers) {
+        const size = s.pool_size || 0;
+        body.append(h("tr", {class: s.alive ? null : "lost"},
+          h("td", {class: "mono"}, `${s.host}:${s.pid}` + (s.me ? " (this one)" : "")),
+          h("td", null, String(s.role)),
+          h("td", null, h("span", {class: "badge " + (s.alive ? "ok" : "bad")}, s.alive ? "alive" : "lost")),
+          h("td", {class: "num"}, `${fmtNumber(s.pool_busy)} / ${fmtNumber(size)}`),
+          h("td", {class: "num"}, fmtNumber(s.cpu_workers)),
+          h("td", {class: "num", title: fmtTime(s.heartbeat_at * 1000)}, `${Number(s.heartbeat_age).toFixed(1)} s ago`),
+          h("td", {title: fmtTime(s.started_at * 1000)}, fmtTime(s.started_at * 1000)),
+          h("td", null, String(s.version))));
+      }
+      if (!servers.length) body.append(h("tr", null, h("td", {colspan: 8, class: "muted"}, "No heartbeat yet.")));
+      put(clear(this.servers), [h("table", {class: "table", id: "servers"},
+        h("thead", null, h("tr", null, ...["server", "role", "state", "io busy / size", "cpu workers", "heartbeat",
+          "started", "version"].map((t) => h("th", null, t)))),
+        body)]);
     }
 
     renderPool(pool) {
