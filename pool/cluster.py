@@ -141,21 +141,30 @@ class ClusterWatch:
         rt = self.rt
         waited = rt.waiters.job_ids()
         running: dict[str, int] = {}
+        claims: dict[str, tuple[str, int]] = {}
         if with_running:
             running = rt.io.running_attempts()      # read anyway: a job stopped below may be waited for
+            claims = rt.cpu.running_attempts()      # cpu jobs run by workers under claims we granted
         else:                                       # io jobs running here wake their own long-polls when they end
             waited = {job_id for job_id in waited if not rt.io.running(job_id)}
-        if not running and not waited:
+        if not running and not claims and not waited:
             return
         ended = []
-        for job_id, state, holder, attempts in rt.store.holders(list(running.keys() | waited)):
+        for job_id, state, holder, attempts in rt.store.holders(list(running.keys() | claims.keys() | waited)):
             attempt = running.get(job_id)
             if attempt is not None and (state != RUNNING or holder != rt.owner or attempts != attempt):
-                why = ("cancelled on another server" if state == CANCELLED
-                       else f"it is {state} in the ledger (attempt {attempts}), held by {holder or 'nobody'}:"
-                            " our lease was lost")
-                rt.io.abandon(job_id, attempt, why)
+                rt.io.abandon(job_id, attempt, _why(state, holder, attempts))
+            claim = claims.get(job_id)
+            if claim is not None and (state != RUNNING or holder != claim[0] or attempts != claim[1]):
+                rt.cpu.abandon(job_id, claim[1], _why(state, holder, attempts), stop=state == CANCELLED)
             if job_id in waited and state in TERMINAL:
                 ended.append(job_id)
         for job in rt.store.get_many(ended) if ended else ():
             rt.waiters.job_event(job.state, job)
+
+
+def _why(state: str, holder: str | None, attempts: int) -> str:
+    """Why a job running here is no longer ours to run, for the log."""
+    if state == CANCELLED:
+        return "cancelled on another server"
+    return f"it is {state} in the ledger (attempt {attempts}), held by {holder or 'nobody'}: our lease was lost"

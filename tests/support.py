@@ -169,30 +169,35 @@ def stop_all(procs) -> None:
             proc.kill()
 
 
-class IoWorkerProcess:
-    """``greenjobs-worker --io config.ini`` as a child process (no HTTP), with its output in ``folder/io-worker.log``."""
+class WorkerProcess:
+    """``greenjobs-worker`` as a child process (no HTTP), with its output in ``folder/<mode>-worker.log``:
+    ``mode="io"`` runs ``--io config.ini``; ``mode="cpu"`` supervises ``processes`` cpu workers."""
 
-    def __init__(self, ini: Path):
+    READY = {"io": "io worker running io jobs", "cpu": " consuming "}
+
+    def __init__(self, ini: Path, mode: str = "io", processes: int = 1):
         self.ini = ini
-        self.log_path = ini.parent / "io-worker.log"
+        self.mode = mode
+        self.args = ["--io", str(ini)] if mode == "io" else [str(ini), "--processes", str(processes)]
+        self.log_path = ini.parent / f"{mode}-worker.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "IoWorkerProcess":
+    def start(self, timeout: float = 30.0) -> "WorkerProcess":
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen([sys.executable, "-m", "greenjobs.pool.cli", "--io", str(self.ini)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "greenjobs.pool.cli", *self.args],
                                      cwd=self.ini.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the io worker exited with {self.proc.returncode}:\n{self.log()}")
-            if "io worker running io jobs" in self.log():
+                raise RuntimeError(f"greenjobs-worker exited with {self.proc.returncode}:\n{self.log()}")
+            if self.READY[self.mode] in self.log():
                 return self
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"the io worker did not start in {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"greenjobs-worker did not start in {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         try:

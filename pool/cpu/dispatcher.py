@@ -368,7 +368,7 @@ class CpuDispatcher:
         job, worker, _ = entry
         if not self._conclude(job, worker, outcomes.timed_out(job.timeout, "; its worker was killed")):
             return                  # the result won the race: nothing to stop
-        self._kill(worker)
+        self._stop_worker(worker, job)
 
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a cpu job running on a worker: record it, then kill the worker.  None if not running here."""
@@ -380,13 +380,35 @@ class CpuDispatcher:
             timer.close()
         if not self._conclude(job, worker, outcomes.cancelled()):
             return None
-        self._kill(worker)
+        self._stop_worker(worker, job)
         return job
 
-    def _kill(self, worker: str) -> None:
+    def abandon(self, job_id: str, attempt: int, why: str, stop: bool) -> None:
+        """Forget the claim this server granted for attempt ``attempt`` of a job whose record another server
+        changed; with ``stop`` (it was cancelled there), stop the worker's run as a cancel here would."""
+        entry = self._running.get(job_id)
+        if entry is None or entry[0].attempts != attempt:
+            return
+        job, worker, timer = self._running.pop(job_id)
+        if timer is not None:
+            timer.close()
+        log.info("cpu job %s (%s) on worker %s: %s", job_id, job.handler, worker, why)
+        if stop:
+            self._stop_worker(worker, job)
+
+    def _stop_worker(self, worker: str, job: Job) -> None:
+        """Stop ``worker``'s run of ``job``: SIGKILL it if it is one of ours (its supervisor replaces it),
+        else ask it over its reply queue to leave (a worker on another host, or another server's child)."""
         pid = owner_pid(worker)
-        if pid is None or self.supervisor is None or not self.supervisor.kill(pid):
-            log.warning("cannot kill worker %s (not one of ours); its result will be ignored", worker)
+        if pid is not None and self.supervisor is not None and self.supervisor.kill(pid):
+            return
+        log.info("asking worker %s to stop job %s (attempt %s)", worker, job.id, job.attempts)
+        self._replies.append((broker.reply_queue(self.settings, worker).name,
+                              {"type": "stop", "job": job.id, "attempt": job.attempts}))
+
+    def running_attempts(self) -> dict[str, tuple[str, int]]:
+        """Job id -> (worker, attempt) of the cpu jobs running under claims this server granted."""
+        return {job_id: (worker, job.attempts) for job_id, (job, worker, _) in self._running.items()}
 
     def running(self, job_id: str) -> bool:
         """Whether a worker is running ``job_id`` under a claim this server granted."""

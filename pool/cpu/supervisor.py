@@ -16,6 +16,10 @@ import time
 
 log = logging.getLogger(__name__)
 
+#: The exit code of a worker that left to stop a job it was told to stop (cancelled, or past its time
+#: limit, by a server that does not supervise it): replaced at once, like one we killed.
+EXIT_STOPPED = 3
+
 
 class Supervisor:
     """Keeps ``count`` worker processes running; a crash is restarted with exponential backoff."""
@@ -53,9 +57,9 @@ class Supervisor:
             if self._stop.is_set():
                 break
             self.restarts += 1
-            if proc.pid in self._killed:
+            if proc.pid in self._killed or code == EXIT_STOPPED:
                 self._killed.discard(proc.pid)
-                log.info("worker %s (pid %s) was stopped by the server; replacing it", slot, proc.pid)
+                log.info("worker %s (pid %s) was stopped to stop its job; replacing it", slot, proc.pid)
                 continue
             if time.monotonic() - started > 10:
                 backoff = 0.5

@@ -28,12 +28,14 @@ from contextvars import copy_context
 from kombu import Consumer, Producer
 
 from greenjobs.pool.cpu import broker
+from greenjobs.pool.cpu.supervisor import EXIT_STOPPED
 from greenjobs.pool.context import JobContext, activate, deactivate
 from greenjobs.pool import outcomes
 from greenjobs.pool.job import Job
 from greenjobs.pool.owners import owner_id
 
-log = logging.getLogger(__name__)
+# named, not __name__: run as ``-m greenjobs.pool.cpu.worker`` it would be "__main__", outside the greenjobs logger
+log = logging.getLogger("greenjobs.pool.cpu.worker")
 CLAIM_TIMEOUT = 30.0
 
 
@@ -70,6 +72,7 @@ class Worker:
         self._progress: dict | None = None
         self._unsent: list[dict] = []       # results whose publish failed: sent first on the next connection
         self._broken = False                # the connection failed while a handler was running
+        self._stops: set[tuple] = set()     # (job id, attempt) a server told us to stop
         self.parent: int | None = None      # the supervisor's pid: we leave when it is gone
 
     # -- broker callbacks (run inside drain_events) ---------------------------------------
@@ -77,7 +80,9 @@ class Worker:
         self._jobs.append((body, message))
 
     def _on_reply(self, body, message):
-        if isinstance(body, dict) and isinstance(body.get("corr"), str):
+        if isinstance(body, dict) and body.get("type") == "stop":
+            self._stops.add((body.get("job"), body.get("attempt")))     # checked while the job runs
+        elif isinstance(body, dict) and isinstance(body.get("corr"), str):
             self._replies[body["corr"]] = body
         message.ack()
 
@@ -228,7 +233,9 @@ class Worker:
                 continue             # the connection is gone: let the job finish, report it on the next one
             try:
                 if thread.is_alive():
-                    self._drain(0)   # read heartbeats without waiting
+                    self._drain(0)   # read heartbeats (and stop requests) without waiting
+                if (job.id, job.attempts) in self._stops:
+                    self._leave_to_stop(job)
                 if self._progress is not None:
                     progress, self._progress = self._progress, None
                     self._publish({"type": "progress", "job": job.id, "worker": self.id, "progress": progress})
@@ -237,10 +244,22 @@ class Worker:
                     raise
                 log.warning("worker %s: broker connection lost while job %s runs (%s)", self.id, job.id, exc)
                 self._broken = True
+        self._stops.clear()
         if "exc" in box:
             return outcomes.to_message(outcomes.from_exception(box["exc"], handler, box["tb"]))
         value = box.get("result")
         return outcomes.to_message(outcomes.succeeded(value, self.settings.job_max_result_bytes), value)
+
+
+    def _leave_to_stop(self, job: Job) -> None:
+        """A server asked us to stop this attempt (cancelled or timed out, and we are not its child to kill):
+        a thread cannot be stopped, so the process exits at once.  The job's message was never acked: the
+        broker delivers it again and the next claim is refused, because the ledger already ended it."""
+        log.warning("worker %s: job %s (attempt %s) was stopped by a server; leaving so it stops (a fresh worker"
+                    " takes this one's place)", self.id, job.id, job.attempts)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_STOPPED)
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ import pytest
 
 from tests.e2e.helpers import wait_until
 from tests.e2e.test_cluster import BASE, health, shared_store  # noqa: F401 (a fixture)
-from tests.support import IoWorkerProcess, write_ini
+from tests.support import WorkerProcess, write_ini
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def make_io_worker(tmp_path, shared_store):  # noqa: F811
 
     def make():
         ini = write_ini(tmp_path / f"worker{len(started)}", {**BASE, **shared_store, "greenjobs.pool.size": 50})
-        worker = IoWorkerProcess(ini).start()
+        worker = WorkerProcess(ini, mode="io").start()
         started.append(worker)
         return worker
 
