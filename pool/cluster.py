@@ -61,13 +61,41 @@ class Membership:
         workers = rt.supervisor.alive() if rt.supervisor is not None else 0
         return ServerRecord(owner=rt.owner, host=HOST, pid=os.getpid(), role=self.role, version=self.version,
                             started_at=rt.started_at, heartbeat_at=now, pool_size=pool["size"],
-                            pool_busy=pool["busy"], cpu_workers=workers)
+                            pool_busy=pool["busy"], cpu_workers=workers, streams=rt.events.subscribers)
 
     def beat(self) -> None:
         """Write our heartbeat (forgetting servers long gone) and read the table."""
         now = time.time()
-        self.rt.store.beat(self.record(now), forget_before=now - max(FORGET_AFTER, 10 * self.rt.settings.store_lease_seconds))
+        forget = now - max(FORGET_AFTER, 10 * self.rt.settings.store_lease_seconds)
+        self.rt.store.beat(self.record(now), forget_before=forget)
         self.servers = self.rt.store.servers()
+        if self.rt.shared_events is not None:
+            self.rt.shared_events.observe(self.view())
+
+    def await_others(self, timeout: float) -> bool:
+        """Beat now, then wait until every other alive server has beaten twice more: each beat is followed by
+        a read of the table, so by then each has read ours (and acted on it: started writing events for our
+        new stream).  Compared per server with its own earlier values, so clocks need not agree.  False if
+        some server did not beat within ``timeout`` seconds."""
+        self.beat()
+        first = {s["owner"]: s["heartbeat_at"] for s in self.view() if s["alive"] and not s["me"]}
+        seen: dict[str, set] = {owner: {beat} for owner, beat in first.items()}
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = [owner for owner, beats in seen.items() if len(beats) < 3]
+            if not waiting:
+                return True
+            if time.monotonic() > deadline:
+                log.warning("event stream: %d servers did not answer in %.1f s; their first events may be missing"
+                            " from it", len(waiting), timeout)
+                return False
+            gevent.sleep(0.05)
+            rows = {s.owner: s.heartbeat_at for s in self.rt.store.servers()}
+            for owner in waiting:
+                if owner not in rows:           # it left: nothing to wait for
+                    seen[owner] |= {-1.0, -2.0}
+                else:
+                    seen[owner].add(rows[owner])
 
     def leave(self) -> None:
         """Delete our row (a clean shutdown: we are gone, not lost)."""
@@ -112,7 +140,14 @@ class ClusterWatch:
             self._greenlet = None
 
     def heard(self, words: set[str]) -> None:
-        """The store heard a commit that queued ("queued"), ended ("ended") or cancelled ("cancelled") jobs."""
+        """The store heard a commit that queued ("queued"), ended ("ended") or cancelled ("cancelled") jobs, or
+        added to the shared event log ("events")."""
+        if "events" in words:
+            if self.rt.shared_events is not None:
+                self.rt.shared_events.heard()
+            words = words - {"events"}
+            if not words:
+                return
         self._heard |= words
         self._wake.set()
 

@@ -3,8 +3,9 @@
 Like River's and Oban's maintenance services, each duty is small and named: renew this process's
 leases, write its heartbeat to the servers table, record outcomes that failed to commit, give the
 ledger back the jobs of dead or expired runners, count the ledger's backlog and take what fits the
-free slots, repair the cpu outbox, repair missed webhook deliveries, promote scheduled jobs when
-due, sweep old jobs, and the store's own upkeep.  A duty that fails is logged and tried again next tick; it
+free slots, repair the cpu outbox, repair missed webhook deliveries, take over this host's cpu
+workers when their supervisor is gone, promote scheduled jobs when due, sweep old jobs, and the
+store's own upkeep.  A duty that fails is logged and tried again next tick; it
 never stops the others.  As a listener, it wakes early for a retry or a job scheduled sooner
 than the next tick.
 """
@@ -29,6 +30,8 @@ SWEEP_EVERY = 60.0
 #: Jobs deleted per sweep transaction, and seconds of sweeping per tick.
 SWEEP_BATCH = 5000
 SWEEP_BUDGET = 0.5
+#: Seconds every event stays in the ledger's events table, however many came after it.
+EVENTS_KEPT = 10.0
 #: Seconds after its start an io job leased to us in the ledger but not running here is given back.
 UNSTARTED_AFTER = 10.0
 
@@ -91,7 +94,9 @@ class Maintenance(Listener):
                 last_renew = now
             if tick:
                 duties += [self.heartbeat, self.record_again, self.adopt_orphans, self.take_backlog,
-                           self.requeue_unstarted, self.repair_outbox, self.repair_callbacks]
+                           self.requeue_unstarted, self.repair_outbox, self.repair_callbacks, self.supervise_workers]
+                if self.rt.shared_events is not None:
+                    duties.append(self.prune_events)
                 last_tick = now
             if self.settings.store_ttl and (self._sweep_behind or now - last_sweep >= self.sweep_every):
                 duties.append(self.sweep)
@@ -114,6 +119,15 @@ class Maintenance(Listener):
     def heartbeat(self) -> None:
         """Write this runtime's row of the servers table (its load, now) and read the others'."""
         self.rt.members.beat()
+
+    def prune_events(self) -> None:
+        """Keep the newest greenjobs.events.replay events of the ledger's events table (what a stream can resume
+        in), and every event of the last EVENTS_KEPT seconds (what a server's reader may not have read yet)."""
+        self.rt.store.prune_events(self.settings.events_replay, before=time.time() - EVENTS_KEPT)
+
+    def supervise_workers(self) -> None:
+        """Take over this host's cpu workers of our ini if the process that supervised them stopped or died."""
+        self.rt.supervise()
 
     def record_again(self) -> None:
         """Store outcomes whose commit failed earlier (in a greenlet: the store may still be failing)."""

@@ -18,14 +18,14 @@ import gevent
 
 from greenjobs.pool.cluster import ClusterWatch, Membership
 from greenjobs.pool.cpu.dispatcher import CpuDispatcher
-from greenjobs.pool.cpu.supervisor import Supervisor
+from greenjobs.pool.cpu.supervisor import HostLock, Supervisor
 from greenjobs.pool.errors import BadCursor, JobFinished, JobNotFound, ShuttingDown
 from greenjobs.pool.io.executor import GreenletExecutor
 from greenjobs.pool.job import CANCELLED, RUNNING, SCHEDULED, TERMINAL, Job
 from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST, Backoff
 from greenjobs.pool.listeners import Listener, Listeners, Sink
 from greenjobs.pool.maintenance import Maintenance
-from greenjobs.pool.observe.events import EventLog
+from greenjobs.pool.observe.events import EventLog, SharedEvents
 from greenjobs.pool.observe.metrics import JobMetrics
 from greenjobs.pool.observe.signals import SignalSender
 from greenjobs.pool.observe.webhooks import Webhooks
@@ -92,10 +92,14 @@ class Runtime:
         # cpu jobs never run here: they go to worker processes over the broker
         self.supervisor = Supervisor(ini, settings.workers_cpu, grace=settings.shutdown_grace) \
             if ini and settings.workers_cpu > 0 else None
+        self.host_lock = HostLock(ini) if self.supervisor is not None else None    # started by supervise()
+        self._told_holder = False
         self.cpu = CpuDispatcher(settings, self.store, registry, sink, supervisor=self.supervisor)
         self.cluster = ClusterWatch(self, settings.cluster_poll, settings.cluster_notify)
         self.started_at = time.time()
         self.members = Membership(self, role)
+        self.shared_events = SharedEvents(self.events, self.store, settings.cluster_poll, self.members.await_others) \
+            if settings.events_shared else None
         self.accepting = False
 
     def _enqueue(self, jobs: list[Job]) -> None:
@@ -105,6 +109,8 @@ class Runtime:
     def start(self) -> "Runtime":
         """Open the store, adopt what dead runners left, connect the broker, start workers and duties."""
         self.store.open()
+        if self.shared_events is not None:
+            self.shared_events.start()          # before the first job event (adoption below)
         self.maintenance.start()
         try:
             self.maintenance.heartbeat()        # in the servers table before the first request
@@ -112,8 +118,7 @@ class Runtime:
             log.warning("could not write the first heartbeat (%s)", exc)
         self.cluster.start()
         self.cpu.start()
-        if self.supervisor is not None:
-            self.supervisor.start()
+        self.supervise()
         self.accepting = True
         # Thousands of jobs in flight are tens of thousands of young objects (jobs, greenlets, events);
         # with the default threshold (700) the cyclic collector runs every few jobs and rescans them.
@@ -123,6 +128,23 @@ class Runtime:
         log.info("greenjobs runtime started as %s (store %s)", self.owner, self.store.where)
         return self
 
+    def supervise(self) -> bool:
+        """Start the cpu workers unless another process of this ini on this host supervises them (gunicorn
+        -w N); called again every maintenance tick, so one of them takes over when the holder stops or dies."""
+        lock = self.host_lock
+        if lock is None or lock.held:
+            return lock is not None
+        if not lock.acquire():
+            if not self._told_holder:
+                self._told_holder = True
+                log.info("the cpu workers of %s on this host are supervised by pid %s: this process starts none,"
+                         " and takes over if that one stops", lock.ini, lock.holder() or "?")
+            return False
+        self.supervisor.start()
+        log.info("supervising %d cpu workers for %s (every other process of this ini on this host starts none)",
+                 self.supervisor.count, lock.ini)
+        return True
+
     def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let running jobs finish for ``grace`` seconds, requeue the rest, close."""
         if not self.accepting and not self.maintenance.running:
@@ -131,10 +153,12 @@ class Runtime:
         grace = self.settings.shutdown_grace if grace is None else grace
         self.maintenance.stop()
         self.cluster.stop()
-        stopping_workers = gevent.spawn(self.supervisor.stop) if self.supervisor is not None else None
+        supervising = self.host_lock is not None and self.host_lock.held
+        stopping_workers = gevent.spawn(self.supervisor.stop) if supervising else None
         interrupted = self.io.shutdown(grace)
         if stopping_workers is not None:
             stopping_workers.join()
+            self.host_lock.release()
         self.cpu.stop()
         try:
             requeued = self.store.requeue(interrupted, self.owner)
@@ -142,6 +166,8 @@ class Runtime:
             log.info("shutdown: %d running jobs requeued, %d queued jobs released", requeued, released)
             self.members.leave()
             self.waiters.wake_all()
+            if self.shared_events is not None:
+                self.shared_events.stop()
             self.events.close()
             # Woken long-polls read the job before they answer: let them, before the store closes (a fixed
             # 50 ms was not enough on a loaded machine, and a read cut off by close() never answered).

@@ -255,6 +255,9 @@ TABLE = (
     Setting("greenjobs.webhooks.timeout", as_float(0.1, 300.0), 10.0, "seconds one webhook delivery may take"),
     Setting("greenjobs.events.replay", as_int(100, 1_000_000), 50_000,
             "recent lifecycle events kept for GET /events (Last-Event-ID resumes within them)"),
+    Setting("greenjobs.events.shared", as_bool, True,
+            "GET /events on every server shows every server's events in one order (through the ledger's events"
+            " table); false: each server streams its own"),
     Setting("greenjobs.events.heartbeat", as_float(0.5, 3600.0), 15.0,
             "seconds between heartbeat comments on an idle event stream"),
     Setting("greenjobs.events.max_lag", as_float(0.1, 3600.0), 10.0,

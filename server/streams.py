@@ -73,13 +73,13 @@ def events(request):
     sock = request.environ.get("greenjobs.socket")
 
     def stream():
-        log.subscribers += 1
+        log.subscribe()                         # with a shared log: every server writes its events from here on
         writing = False
         if sock is not None:
             sock.settimeout(STALLED)            # a client that takes nothing for this long is dropped
         try:
+            cursor = log.last_id                # "from now" is before the client sees the first byte
             yield b"retry: 2000\n\n"
-            cursor = log.last_id
             if last is not None and last <= log.last_id:
                 new, gap = log.since(last)
                 if gap:
@@ -151,7 +151,7 @@ def events(request):
                 log.dropped += 1
             raise
         finally:
-            log.subscribers -= 1
+            log.unsubscribe()
 
     response = Response(app_iter=stream(), content_type="text/event-stream", charset="utf-8")
     response.headers["Cache-Control"] = "no-cache"

@@ -6,11 +6,14 @@ each watcher is a greenlet) and in ``greenjobs-worker`` (plain threads).
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -110,3 +113,50 @@ class Supervisor:
         while not self._stop.wait(1.0):
             pass
         self.stop()
+
+
+class HostLock:
+    """One set of cpu workers per ini per host, however many processes serve that ini (``gunicorn -w N``,
+    several ``pserve`` of one file): the process holding an flock on a file named for the ini supervises
+    them.  The kernel releases the lock when its holder dies, however it dies, so another process of
+    that ini takes over at its next maintenance tick (its workers, children of the dead one, die with it)."""
+
+    def __init__(self, ini: str):
+        digest = hashlib.sha256(os.path.abspath(ini).encode()).hexdigest()[:16]
+        self.path = os.path.join(tempfile.gettempdir(), f"greenjobs-cpu-workers-{digest}.lock")
+        self.ini = os.path.abspath(ini)
+        self._fh = None
+
+    @property
+    def held(self) -> bool:
+        return self._fh is not None
+
+    def acquire(self) -> bool:
+        """Take the lock if nobody holds it (never waits); True if this process holds it now."""
+        if self._fh is not None:
+            return True
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            return False
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()} {self.ini}\n")
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def holder(self) -> str:
+        """The pid that holds the lock, as its file says ('' if it cannot be read)."""
+        try:
+            with open(self.path) as fh:
+                return fh.read().split(" ", 1)[0]
+        except OSError:
+            return ""
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()            # closing the file releases the flock
+            self._fh = None

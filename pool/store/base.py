@@ -140,6 +140,28 @@ class JobStore(ABC):
     def leave(self, owner: str) -> None:
         """Delete ``owner``'s row (a clean shutdown)."""
 
+    # -- the shared event log ------------------------------------------------------------
+    @abstractmethod
+    def add_events(self, events: list[tuple[float, str]]) -> None:
+        """Append lifecycle events, each (epoch seconds, its JSON), in order; each gets the next sequence
+        number.  Not durable: an event lost to a crash only leaves a gap a stream's reader skips."""
+
+    @abstractmethod
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, float, str]]:
+        """(seq, at, JSON) of up to ``limit`` events with a sequence number above ``seq``, in order.
+
+        On a database with concurrent writers a number may show up after a higher one (its
+        transaction committed later): readers wait a moment at a hole before skipping it."""
+
+    @abstractmethod
+    def last_event_seq(self) -> int:
+        """The highest sequence number given so far (0 for none)."""
+
+    @abstractmethod
+    def prune_events(self, keep: int, before: float) -> int:
+        """Delete the events that are older than ``before`` (epoch seconds) and not among the newest ``keep``;
+        returns how many went."""
+
     # -- submission and outcomes ------------------------------------------------------
     @abstractmethod
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,

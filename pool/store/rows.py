@@ -37,6 +37,7 @@ class ServerRecord:
     pool_size: int
     pool_busy: int
     cpu_workers: int        # worker processes it supervises
+    streams: int = 0        # open GET /events streams (every server writes events to the ledger while any are)
 
     def row(self) -> tuple:
         """The record as a servers row, in SERVER_COLUMNS order."""
@@ -45,7 +46,7 @@ class ServerRecord:
 
 #: The servers table's columns, in ServerRecord's order.
 SERVER_COLUMNS = ("owner", "host", "pid", "role", "version", "started_at", "heartbeat_at", "pool_size", "pool_busy",
-                  "cpu_workers")
+                  "cpu_workers", "streams")
 
 
 def states(names) -> str:

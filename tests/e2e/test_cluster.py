@@ -103,3 +103,30 @@ def test_every_server_sees_the_cluster_in_the_servers_table(make_server, shared_
     assert c.stop() == 0                          # a clean shutdown deletes its row
     wait_until(lambda: c.proc.pid not in servers(b), 20, message="c gone from b's view")
     assert a.proc.pid in servers(b)               # a lost server stays until it is forgotten
+
+
+def test_an_event_stream_on_any_server_shows_every_servers_events_in_one_order(make_server, shared_store):
+    from tests.e2e.test_events import SSE
+    a = make_server(app={**BASE, **shared_store}, name="a")
+    b = make_server(app={**BASE, **shared_store}, name="b")
+    on_b = SSE(b.url)
+    try:
+        job = a.submit("e2e.pid", kwargs={"pause": 0.2})             # runs on a: b never holds it
+        seen = on_b.wait_job(job["id"], "succeeded", timeout=30)
+        assert [e["event"] for e in seen] == ["submitted", "started", "succeeded"], seen
+        assert seen[-1]["data"]["state"] == "succeeded"
+        ids = [int(e["id"]) for e in seen]
+        assert ids == sorted(ids) and len(set(ids)) == 3
+        # one order: a stream on a, resumed after b's first id, replays the same events with the same ids
+        on_a = SSE(a.url, headers={"Last-Event-ID": str(ids[0] - 1)})
+        try:
+            replay = on_a.wait_job(job["id"], "succeeded", timeout=30)
+            assert [int(e["id"]) for e in replay] == ids
+            assert not [f for f in on_a.frames if f["event"] == "reset"], on_a.frames[:3]
+        finally:
+            on_a.close()
+        other = b.submit("e2e.pid")                                   # and b's own events, after a's
+        later = on_b.wait_job(other["id"], "succeeded", timeout=30)
+        assert int(later[0]["id"]) > ids[-1]
+    finally:
+        on_b.close()

@@ -1323,3 +1323,22 @@ def test_a_heartbeat_forgets_servers_silent_since_before_its_cutoff(store):
     assert len(store.servers()) == 2
     store.beat(server("me", now, now), forget_before=now - 60)
     assert [s.owner for s in store.servers()] == ["old", "recent", "me"][1:]
+
+
+def test_the_event_log_numbers_events_in_order_and_never_reuses_a_number(store):
+    assert store.last_event_seq() == 0 and store.events_after(0, 10) == []
+    store.add_events([(1.0, '{"event":"submitted"}'), (2.0, '{"event":"started"}')])
+    store.add_events([])                                                       # nothing to write: no error
+    store.add_events([(3.0, '{"event":"succeeded"}')])
+    rows = store.events_after(0, 10)
+    assert [body for _, _, body in rows] == ['{"event":"submitted"}', '{"event":"started"}', '{"event":"succeeded"}']
+    seqs = [seq for seq, _, _ in rows]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3 and store.last_event_seq() == seqs[-1]
+    assert [at for _, at, _ in rows] == [1.0, 2.0, 3.0]
+    assert store.events_after(seqs[0], 1) == [rows[1]]                        # after a number, at most limit
+    assert store.prune_events(keep=1, before=1.5) == 1                        # only what is old enough goes
+    assert store.prune_events(keep=1, before=10.0) == 1
+    assert store.events_after(0, 10) == [rows[2]]
+    store.add_events([(4.0, '{"event":"next"}')])
+    assert store.events_after(seqs[-1], 10)[0][0] > seqs[-1]                  # numbering goes on after a prune
+    assert store.prune_events(keep=10, before=10.0) == 0

@@ -71,7 +71,10 @@ MIGRATIONS: dict[int, str] = {
     3: "CREATE TABLE IF NOT EXISTS servers (owner text PRIMARY KEY, host text NOT NULL, pid integer NOT NULL,"
        " role text NOT NULL, version text NOT NULL, started_at double precision NOT NULL,"
        " heartbeat_at double precision NOT NULL, pool_size integer NOT NULL, pool_busy integer NOT NULL,"
-       " cpu_workers integer NOT NULL);",
+       " cpu_workers integer NOT NULL, streams integer NOT NULL DEFAULT 0);",
+    # every server's lifecycle events in one order, for GET /events on any of them
+    4: "CREATE TABLE IF NOT EXISTS events (seq bigserial PRIMARY KEY, at double precision NOT NULL,"
+       " body text NOT NULL);",
 }
 CURRENT = max(MIGRATIONS)
 

@@ -283,6 +283,24 @@ class PostgresStore(JobStore):
             "SELECT lease_owner, max(lease_expires) FROM jobs WHERE lease_owner IS NOT NULL AND lease_owner <> %s"
             f" AND state IN {ACTIVE_SQL} GROUP BY lease_owner", (me,)).fetchall())]
 
+    # -- the shared event log ------------------------------------------------------------
+    def add_events(self, events: list[tuple[float, str]]) -> None:
+        if events:
+            self._db.write(lambda conn: conn.cursor().executemany("INSERT INTO events (at, body) VALUES (%s, %s)", events), notify="events")
+
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, float, str]]:
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            "SELECT seq, at, body FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (seq, limit)).fetchall())]
+
+    def last_event_seq(self) -> int:
+        row = self._db.read(lambda conn: conn.execute("SELECT last_value FROM events_seq_seq WHERE is_called").fetchone())
+        return int(row[0]) if row else 0
+
+    def prune_events(self, keep: int, before: float) -> int:
+        return self._db.write(lambda conn: conn.execute(
+            "DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - %s AND at < %s",
+            (keep, before)).rowcount)
+
     # -- the servers table ----------------------------------------------------------------
     def beat(self, server: ServerRecord, forget_before: float) -> None:
         def write(conn):

@@ -67,7 +67,12 @@ MIGRATIONS: dict[int, str] = {
     # the cluster: every runtime's heartbeat and load, for /health, /servers and /metrics
     4: "CREATE TABLE IF NOT EXISTS servers (owner TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL,"
        " role TEXT NOT NULL, version TEXT NOT NULL, started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,"
-       " pool_size INTEGER NOT NULL, pool_busy INTEGER NOT NULL, cpu_workers INTEGER NOT NULL)",
+       " pool_size INTEGER NOT NULL, pool_busy INTEGER NOT NULL, cpu_workers INTEGER NOT NULL,"
+       " streams INTEGER NOT NULL DEFAULT 0)",
+    # every server's lifecycle events in one order, for GET /events on any of them (AUTOINCREMENT: a
+    # sequence number is never reused after a prune, so a client's Last-Event-ID keeps its meaning)
+    5: "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
+       " body TEXT NOT NULL)",
 }
 CURRENT = max((1, *MIGRATIONS))
 

@@ -207,6 +207,24 @@ class SqliteStore(JobStore):
             return False
         return self.healthy
 
+    # -- the shared event log ------------------------------------------------------------
+    def add_events(self, events: list[tuple[float, str]]) -> None:
+        if events:
+            self._db.write(lambda conn: conn.executemany("INSERT INTO events (at, body) VALUES (?, ?)", events))
+
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, float, str]]:
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            "SELECT seq, at, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall())]
+
+    def last_event_seq(self) -> int:
+        row = self._db.read(lambda conn: conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone())
+        return int(row[0]) if row else 0
+
+    def prune_events(self, keep: int, before: float) -> int:
+        return self._db.write(lambda conn: conn.execute(
+            "DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ? AND at < ?",
+            (keep, before)).rowcount)
+
     # -- the servers table ----------------------------------------------------------------
     def beat(self, server: ServerRecord, forget_before: float) -> None:
         def write(conn):
