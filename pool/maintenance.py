@@ -49,6 +49,7 @@ class Maintenance(Listener):
         self._sweep_behind = False
         self._wake = gevent.event.Event()
         self._next_due = math.inf          # epoch seconds of the earliest scheduled job we know of
+        self._dead: list[str] = []          # lease owners adopt_orphans found dead this tick
 
     # -- as a listener: wake for scheduled jobs -----------------------------------------
     def job_event(self, name: str, job: Job) -> None:
@@ -142,6 +143,7 @@ class Maintenance(Listener):
         again (or given up as worker_lost), and one whose message was lost is repaired by the outbox."""
         store, me = self.rt.store, self.rt.owner
         dead = [owner for owner, _ in store.owners(me) if owner_is_dead(owner, me)]
+        self._dead = dead                       # repair_outbox requeues the cpu jobs of dead workers among them
         jobs = store.adopt(me, dead, LEASED_KINDS)
         if jobs:
             log.info("adopted %d jobs of dead or expired runners: queued again for any server", len(jobs))
@@ -166,8 +168,12 @@ class Maintenance(Listener):
         self.rt.io.poll()
 
     def repair_outbox(self) -> None:
-        """Requeue cpu jobs whose worker vanished past their lease, and publish what the broker never confirmed."""
-        self.rt.cpu.publish(self.rt.store.requeue_stale_cpu())
+        """Requeue cpu jobs whose worker vanished past their lease or died on this host, and publish what the
+        broker never confirmed.  A dead worker's message is usually delivered again anyway; but when a copy of
+        it (republished from the outbox) was skipped and acked while that worker still ran, nothing else would
+        ever run the job before the lease (its timeout) ran out."""
+        self.rt.cpu.publish(self.rt.store.requeue_stale_cpu(self._dead))
+        self._dead = []
         self.rt.cpu.republish_outbox()
 
     def repair_callbacks(self) -> None:

@@ -256,8 +256,9 @@ class JobStore(ABC):
         ("go", job) leased to ``worker``, ("skip", job or None) or ("lost", job) failed."""
 
     @abstractmethod
-    def requeue_stale_cpu(self) -> list[Job]:
-        """Running published jobs whose lease ran out: queued again and back in the outbox."""
+    def requeue_stale_cpu(self, dead_workers: Iterable[str] = ()) -> list[Job]:
+        """Running published jobs whose lease ran out, or whose worker is one of ``dead_workers``: queued
+        again and back in the outbox."""
 
     # -- webhooks ------------------------------------------------------------------------
     @abstractmethod

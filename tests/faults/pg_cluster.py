@@ -23,11 +23,15 @@ def _bin(name: str) -> str | None:
 
 
 class PgCluster:
-    def __init__(self, folder: Path):
+    """``listen``: the address it binds (a test's own address on a namespace bridge, or loopback); clients
+    of that address's /16 are trusted."""
+
+    def __init__(self, folder: Path, listen: str = "127.0.0.1"):
         self.folder = folder
         self.data = folder / "pg"
         self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.listen = listen
+        self.url = f"postgresql://postgres@{listen}:{self.port}/postgres"
 
     @staticmethod
     def available() -> bool:
@@ -42,11 +46,15 @@ class PgCluster:
         shutil.chown(self.folder, "postgres", "postgres")
         os.chmod(self.folder, 0o700)
         self._as_postgres(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        if self.listen != "127.0.0.1":
+            net = ".".join(self.listen.split(".")[:2]) + ".0.0/16"
+            with open(self.data / "pg_hba.conf", "a") as fh:
+                fh.write(f"host all all {net} trust\n")
         return self.start()
 
     def start(self) -> "PgCluster":
         self._as_postgres(_bin("pg_ctl"), "-D", str(self.data), "-o",
-                          f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=on",
+                          f"-p {self.port} -k {self.folder} -c listen_addresses={self.listen} -c fsync=on",
                           "-l", str(self.folder / "log"), "-w", "start")
         return self
 

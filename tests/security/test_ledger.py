@@ -1,6 +1,7 @@
 """A ledger whose write-ahead log was damaged on disk stops pserve with one line, instead of starting
 with jobs silently gone (issue 12 finding 10)."""
 import shutil
+import struct
 
 import pytest
 
@@ -26,7 +27,10 @@ def test_pserve_refuses_a_damaged_ledger_with_one_line(make_server, tmp_path):
         store.close()
     wal = target.parent / "greenjobs.sqlite-wal"
     data = bytearray(wal.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    # break the checksum of a frame in the middle (its page bytes might be free space, zeros already)
+    page_size = struct.unpack(">I", data[8:12])[0]
+    frame = 32 + ((len(data) - 32) // (24 + page_size) // 2) * (24 + page_size)
+    data[frame + 16:frame + 24] = bytes(b ^ 0xFF for b in data[frame + 16:frame + 24])
     wal.write_bytes(bytes(data))
     with pytest.raises(RuntimeError) as failed:
         srv.start(timeout=20)

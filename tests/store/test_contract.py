@@ -1103,6 +1103,10 @@ def test_requeue_stale_cpu_requeues_and_republishes_only_expired_cpu_runs(make_s
     assert s.get(fresh.id).state == RUNNING and lease_of(s, fresh.id).owner == "w2"
     assert s.get(io_running.id).state == RUNNING and s.get(queued.id).state == QUEUED
     assert s.requeue_stale_cpu() == []
+    assert s.requeue_stale_cpu(["w9"]) == []                      # another worker's death changes nothing
+    back = s.requeue_stale_cpu(["w2"])                            # its worker died: at once, lease or not
+    assert ids(back) == [fresh.id] and s.get(fresh.id).state == QUEUED
+    assert s.get(io_running.id).state == RUNNING
 
 
 def test_a_judge_that_raises_fails_only_its_own_claim(make_store):

@@ -535,11 +535,11 @@ class PostgresStore(JobStore):
             return "skip", job
         return self._db.write(op)
 
-    def requeue_stale_cpu(self) -> list[Job]:
+    def requeue_stale_cpu(self, dead_workers: Iterable[str] = ()) -> list[Job]:
         return self._write_returning(
             f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL, outbox = 1"
-            f" WHERE state = '{RUNNING}' AND kind IN {PUBLISHED_SQL} AND lease_expires < %s RETURNING {SELECT}",
-            (time.time(),))
+            f" WHERE state = '{RUNNING}' AND kind IN {PUBLISHED_SQL}"
+            f" AND (lease_expires < %s OR lease_owner = ANY(%s)) RETURNING {SELECT}", (time.time(), list(dead_workers)))
 
     # -- webhooks ------------------------------------------------------------------------
     def add_delivery(self, job_id: str, delivery: Job, url: str, owner: str) -> bool:

@@ -527,12 +527,14 @@ class SqliteStore(JobStore):
             return "skip", job
         return self._db.write(op)
 
-    def requeue_stale_cpu(self) -> list[Job]:
-        """Running published (cpu) jobs whose lease ran out (worker gone, message lost): queued and to republish."""
-        now = time.time()
+    def requeue_stale_cpu(self, dead_workers: Iterable[str] = ()) -> list[Job]:
+        """Running published (cpu) jobs whose lease ran out or whose worker is dead: queued and to republish."""
+        dead = list(dead_workers)
+        marks = ",".join("?" * len(dead)) or "NULL"
         return self._write_returning(
             f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL, outbox = 1"
-            f" WHERE state = '{RUNNING}' AND kind IN {PUBLISHED_SQL} AND lease_expires < ? RETURNING {SELECT}", (now,))
+            f" WHERE state = '{RUNNING}' AND kind IN {PUBLISHED_SQL}"
+            f" AND (lease_expires < ? OR lease_owner IN ({marks})) RETURNING {SELECT}", (time.time(), *dead))
 
     def set_progress(self, job_id: str, progress: dict) -> None:
         """Record progress without waiting: coalesced, only the latest value per job is written."""
