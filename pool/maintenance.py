@@ -30,6 +30,8 @@ SWEEP_EVERY = 60.0
 #: Jobs deleted per sweep transaction, and seconds of sweeping per tick.
 SWEEP_BATCH = 5000
 SWEEP_BUDGET = 0.5
+#: Seconds a dead worker on this host may still hold a running cpu job before the job is requeued.
+STRANDED_AFTER = 30.0
 #: Seconds every event stays in the ledger's events table, however many came after it.
 EVENTS_KEPT = 10.0
 #: Seconds after its start an io job leased to us in the ledger but not running here is given back.
@@ -49,7 +51,7 @@ class Maintenance(Listener):
         self._sweep_behind = False
         self._wake = gevent.event.Event()
         self._next_due = math.inf          # epoch seconds of the earliest scheduled job we know of
-        self._dead: list[str] = []          # lease owners adopt_orphans found dead this tick
+        self._dead_since: dict[str, float] = {}     # lease owner found dead -> since when (monotonic)
 
     # -- as a listener: wake for scheduled jobs -----------------------------------------
     def job_event(self, name: str, job: Job) -> None:
@@ -143,7 +145,8 @@ class Maintenance(Listener):
         again (or given up as worker_lost), and one whose message was lost is repaired by the outbox."""
         store, me = self.rt.store, self.rt.owner
         dead = [owner for owner, _ in store.owners(me) if owner_is_dead(owner, me)]
-        self._dead = dead                       # repair_outbox requeues the cpu jobs of dead workers among them
+        now = time.monotonic()
+        self._dead_since = {owner: self._dead_since.get(owner, now) for owner in dead}
         jobs = store.adopt(me, dead, LEASED_KINDS)
         if jobs:
             log.info("adopted %d jobs of dead or expired runners: queued again for any server", len(jobs))
@@ -168,12 +171,16 @@ class Maintenance(Listener):
         self.rt.io.poll()
 
     def repair_outbox(self) -> None:
-        """Requeue cpu jobs whose worker vanished past their lease or died on this host, and publish what the
-        broker never confirmed.  A dead worker's message is usually delivered again anyway; but when a copy of
-        it (republished from the outbox) was skipped and acked while that worker still ran, nothing else would
-        ever run the job before the lease (its timeout) ran out."""
-        self.rt.cpu.publish(self.rt.store.requeue_stale_cpu(self._dead))
-        self._dead = []
+        """Requeue cpu jobs whose worker vanished past their lease, or died on this host STRANDED_AFTER seconds
+        ago and still holds them; publish what the broker never confirmed.
+
+        A dead worker's message is delivered again and claimed by another worker within moments (which
+        counts the redelivery: a job that kills its workers ends worker_lost).  A job still held by a worker
+        dead that long has no message left: a copy republished from the outbox was skipped and acked while
+        that worker still ran.  Without this it would wait for its lease (its timeout) to run out."""
+        now = time.monotonic()
+        stranded = [owner for owner, since in self._dead_since.items() if now - since > STRANDED_AFTER]
+        self.rt.cpu.publish(self.rt.store.requeue_stale_cpu(stranded))
         self.rt.cpu.republish_outbox()
 
     def repair_callbacks(self) -> None:

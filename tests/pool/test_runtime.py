@@ -216,3 +216,29 @@ def test_a_job_leased_to_us_in_the_ledger_but_never_started_here_is_given_back_a
     done = rt.wait(lost.id, 10)
     assert (done.state, done.attempts) == ("succeeded", 1)     # the lost attempt was undone, then it ran here
     assert rt.store.get(fresh.id).state == RUNNING             # too recent to be judged lost
+
+
+def test_a_cpu_job_still_held_by_a_dead_worker_after_a_while_is_requeued_and_republished(make_runtime, monkeypatch):
+    """A worker on this host died holding a running cpu job, and no message of the job is left to redeliver: once
+    the worker has been dead STRANDED_AFTER seconds, the job goes back to the outbox (not before: a redelivery
+    claimed by another worker within that time counts against a poison job)."""
+    import socket
+    import time
+
+    from greenjobs.pool import maintenance
+    from greenjobs.pool.lifecycle import Verdict
+    rt = make_runtime(workers__cpu=0)
+    job = submit(rt, "cpu.pbkdf2", kwargs={"iterations": 1})
+    rt.store.flush()
+    dead = f"{socket.gethostname()}:999999999:1:dead"           # a pid that cannot exist on this host
+    go = lambda job, lease: Verdict("go", lease_until=time.time() + 3600)      # noqa: E731
+    assert rt.store.claim_for_worker(job.id, dead, go)[0] == "go"
+    published = []
+    monkeypatch.setattr(rt.cpu, "publish", lambda jobs: published.extend(j.id for j in jobs))
+    rt.maintenance.adopt_orphans()
+    rt.maintenance.repair_outbox()
+    assert rt.store.get(job.id).state == "running" and published == []         # dead, but only just
+    monkeypatch.setattr(maintenance, "STRANDED_AFTER", 0.0)
+    rt.maintenance.adopt_orphans()
+    rt.maintenance.repair_outbox()
+    assert rt.store.get(job.id).state == "queued" and job.id in published
