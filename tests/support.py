@@ -74,7 +74,44 @@ def write_ini(folder: Path, app: dict | None = None, server: dict | None = None,
     return path
 
 
-class ServerProcess:
+class ChildProcess:
+    """A process a test started (``proc``), with its output in ``log_path``: read the log, signal, kill, stop."""
+
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
+        return self.proc.returncode
+
+
+class ServerProcess(ChildProcess):
     """``pserve config.ini`` as a child process, with its output in ``folder/server.log``."""
 
     def __init__(self, ini: Path):
@@ -108,36 +145,10 @@ class ServerProcess:
         self.kill()
         raise RuntimeError(f"pserve did not become healthy in {timeout} s:\n{self.log()}")
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def signal(self, signum: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup at all, as in a crash."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                raise
+        code = super().stop(timeout)
         self.http.close()
-        return self.proc.returncode
+        return code
 
     # -- small HTTP conveniences -------------------------------------------------------
     def post(self, path: str, body, **kw) -> requests.Response:
@@ -169,7 +180,7 @@ def stop_all(procs) -> None:
             proc.kill()
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """``greenjobs-worker`` as a child process (no HTTP), with its output in ``folder/<mode>-worker.log``:
     ``mode="io"`` runs ``--io config.ini``; ``mode="cpu"`` supervises ``processes`` cpu workers."""
 
@@ -198,26 +209,3 @@ class WorkerProcess:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"greenjobs-worker did not start in {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                raise
-        return self.proc.returncode

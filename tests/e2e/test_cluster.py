@@ -76,7 +76,9 @@ def test_a_cancel_on_one_server_stops_the_job_where_it_runs(make_server, shared_
 
 
 def test_every_server_sees_the_cluster_in_the_servers_table(make_server, shared_store):
-    lease = {"greenjobs.store.lease_seconds": 3}
+    # short enough to see a crash soon, long enough that a loaded machine never lets a live server's lease
+    # (renewed every lease/3) run out, which would move its running job to the other server
+    lease = {"greenjobs.store.lease_seconds": 6}
     a = make_server(app={**BASE, **shared_store, **lease, "greenjobs.pool.size": 7}, name="a")
     b = make_server(app={**BASE, **shared_store, **lease, "greenjobs.pool.size": 5}, name="b")
 

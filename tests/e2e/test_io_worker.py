@@ -50,7 +50,7 @@ def test_an_io_worker_runs_what_the_server_has_no_slot_for(make_server, make_io_
 
 
 def test_a_killed_io_worker_leaves_its_running_jobs_to_the_server(make_server, make_io_worker, shared_store):
-    srv = make_server(app={**BASE, **shared_store, "greenjobs.pool.size": 1, "greenjobs.store.lease_seconds": 3})
+    srv = make_server(app={**BASE, **shared_store, "greenjobs.pool.size": 1, "greenjobs.store.lease_seconds": 6})
     blocker = srv.submit("e2e.pid", kwargs={"pause": 60})      # the server's one slot
     wait_until(lambda: health(srv)["pool"]["busy"] == 1, 20, message="the server's slot busy")
     worker = make_io_worker()
