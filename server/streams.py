@@ -73,10 +73,10 @@ def events(request):
     sock = request.environ.get("greenjobs.socket")
 
     def stream():
-        log.subscribe()                         # with a shared log: every server writes its events from here on
         writing = False
         if sock is not None:
             sock.settimeout(STALLED)            # a client that takes nothing for this long is dropped
+        log.subscribe()                         # with a shared log: every server writes its events from here on
         try:
             cursor = log.last_id                # "from now" is before the client sees the first byte
             yield b"retry: 2000\n\n"

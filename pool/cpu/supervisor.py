@@ -129,13 +129,19 @@ class HostLock:
 
     @property
     def held(self) -> bool:
-        return self._fh is not None
+        return self._fh is not None             # False (no file to lock) counts as held
 
     def acquire(self) -> bool:
         """Take the lock if nobody holds it (never waits); True if this process holds it now."""
         if self._fh is not None:
             return True
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as exc:      # e.g. another user's file in a sticky /tmp: supervise, as without a lock
+            log.warning("cannot open %s (%s): starting this process's cpu workers without the host lock",
+                        self.path, exc)
+            self._fh = False
+            return True
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -157,6 +163,6 @@ class HostLock:
             return ""
 
     def release(self) -> None:
-        if self._fh is not None:
+        if self._fh:
             self._fh.close()            # closing the file releases the flock
-            self._fh = None
+        self._fh = None

@@ -20,6 +20,7 @@ import time
 
 import gevent
 from gevent.event import Event
+from gevent.lock import RLock
 
 from greenjobs.pool.job import EVENTS, Job, iso
 from greenjobs.pool.listeners import Listener
@@ -131,7 +132,11 @@ class EventLog(Listener):
         """A stream opens (before it reads ``last_id``): a shared log catches up with the ledger first."""
         self.subscribers += 1
         if self.shared is not None:
-            self.shared.catch_up()
+            try:
+                self.shared.catch_up()
+            except BaseException:               # the ledger failed: this stream never opened
+                self.subscribers -= 1
+                raise
 
     def unsubscribe(self) -> None:
         self.subscribers -= 1
@@ -193,6 +198,7 @@ class SharedEvents:
         self.others = others
         self._wanted_until = 0.0                # monotonic: write events until then (streams open somewhere)
         self._opening: Event | None = None      # set when the stream that made the others write may go on
+        self._reading = RLock()                 # one read of the table into the ring at a time
         self.cursor = 0                         # the last sequence number read into the ring
         self.lost = 0                           # events dropped unwritten (the store failed too long)
         self._pending: collections.deque[JobEvent] = collections.deque()
@@ -210,7 +216,8 @@ class SharedEvents:
         self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._tail_loop)]
 
     def stop(self) -> None:
-        """Write what is pending (a clean shutdown loses no event), then stop."""
+        """Write what is pending (a clean shutdown loses no event), then stop; later events stay local."""
+        self.log.shared = None
         gevent.killall(self._greenlets)
         try:
             self._write()
@@ -259,14 +266,15 @@ class SharedEvents:
                 self._opening = None
         if self._idle:
             self._idle = False
-            start = self.store.last_event_seq() - self.log.size
-            if start > self.cursor:             # the ring is too far behind: start afresh, newer than it
-                self.log._ring.clear()
-                self.cursor = start
-            self.log._next = max(self.log._next, self.cursor + 1)
-            self._hole = None
-            while self._read_once() and self._hole is None:
-                pass
+            with self._reading:
+                start = self.store.last_event_seq() - self.log.size
+                if start > self.cursor:         # the ring is too far behind: start afresh, newer than it
+                    self.log._ring.clear()
+                    self.cursor = start
+                self.log._next = max(self.log._next, self.cursor + 1)
+                self._hole = None
+                while self._read_locked() and self._hole is None:
+                    pass
         self._read.set()                        # the tailer polls again while streams are open
 
     # -- the two greenlets --------------------------------------------------------------
@@ -312,7 +320,12 @@ class SharedEvents:
                 gevent.sleep(self.RETRY if self._hole else 0.002)
 
     def _read_once(self) -> bool:
-        """Read what follows the cursor into the ring; True if there is more to read (a full read, a hole)."""
+        """Read what follows the cursor into the ring (one reader at a time: the tailer, or a stream catching
+        up); True if there is more to read (a full read, a hole)."""
+        with self._reading:
+            return self._read_locked()
+
+    def _read_locked(self) -> bool:
         limit = max(1, min(self.READ_MAX, self.log.size // 4))   # a read never overruns a stream keeping up
         rows = self.store.events_after(self.cursor, limit)
         expected = self.cursor + 1
@@ -323,8 +336,7 @@ class SharedEvents:
                     self._hole = (expected, now)
                 if now - self._hole[1] < self.HOLE_WAIT:
                     return True                 # wait for it: it may commit in a moment
-                # never committed, or pruned before we read it: streams that had not passed it must be told
-                self.log._ring.clear()
+                # never committed (a PostgreSQL number burned by a failed write), or pruned before we read it
             self._hole = None
             self.log._push(JobEvent.stored(seq, at, body))
             self.log._next = seq + 1
