@@ -51,6 +51,13 @@ def free_port() -> int:
     raise RuntimeError(f"no free test port in {PORTS}")
 
 
+def child_env() -> dict:
+    """The environment of a process a test starts: unbuffered output, and the repo importable (the test-only
+    handler and probe modules live in tests/)."""
+    return dict(os.environ, PYTHONUNBUFFERED="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+
+
 def write_ini(folder: Path, app: dict | None = None, server: dict | None = None,
               replace_server: bool = False) -> Path:
     """A copy of the project's config.ini in ``folder`` with overrides; returns its path.
@@ -127,8 +134,7 @@ class ServerProcess(ChildProcess):
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         log = open(self.log_path, "ab")
         # the test-only handler and probe modules live in tests/, so make the repo importable
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = child_env()
         self.proc = subprocess.Popen([sys.executable, "-m", "pyramid.scripts.pserve", str(self.ini)],
                                      cwd=self.ini.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -195,8 +201,7 @@ class WorkerProcess(ChildProcess):
 
     def start(self, timeout: float = 30.0) -> "WorkerProcess":
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = child_env()
         self.proc = subprocess.Popen([sys.executable, "-m", "greenjobs.pool.cli", *self.args],
                                      cwd=self.ini.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

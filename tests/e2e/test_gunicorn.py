@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.e2e.helpers import E2E_HANDLERS, QUICK_STOP, wait_until
-from tests.support import ROOT, free_port, write_ini
+from tests.support import child_env, free_port, write_ini
 
 pytest.importorskip("gunicorn")
 
@@ -23,8 +23,7 @@ class Gunicorn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ini.parent / "gunicorn.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = child_env()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
                                           "--paste", str(ini), "-b", f"127.0.0.1:{self.port}",

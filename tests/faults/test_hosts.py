@@ -8,7 +8,6 @@ another server adopted; and every accepted job ends once (at-least-once: an adop
 its result is the adopter's).  Each prints the failover time it measured."""
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import requests
 from tests.e2e.helpers import E2E_HANDLERS, wait_until
 from tests.faults import netns
 from tests.faults.pg_cluster import PgCluster
-from tests.support import ROOT, free_port, write_ini
+from tests.support import child_env, free_port, write_ini
 
 LEASE = 4.0
 TOKEN = "lab-token-0123456789abcdef"
@@ -43,8 +42,7 @@ class LabServer:
                              server={"host": host.address, "port": self.port})
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {TOKEN}"
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = child_env()
         with open(self.ini.parent / "server.log", "ab") as log:
             self.proc = host.run([sys.executable, "-m", "pyramid.scripts.pserve", str(self.ini)], self.ini.parent,
                                  log, env)
