@@ -1,5 +1,6 @@
-"""Handlers for fault tests: every start and every completion is appended to ``<ini folder>/executions.log``
-(one short line per write, O_APPEND, so lines from the server and from worker processes never interleave)."""
+"""Handlers for fault tests: every start and every completion is appended to ``<ini folder>/executions.log``,
+or to the file ``$GREENJOBS_TEST_EXECUTIONS`` names (one log for several hosts, each with its own ini folder);
+one short line per write, O_APPEND, so lines from the server and from worker processes never interleave."""
 import os
 import time
 
@@ -8,7 +9,8 @@ from greenjobs import current_job, handler
 
 def _record(event: str) -> None:
     line = f"{current_job.id} {current_job.attempt} {event} {os.getpid()}\n".encode()
-    fd = os.open(os.path.join(current_job.settings.here, "executions.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    path = os.environ.get("GREENJOBS_TEST_EXECUTIONS") or os.path.join(current_job.settings.here, "executions.log")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, line)
     finally:

@@ -28,6 +28,17 @@ class Ledger:
                 runs[job_id][event] += 1
         return runs
 
+    def done_by(self) -> collections.Counter:
+        """Completions per process id (which server or worker ran the jobs)."""
+        pids: collections.Counter = collections.Counter()
+        path = self.folder / "executions.log"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                _job, _attempt, event, pid = line.split()
+                if event == "done":
+                    pids[int(pid)] += 1
+        return pids
+
     def report(self, final: dict[str, dict]) -> dict[str, set[str]]:
         """``final``: job id -> job as GET /jobs shows it at the end.
 

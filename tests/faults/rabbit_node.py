@@ -48,9 +48,9 @@ def find_script(name: str) -> str | None:
 
 
 
-def _amqp_answers(port: int) -> bool:
+def _amqp_answers(address: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
+        with socket.create_connection((address, port), timeout=1):
             return True
     except OSError:
         return False
@@ -59,7 +59,9 @@ def _amqp_answers(port: int) -> bool:
 class RabbitNode:
     """One private RabbitMQ node in ``folder``: ``start()``, ``stop()``, ``kill()``, ``wait_ready()``, ``close()``."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, listen: str = "127.0.0.1"):
+        """``listen``: the address AMQP is served on (loopback, or a test lab's services address; then the
+        guest user may log in from the lab's hosts, which are not loopback)."""
         self.server_script = find_script("rabbitmq-server")
         self.ctl_script = find_script("rabbitmqctl")
         if self.server_script is None or self.ctl_script is None:
@@ -70,7 +72,8 @@ class RabbitNode:
         while self.dist_port == self.port:
             self.dist_port = free_port()
         self.node = f"gjtest-{secrets.token_hex(4)}@localhost"
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.listen = listen
+        self.url = f"amqp://guest:guest@{listen}:{self.port}//"
         self.proc: subprocess.Popen | None = None
         self.log_path = self.folder / "node.out"
         home = self.folder / "home"
@@ -83,14 +86,14 @@ class RabbitNode:
         (self.folder / "enabled_plugins").write_text("[].\n")      # no management plugin (port 15672)
         (self.folder / "rabbitmq-env.conf").write_text("")         # not /etc/rabbitmq/rabbitmq-env.conf
         (self.folder / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
-            "loopback_users.guest = true\n"
+            f"listeners.tcp.local = {listen}:{self.port}\n"
+            f"loopback_users.guest = {'true' if listen.startswith('127.') else 'false'}\n"
             "disk_free_limit.absolute = 10MB\n")
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
             "HOME": str(home),                          # the Erlang cookie of this node and of rabbitmqctl
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_IP_ADDRESS": listen,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
@@ -125,7 +128,7 @@ class RabbitNode:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"rabbitmq-server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if _amqp_answers(self.port):
+            if _amqp_answers(self.listen, self.port):
                 try:
                     with Connection(self.url, connect_timeout=2) as conn:
                         conn.connect()
@@ -168,7 +171,7 @@ class RabbitNode:
             pass
         self._kill_group()
         deadline = time.monotonic() + 10
-        while _amqp_answers(self.port) and time.monotonic() < deadline:
+        while _amqp_answers(self.listen, self.port) and time.monotonic() < deadline:
             time.sleep(0.05)
         return pid
 

@@ -8,6 +8,7 @@ another server adopted; and every accepted job ends once (at-least-once: an adop
 its result is the adopter's).  Each prints the failover time it measured."""
 from __future__ import annotations
 
+import configparser
 import signal
 import sys
 import tempfile
@@ -19,12 +20,15 @@ import requests
 
 from tests.e2e.helpers import E2E_HANDLERS, wait_until
 from tests.faults import netns
+from tests.faults.ledger import Ledger
 from tests.faults.pg_cluster import PgCluster
+from tests.faults.rabbit_node import RabbitNode, find_script
 from tests.support import child_env, free_port, write_ini
 
 LEASE = 4.0
 TOKEN = "lab-token-0123456789abcdef"
-APP = {**E2E_HANDLERS, "greenjobs.workers.cpu": 0, "greenjobs.store.lease_seconds": LEASE,
+HANDLERS = {"greenjobs.handlers": E2E_HANDLERS["greenjobs.handlers"] + " tests.faults.fault_handlers"}
+APP = {**HANDLERS, "greenjobs.workers.cpu": 0, "greenjobs.store.lease_seconds": LEASE,
        "greenjobs.shutdown.grace": 0.5, "greenjobs.auth.tokens": f"{TOKEN}:admin", "greenjobs.pool.size": 200}
 
 pytestmark = pytest.mark.skipif(not netns.available() or not PgCluster.available(),
@@ -34,15 +38,15 @@ pytestmark = pytest.mark.skipif(not netns.available() or not PgCluster.available
 class LabServer:
     """pserve on a lab host, reached at the host's address with the lab's token."""
 
-    def __init__(self, host: netns.Host, folder, store_url: str):
+    def __init__(self, host: netns.Host, folder, store_url: str, app: dict | None = None, env: dict | None = None):
         self.host = host
         self.port = free_port()
         self.url = f"http://{host.address}:{self.port}"
-        self.ini = write_ini(folder / host.name, {**APP, "greenjobs.store.url": store_url},
+        self.ini = write_ini(folder / host.name, {**APP, "greenjobs.store.url": store_url, **(app or {})},
                              server={"host": host.address, "port": self.port})
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {TOKEN}"
-        env = child_env()
+        env = {**child_env(), **(env or {})}
         with open(self.ini.parent / "server.log", "ab") as log:
             self.proc = host.run([sys.executable, "-m", "pyramid.scripts.pserve", str(self.ini)], self.ini.parent,
                                  log, env)
@@ -70,15 +74,56 @@ class LabServer:
         return self.http.get(self.url + path, timeout=timeout)
 
     def batch(self, n: int, pause: float) -> list[str]:
-        response = self.post("/jobs/batch", {"jobs": [{"handler": "e2e.pid", "kwargs": {"pause": pause}}] * n})
+        return self.submit([{"handler": "e2e.pid", "kwargs": {"pause": pause}}] * n)["ids"]
+
+    def submit(self, specs: list[dict]) -> dict:
+        """POST /jobs/batch: the answer's body (ids, batch id)."""
+        response = self.post("/jobs/batch", {"jobs": specs})
         assert response.status_code == 202, response.text
-        return response.json()["ids"]
+        return response.json()
+
+    def wait_batch(self, batch_id: str, timeout: float) -> dict:
+        """GET /batches/{id}?wait= until it is done (or ``timeout``); its last counts."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.get(f"/batches/{batch_id}?wait=20", timeout=40).json()
+            if info["done"] or time.monotonic() > deadline:
+                return info
 
     def metric(self, name: str) -> float:
         for line in self.get("/metrics").text.splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
         return 0.0
+
+
+class LabWorker:
+    """``greenjobs-worker config.ini`` (cpu worker processes under a supervisor) on a lab host.  Its ini has
+    the broker's URL and no store: a worker host needs no database credentials, and never opens a store."""
+
+    def __init__(self, host: netns.Host, folder, broker_url: str, processes: int, env: dict | None = None):
+        self.host = host
+        ini = write_ini(folder / host.name, {**HANDLERS, "greenjobs.broker.url": broker_url})
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str
+        parser.read(ini)
+        del parser["app:main"]["greenjobs.store.url"]
+        with open(ini, "w") as fh:
+            parser.write(fh)
+        self.folder = ini.parent
+        with open(self.folder / "worker.log", "ab") as log:
+            self.proc = host.run([sys.executable, "-m", "greenjobs.pool.cli", str(ini), "--processes", str(processes)],
+                                 self.folder, log, {**child_env(), **(env or {})})
+        wait_until(lambda: self.log().count(" consuming ") >= processes, 60, message=f"the workers on {host.name}")
+
+    def log(self) -> str:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"greenjobs-worker on {self.host.name} exited:\n"
+                               + (self.folder / "worker.log").read_text(errors="replace"))
+        return (self.folder / "worker.log").read_text(errors="replace")
+
+    def opened_a_store(self) -> bool:
+        return any(self.folder.rglob("*.sqlite*"))
 
 
 @pytest.fixture
@@ -95,8 +140,23 @@ def lab(tmp_path):
         pg.destroy()
 
 
-def servers(lab, tmp_path, *names) -> list[LabServer]:
-    return [LabServer(lab.host(name), tmp_path, lab.pg.url) for name in names]
+@pytest.fixture
+def rabbit_lab(lab, tmp_path):
+    """The lab with a private RabbitMQ node on its services address too (``lab.rabbit``)."""
+    if find_script("rabbitmq-server") is None:
+        pytest.skip("needs rabbitmq-server")
+    node = RabbitNode(tmp_path / "rabbit", listen=lab.services)
+    try:
+        node.start()
+        lab.rabbit = node
+        yield lab
+    finally:
+        lab.close()                 # the hosts first: nothing left to reconnect to the node as it stops
+        node.close()
+
+
+def servers(lab, tmp_path, *names, **kw) -> list[LabServer]:
+    return [LabServer(lab.host(name), tmp_path, lab.pg.url, **kw) for name in names]
 
 
 def jobs(srv: LabServer, ids: list[str]) -> dict[str, dict]:
@@ -120,25 +180,76 @@ def wait_all_succeeded(srv: LabServer, ids: list[str], timeout: float) -> dict[s
         time.sleep(0.5)
 
 
-def test_a_killed_host_s_jobs_are_finished_by_the_others_after_the_lease(lab, tmp_path):
-    a, b, c = servers(lab, tmp_path, "ha", "hb", "hc")
+def cluster(lab, tmp_path, names, processes=2):
+    """Servers on hosts ``names`` and a worker host ``hw`` with ``processes`` cpu workers, on the lab's
+    PostgreSQL and RabbitMQ, every run logged to one executions log; returns (servers, worker, ledger)."""
+    env = {"GREENJOBS_TEST_EXECUTIONS": str(tmp_path / "executions.log")}
+    srvs = servers(lab, tmp_path, *names, app={"greenjobs.broker.url": lab.rabbit.url, "greenjobs.pool.size": 400},
+                   env=env)
+    worker = LabWorker(lab.host("hw"), tmp_path, lab.rabbit.url, processes, env=env)
+    return srvs, worker, Ledger(tmp_path)
+
+
+def test_30000_jobs_round_robin_on_3_servers_each_complete_once(rabbit_lab, tmp_path):
+    srvs, worker, ledger = cluster(rabbit_lab, tmp_path, ["ha", "hb", "hc"])
+    specs = [{"handler": "fault.io", "kwargs": {"seconds": 0}}] * 450 + \
+            [{"handler": "fault.cpu", "kwargs": {"seconds": 0}}] * 50
+    started = time.monotonic()
+    batches = []
+    for i in range(60):                             # 27,000 io + 3,000 cpu jobs, one batch to each server in turn
+        srv = srvs[i % 3]
+        answer = srv.submit(specs)
+        ledger.accepted.update(answer["ids"])
+        batches.append((srv, answer["batch"], answer["ids"]))
+    submitted = time.monotonic() - started
+    for srv, batch_id, ids in batches:
+        info = srv.wait_batch(batch_id, 300)
+        assert info["done"] and info["counts"]["succeeded"] == len(ids), info
+    elapsed = time.monotonic() - started
+    final = {job_id: {"state": "succeeded"} for _, _, ids in batches for job_id in ids}
+    report = ledger.report(final)
+    done_by = ledger.done_by()
+    print(f"\n[30,000 round-robin] submitted in {submitted:.1f} s, all succeeded {elapsed:.1f} s after the first; "
+          f"completions per server {[done_by[s.pid] for s in srvs]}, on the worker host "
+          f"{sum(done_by.values()) - sum(done_by[s.pid] for s in srvs)}")
+    assert len(ledger.accepted) == 30_000
+    assert report == {"lost": set(), "stuck": set(), "duplicated": set(), "unexpected": set()}, \
+        {k: len(v) for k, v in report.items()}
+    assert sum(done_by.values()) == 30_000          # no fault: every job ran to its end exactly once
+    assert all(done_by[s.pid] >= 1000 for s in srvs), done_by        # each server ran a share of the io jobs
+    assert sum(done_by[s.pid] for s in srvs) == 27_000               # and the cpu jobs ran on the worker host
+    assert not worker.opened_a_store()
+
+
+def test_a_killed_host_s_jobs_are_finished_by_the_others_after_the_lease(rabbit_lab, tmp_path):
+    (a, b, c), worker, ledger = cluster(rabbit_lab, tmp_path, ["ha", "hb", "hc"])
+    cpu = a.submit([{"handler": "fault.cpu", "kwargs": {"seconds": 0.1}}] * 100)["ids"]
+    ledger.accepted.update(cpu)
     ids = []
-    for srv in (a, b, c, a, b, c):                   # 600 jobs round-robin: each server runs its share
+    for srv in (a, b, c) * 3 + (a,):                # 1,000 io jobs round-robin: each server runs its share
         ids += srv.batch(100, pause=3.0)
-    wait_until(lambda: a.get("/health").json()["pool"]["busy"] >= 150, 30, message="a running its share")
+    wait_until(lambda: a.get("/health").json()["pool"]["busy"] >= 300, 30, message="a running its share")
+    cpu_left = sum(1 for j in jobs(b, cpu).values() if j["state"] != "succeeded")
     killed_at = time.monotonic()
     a.host.signal_all(signal.SIGKILL)                # the whole host: every process, no cleanup
     done = wait_all_succeeded(b, ids, LEASE + 60)
     failover = time.monotonic() - killed_at
+    cpu_done = wait_all_succeeded(c, cpu, 60)
+    cpu_failover = time.monotonic() - killed_at
     ran_by = [j["result"] for j in done.values()]
     adopted = [j for j in done.values() if j["attempts"] == 2]
-    print(f"\n[host killed] {len(ids)} jobs, {len(adopted)} adopted from the dead host; all done "
-          f"{failover:.1f} s after the kill (lease {LEASE} s, jobs of 3 s)")
+    print(f"\n[host killed] {len(ids)} io jobs, {len(adopted)} adopted from the dead host; all done "
+          f"{failover:.1f} s after the kill (lease {LEASE} s, jobs of 3 s); {cpu_left} of 100 cpu jobs "
+          f"(0.1 s each, 2 worker processes) were left at the kill, all done {cpu_failover:.1f} s after it")
     assert set(ran_by) <= {b.pid, c.pid} | {a.pid}
     assert ran_by.count(b.pid) > 0 and ran_by.count(c.pid) > 0
-    assert len(adopted) >= 150 and all(j["result"] in (b.pid, c.pid) for j in adopted)
+    assert len(adopted) >= 300 and all(j["result"] in (b.pid, c.pid) for j in adopted)
     assert all(j["attempts"] in (1, 2) for j in done.values())
     assert failover < LEASE + 3.0 + 30, failover     # lease + one job + a generous margin for a loaded machine
+    assert cpu_left >= 20                            # the kill caught cpu jobs in flight
+    assert all(j["attempts"] in (1, 2) for j in cpu_done.values())
+    report = ledger.report({job_id: {"state": "succeeded"} for job_id in cpu})
+    assert not report["lost"] and not report["stuck"], report
 
 
 @pytest.mark.parametrize("fault", ["partition", "pause"])
