@@ -41,6 +41,23 @@ class JobNotFound(GreenjobsError):
     """No job (or batch) with that id exists in the store."""
 
 
+class InvalidSchedule(InvalidJobParams):
+    """A schedule's definition has a field of the wrong type or out of range (a bad cron expression, …)."""
+
+
+class ScheduleNotFound(JobNotFound):
+    """No schedule with that name exists in the store."""
+
+
+class ScheduleExists(GreenjobsError):
+    """POST /schedules with a name that is taken (PATCH changes a schedule)."""
+
+
+class ScheduleRaced(GreenjobsError):
+    """The store refused to fire a schedule's slots: another server fired them, or the schedule changed, since
+    this one read it.  Internal: the scheduler reads the schedule again; never an HTTP answer."""
+
+
 class BadCursor(GreenjobsError):
     """A list request's ``after`` cursor is not one this server handed out."""
 

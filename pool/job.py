@@ -84,6 +84,7 @@ class Job:
     finished_at: float | None = None
     callback_url: str | None = None     # POSTed to (signed) when the job ends
     callback: dict | None = None        # {url, delivery (job id), state, attempts: [...]}
+    schedule: dict | None = None        # {name, fire_at (epoch s; None for "run now")} of a schedule's job
 
     @property
     def terminal(self) -> bool:
@@ -120,6 +121,8 @@ class Job:
             "finished_at": iso(self.finished_at),
             "callback_url": self.callback_url,
             "callback": self.callback,
+            "schedule": None if self.schedule is None else {"name": self.schedule["name"],
+                                                           "fire_at": iso(self.schedule["fire_at"])},
         }
 
     def message(self) -> dict:

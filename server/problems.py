@@ -32,6 +32,8 @@ STATUS = {
     errors.InvalidIdempotencyKey: (422, "Invalid Idempotency-Key"),
     errors.IdempotencyConflict: (422, "Idempotency-Key reused"),
     errors.JobNotFound: (404, "Not found"),
+    errors.InvalidSchedule: (422, "Invalid schedule"),
+    errors.ScheduleExists: (409, "Schedule exists"),
     errors.BadCursor: (400, "Invalid query parameter"),
     errors.JobFinished: (409, "Job already finished"),
     errors.IllegalTransition: (409, "Illegal state change"),

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 from greenjobs.pool.job import Job
+from greenjobs.pool.schedules import Advance, Schedule
 from greenjobs.pool.store.rows import ServerRecord
 
 
@@ -85,9 +86,9 @@ class JobStore(ABC):
 
     @abstractmethod
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: int | None = None) -> tuple[list[Job], int | None]:
-        """Newest first, filtered; returns (jobs, the cursor of the last one).  ``after`` is such a
-        cursor, which stays valid when its job is deleted meanwhile."""
+             after: int | None = None, schedule: str | None = None) -> tuple[list[Job], int | None]:
+        """Newest first, filtered (``schedule``: the jobs of that schedule); returns (jobs, the cursor of the
+        last one).  ``after`` is such a cursor, which stays valid when its job is deleted meanwhile."""
 
     @abstractmethod
     def cursor_of(self, job_id: str) -> int | None:
@@ -165,7 +166,8 @@ class JobStore(ABC):
     # -- submission and outcomes ------------------------------------------------------
     @abstractmethod
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
-               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
+               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0,
+               advance: Advance | None = None) -> dict[int, str]:
         """Store new jobs in one durable transaction (all or nothing); running jobs of leased kinds (the
         fast path) are leased to ``owner``, queued ones are held by nobody, published kinds flagged for the outbox.
 

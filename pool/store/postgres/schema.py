@@ -75,6 +75,17 @@ MIGRATIONS: dict[int, str] = {
     # every server's lifecycle events in one order, for GET /events on any of them
     4: "CREATE TABLE IF NOT EXISTS events (seq bigserial PRIMARY KEY, at double precision NOT NULL,"
        " body text NOT NULL);",
+    # schedules, and the jobs their slots made: one job per (schedule, slot), whichever servers fire it
+    5: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS schedule_name text,"
+       " ADD COLUMN IF NOT EXISTS schedule_fire_at double precision;"
+       " CREATE UNIQUE INDEX IF NOT EXISTS jobs_schedule_slot ON jobs (schedule_name, schedule_fire_at)"
+       " WHERE schedule_fire_at IS NOT NULL;"
+       " CREATE INDEX IF NOT EXISTS jobs_schedule ON jobs (schedule_name, seq) WHERE schedule_name IS NOT NULL;"
+       " CREATE TABLE IF NOT EXISTS schedules (name text PRIMARY KEY, definition text NOT NULL, source text NOT NULL,"
+       " paused integer NOT NULL DEFAULT 0, revision integer NOT NULL DEFAULT 0, next_fire_at double precision,"
+       " last_fire_at double precision, last_job_id text, created_at double precision NOT NULL,"
+       " updated_at double precision NOT NULL);"
+       " CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_at) WHERE paused = 0;",
 }
 CURRENT = max(MIGRATIONS)
 

@@ -18,10 +18,12 @@ import gevent
 import psycopg
 
 from greenjobs.pool import lifecycle
-from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
+from greenjobs.pool.errors import IdempotencyConflict, ScheduleRaced, StoreUnavailable
 from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
+from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store.postgres import schema
+from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advance_params
 from greenjobs.pool.store.postgres.committer import Committer, Swap, json_rows
 from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
                                        dumps, insert_row, row_to_job)
@@ -38,7 +40,8 @@ ANALYZE_SHARE, ANALYZE_MIN_ROWS, ANALYZE_EVERY = 0.2, 5000, 10.0
 INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join(['%s'] * len(INSERTED))})"
 #: The type of each of ``INSERTED``, for inserting many rows as one statement (``json_rows``).
 _TYPES = {"priority": "int", "timeout": "float8", "max_retries": "int", "run_at": "float8", "attempts": "int",
-          "lease_expires": "float8", "outbox": "int", "created_at": "float8", "started_at": "float8"}
+          "lease_expires": "float8", "outbox": "int", "created_at": "float8", "started_at": "float8",
+          "schedule_fire_at": "float8"}
 INSERT_MANY = (f"INSERT INTO jobs ({', '.join(INSERTED)}) SELECT {', '.join(INSERTED)} FROM "
                + json_rows(", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERTED), ordered=True))
 
@@ -82,6 +85,13 @@ def _kind_param(kinds: tuple[str, ...]):
     return kinds[0] if len(kinds) == 1 else list(kinds)
 
 
+ADVANCE_PG = ADVANCE.replace("?", "%s")
+
+
+class _Raced(Exception):
+    """Inside an insert's savepoint: the schedule's cursor move was refused."""
+
+
 class _Conflict(Exception):
     """An Idempotency-Key known with another fingerprint: rolls the insert's savepoint back."""
 
@@ -95,8 +105,10 @@ def redacted(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
-class PostgresStore(JobStore):
+class PostgresStore(ScheduleTable, JobStore):
     """The durable job table in PostgreSQL.  Call :meth:`open` once from a greenlet before use."""
+
+    _MARK = "%s"
 
     def __init__(self, url: str, lease_seconds: float = 30.0, readers: int = 4, max_batch_ops: int = 5000):
         self.url = url
@@ -220,10 +232,11 @@ class PostgresStore(JobStore):
         return jobs[0] if jobs else None
 
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: int | None = None) -> tuple[list[Job], int | None]:
+             after: int | None = None, schedule: str | None = None) -> tuple[list[Job], int | None]:
         """Newest first, and the cursor (the sequence number) of the last one."""
         where, params = [], []
-        for column, value in (("state = %s", state), ("handler = %s", handler), ("seq < %s", after)):
+        for column, value in (("state = %s", state), ("handler = %s", handler), ("schedule_name = %s", schedule),
+                              ("seq < %s", after)):
             if value is not None and value != "":
                 where.append(column)
                 params.append(value)
@@ -317,7 +330,8 @@ class PostgresStore(JobStore):
 
     # -- submission --------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
-               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
+               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0,
+               advance: Advance | None = None) -> dict[int, str]:
         """Store new jobs in one transaction (all or nothing); see JobStore.insert.
 
         A key is claimed first, with ``INSERT … ON CONFLICT``: a live key another transaction holds
@@ -330,6 +344,16 @@ class PostgresStore(JobStore):
             repeats: dict[int, str] = {}
             try:
                 with conn.transaction():            # a savepoint inside the group commit
+                    if advance is not None:         # the row lock serialises servers firing one schedule
+                        if conn.execute(ADVANCE_PG, advance_params(advance)).rowcount != 1:
+                            raise _Raced
+                        for i, job in enumerate(jobs):
+                            if job.schedule and job.schedule["fire_at"] is not None:
+                                found = conn.execute(
+                                    "SELECT id FROM jobs WHERE schedule_name = %s AND schedule_fire_at = %s",
+                                    (job.schedule["name"], job.schedule["fire_at"])).fetchone()
+                                if found is not None:
+                                    repeats[i] = found[0]
                     for i, (key, fingerprint) in keys.items():
                         taken = conn.execute(
                             "INSERT INTO idempotency (key, fingerprint, job_id, created_at) VALUES (%s, %s, %s, %s)"
@@ -354,9 +378,17 @@ class PostgresStore(JobStore):
                         conn.execute(INSERT_MANY, (dumps(fresh),))
             except _Conflict as conflict:
                 return repeats, str(conflict)
+            except _Raced:
+                return {}, RACED
+            except psycopg.errors.UniqueViolation:
+                if advance is None:
+                    raise
+                return {}, RACED                    # the unique slot index: a slot fired before (a cursor moved back)
             return repeats, None
         shared = any(j.kind in lifecycle.LEASED_KINDS and j.state == QUEUED for j in jobs)
         repeats, conflict = self._db.write(op, durable=True, notify="queued" if shared else None)
+        if conflict is RACED:
+            raise ScheduleRaced(f"schedule {advance.name!r} changed or was fired by another server")
         if conflict is not None:
             raise IdempotencyConflict(f"this Idempotency-Key was used for a different request (job {conflict});"
                                       " use a new key for a new job")

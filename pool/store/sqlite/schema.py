@@ -73,6 +73,15 @@ MIGRATIONS: dict[int, str] = {
     # sequence number is never reused after a prune, so a client's Last-Event-ID keeps its meaning)
     5: "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,"
        " body TEXT NOT NULL)",
+    # schedules, and the jobs their slots made: one job per (schedule, slot), whichever servers fire it
+    6: "ALTER TABLE jobs ADD COLUMN schedule_name TEXT; ALTER TABLE jobs ADD COLUMN schedule_fire_at REAL;"
+       " CREATE UNIQUE INDEX IF NOT EXISTS jobs_schedule_slot ON jobs(schedule_name, schedule_fire_at)"
+       " WHERE schedule_fire_at IS NOT NULL;"
+       " CREATE INDEX IF NOT EXISTS jobs_schedule ON jobs(schedule_name, seq) WHERE schedule_name IS NOT NULL;"
+       " CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, definition TEXT NOT NULL, source TEXT NOT NULL,"
+       " paused INTEGER NOT NULL DEFAULT 0, revision INTEGER NOT NULL DEFAULT 0, next_fire_at REAL, last_fire_at REAL,"
+       " last_job_id TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL);"
+       " CREATE INDEX IF NOT EXISTS schedules_due ON schedules(next_fire_at) WHERE paused = 0",
 }
 CURRENT = max((1, *MIGRATIONS))
 

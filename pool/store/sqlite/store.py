@@ -14,11 +14,13 @@ import time
 from typing import Any, Callable, Iterable
 
 from greenjobs.pool import lifecycle
-from greenjobs.pool.errors import IdempotencyConflict, StoreUnavailable
+from greenjobs.pool.errors import IdempotencyConflict, ScheduleRaced, StoreUnavailable
 from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
 from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL, dumps,
                                        insert_row, row_to_job)
+from greenjobs.pool.schedules import Advance
+from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advance_params
 from greenjobs.pool.store.sqlite import schema
 from greenjobs.pool.store.sqlite.committer import GroupCommitter
 
@@ -27,7 +29,7 @@ _SERVER_SELECT = ", ".join(SERVER_COLUMNS)
 _BEAT = f"INSERT OR REPLACE INTO servers ({_SERVER_SELECT}) VALUES ({', '.join('?' * len(SERVER_COLUMNS))})"
 
 
-class SqliteStore(JobStore):
+class SqliteStore(ScheduleTable, JobStore):
     """The durable job table.  Call :meth:`open` once from a greenlet before use.
 
     ``synchronous`` is SQLite's: ``full`` fsyncs the WAL on every (group) commit and survives
@@ -104,7 +106,7 @@ class SqliteStore(JobStore):
         return self._db.read(self._get, job_id)
 
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: int | None = None) -> tuple[list[Job], int | None]:
+             after: int | None = None, schedule: str | None = None) -> tuple[list[Job], int | None]:
         """Newest first, and the cursor of the last one: ``after`` is that cursor (a sequence number,
         so a page boundary stays valid when its job is deleted meanwhile)."""
         def query(conn):
@@ -115,6 +117,9 @@ class SqliteStore(JobStore):
             if handler:
                 where.append("handler = ?")
                 params.append(handler)
+            if schedule:
+                where.append("schedule_name = ?")
+                params.append(schedule)
             if after is not None:
                 where.append("seq < ?")
                 params.append(after)
@@ -241,7 +246,8 @@ class SqliteStore(JobStore):
 
     # -- writes ----------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
-               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0) -> dict[int, str]:
+               keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0,
+               advance: Advance | None = None) -> dict[int, str]:
         """Store new jobs in one transaction (all or nothing).  Running io jobs are leased to ``owner``.
 
         ``keys`` maps a job's index to its (Idempotency-Key, fingerprint of the request).  A key stored
@@ -259,6 +265,15 @@ class SqliteStore(JobStore):
 
         def op(conn):
             repeats, conflict = {}, None
+            if advance is not None:     # first, so a refused cursor move leaves nothing to undo
+                if conn.execute(ADVANCE, advance_params(advance)).rowcount != 1:
+                    return {}, RACED
+                for i, job in enumerate(jobs):
+                    if job.schedule and job.schedule["fire_at"] is not None:
+                        found = conn.execute("SELECT id FROM jobs WHERE schedule_name = ? AND schedule_fire_at = ?",
+                                             (job.schedule["name"], job.schedule["fire_at"])).fetchone()
+                        if found is not None:
+                            repeats[i] = found[0]
             for i, (key, fingerprint) in keys.items():
                 found = conn.execute("SELECT fingerprint, job_id FROM idempotency WHERE key = ? AND created_at > ?",
                                      (key, now - idempotency_ttl)).fetchone()
@@ -279,6 +294,8 @@ class SqliteStore(JobStore):
             conn.executemany(schema.INSERT, fresh)
             return repeats, None
         repeats, conflict = self._db.write(op, durable=True)
+        if conflict is RACED:
+            raise ScheduleRaced(f"schedule {advance.name!r} changed or was fired by another server")
         if conflict is not None:
             raise IdempotencyConflict(f"this Idempotency-Key was used for a different request (job {conflict[1]});"
                                       " use a new key for a new job")
