@@ -30,6 +30,8 @@ from greenjobs.pool.observe.metrics import JobMetrics
 from greenjobs.pool.observe.signals import SignalSender
 from greenjobs.pool.observe.webhooks import Webhooks
 from greenjobs.pool.owners import owner_id
+from greenjobs.pool.scheduler import Scheduler
+from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store import store_for
 from greenjobs.pool.waiters import Waiters
 
@@ -98,6 +100,7 @@ class Runtime:
         self.cluster = ClusterWatch(self, settings.cluster_poll, settings.cluster_notify)
         self.started_at = time.time()
         self.members = Membership(self, role)
+        self.scheduler = Scheduler(self)
         self.shared_events = SharedEvents(self.events, self.store, settings.cluster_poll, self.members.await_others) \
             if settings.events_shared else None
         self.accepting = False
@@ -119,7 +122,12 @@ class Runtime:
         self.cluster.start()
         self.cpu.start()
         self.supervise()
+        try:
+            self.scheduler.declare()
+        except Exception as exc:                # the store is failing: the ini's schedules wait for a restart
+            log.error("could not store the ini's schedules (%s)", exc)
         self.accepting = True
+        self.scheduler.start()
         # Thousands of jobs in flight are tens of thousands of young objects (jobs, greenlets, events);
         # with the default threshold (700) the cyclic collector runs every few jobs and rescans them.
         # Objects made at start-up (modules, app) are frozen out of its scans.
@@ -151,6 +159,7 @@ class Runtime:
             return
         self.accepting = False
         grace = self.settings.shutdown_grace if grace is None else grace
+        self.scheduler.stop()
         self.maintenance.stop()
         self.cluster.stop()
         supervising = self.host_lock is not None and self.host_lock.held
@@ -191,7 +200,7 @@ class Runtime:
 
     # -- the API -----------------------------------------------------------------------
     def submit(self, jobs: list[Job], batch_id: str | None = None,
-               keys: dict[int, tuple[str, str]] | None = None) -> dict[int, str]:
+               keys: dict[int, tuple[str, str]] | None = None, advance: Advance | None = None) -> dict[int, str]:
         """Store ``jobs`` durably (all or nothing), then start or queue them.
 
         ``keys`` maps a job's index to its (Idempotency-Key, request fingerprint); the result maps the
@@ -217,7 +226,8 @@ class Runtime:
             for job in io_jobs[:started]:    # the fast path: stored as running, leased to us
                 job.transition(RUNNING)
                 job.attempts, job.started_at = 1, now
-            repeats = self.store.insert(jobs, self.owner, batch_id, keys, self.settings.api_idempotency_ttl)
+            repeats = self.store.insert(jobs, self.owner, batch_id, keys, self.settings.api_idempotency_ttl,
+                                        advance=advance)
         except BaseException:
             if started:
                 self.io.unreserve(started)
@@ -251,7 +261,8 @@ class Runtime:
             raise JobNotFound(f"no job with id {job_id!r}")
         return job
 
-    def list(self, state: str | None, handler: str | None, limit: int, after: str | None) -> tuple[list[Job], int | None]:
+    def list(self, state: str | None, handler: str | None, limit: int, after: str | None,
+             schedule: str | None = None) -> tuple[list[Job], int | None]:
         """A page of jobs, newest first, and the cursor of its last job.  ``after`` is a cursor from an
         earlier page (or, as earlier versions sent, a job id); BadCursor if it is neither."""
         cursor = None
@@ -260,7 +271,7 @@ class Runtime:
             cursor = int(after) if numeric else self.store.cursor_of(after)
             if cursor is None:
                 raise BadCursor("?after= must be the `next` value of the previous page")
-        return self.store.list(state=state, handler=handler, limit=limit, after=cursor)
+        return self.store.list(state=state, handler=handler, limit=limit, after=cursor, schedule=schedule)
 
     def submit_and_wait(self, job: Job, keys: dict | None, timeout: float) -> tuple[Job, bool]:
         """Submit one job and wait up to ``timeout`` s for its end, in one call (``POST /jobs?wait=``).

@@ -132,8 +132,9 @@ class Schedule:
 
     def plan(self, now: float, grace: float, max_backfill: int) -> "Plan | None":
         """What to fire at ``now``: None if nothing is due.  Slots up to ``grace`` seconds old are on time
-        and fire; older ones were missed (no server ran) and fire as ``missed`` says.  The new cursor is
-        the first slot after ``now``."""
+        and fire; older ones were missed (no server ran) and fire as ``missed`` says: none (skip), the newest
+        one (once: one catch-up job, besides any on-time slot), or the newest ``max_backfill`` (all).  The
+        new cursor is the first slot after ``now``."""
         cursor = self.next_fire_at
         if cursor is None or cursor > now:
             return None
@@ -146,7 +147,7 @@ class Schedule:
         after = slot if slot is not None and slot > now else self.next_after(now)
         missed: list[float] = []
         late = cursor <= limit
-        wanted = {"all": max_backfill, "once": 0 if on_time else 1}.get(self.missed, 0) if late else 0
+        wanted = {"all": max_backfill, "once": 1}.get(self.missed, 0) if late else 0
         back = self.prev_before(math.nextafter(limit, math.inf)) if wanted else None
         while back is not None and back >= cursor and len(missed) < wanted:
             missed.append(back)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
+from greenjobs.pool import schedules
 from greenjobs.pool.errors import ConfigurationError
 from greenjobs.pool.urls import parse_allowed_entry
 from greenjobs.pool.job import EVENTS
@@ -189,7 +190,7 @@ def parse(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], defaults:
         else:
             values[setting.attr] = (defaults or {}).get(key, setting.default)
     for key in sorted(raw) if strict else ():
-        if key.startswith(PREFIX) and key not in known:
+        if key.startswith(PREFIX) and key not in known and not key.startswith(schedules.INI_PREFIX):
             close = difflib.get_close_matches(key, list(known), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             problems.append(f"{key}: unknown setting{hint}")
@@ -210,6 +211,12 @@ TABLE = (
     Setting("greenjobs.http.allowed_hosts", as_hosts, ("127.0.0.1", "localhost"),
             "hosts that http.get and webhooks may call: host (ports 80 and 443), host:port or host:*"),
     Setting("greenjobs.pool.size", as_int(1, 100_000), 1000, "I/O jobs running at once, as greenlets"),
+    Setting("greenjobs.schedules", as_words, (),
+            "names of the schedules this ini declares, each with greenjobs.schedule.NAME.FIELD keys (README: Schedules)"),
+    Setting("greenjobs.schedules.grace", as_float(0.5, 86_400.0), 10.0,
+            "seconds a slot may be late and still fire as on time; older slots were missed (a schedule's missed)"),
+    Setting("greenjobs.schedules.max_backfill", as_int(1, 100_000), 100,
+            "most missed slots a schedule with missed = all fires at once"),
     Setting("greenjobs.pool.max_pending", as_int(0, 10_000_000), 100_000,
             "jobs waiting for a slot before submissions get 429"),
     Setting("greenjobs.store.url", as_store_url, None,
@@ -285,4 +292,7 @@ def load(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], here: str,
         path = settings.broker_url[len("embedded:///"):]
         settings.broker_url = "embedded:///" + (path if os.path.isabs(path) else os.path.join(here, path))
     settings.here = here
+    settings.schedule_declarations, problems = schedules.from_ini(settings.schedules, raw)
+    if problems and strict:
+        raise ConfigurationError("invalid schedules in the ini file:\n  " + "\n  ".join(problems))
     return settings

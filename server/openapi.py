@@ -6,7 +6,7 @@ import copy
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
-from greenjobs.pool import spec
+from greenjobs.pool import schedules, spec
 from greenjobs.pool.job import EVENTS, STATES
 
 _problem = {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -15,6 +15,9 @@ _wait = {"name": "wait", "in": "query", "required": False,
          "description": "hold the request until the job (batch) is terminal or this many seconds pass (capped by greenjobs.api.max_wait)",
          "schema": {"type": "number", "minimum": 0}}
 _id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_schedule_ref = {"$ref": "#/components/schemas/Schedule"}
+_schedule = {"description": "the schedule", "content": {"application/json": {"schema": _schedule_ref}}}
 
 
 def _comma_separated(words) -> dict:
@@ -74,6 +77,8 @@ DOCUMENT = {
             "get": {"summary": "List jobs, newest first", "parameters": [
                 {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)}},
                 {"name": "handler", "in": "query", "schema": {"type": "string"}},
+                {"name": "schedule", "in": "query", "schema": {"type": "string"},
+                 "description": "only the jobs this schedule made (its slots and its run-now jobs)"},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
                  "description": "the `next` value of the previous page"}],
@@ -116,6 +121,34 @@ DOCUMENT = {
                                  "schema": {"type": "object", "properties": {
                                      "servers": {"type": "array", "items": {"type": "object"}}}}}}},
                                  **_errors(401, 403)}}},
+        "/schedules": {
+            "get": {"summary": "Every schedule: definition, next and last slot, its last job and state",
+                    "responses": {"200": {"description": "schedules", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"schedules": {"type": "array", "items": _schedule_ref}}}}}},
+                        **_errors(401, 403)}},
+            "post": {"summary": "Create a schedule (cron or every); its first slot is the first after now",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "$ref": "#/components/schemas/ScheduleSpec"}}}},
+                     "responses": {"201": _schedule, **_errors(400, 401, 403, 409, 413, 415, 422)}},
+        },
+        "/schedules/{name}": {
+            "get": {"summary": "One schedule", "parameters": [_name],
+                    "responses": {"200": _schedule, **_errors(404)}},
+            "patch": {"summary": "Change some of a schedule's fields (validated as a whole); a timing change "
+                                 "moves its next slot to the first after now",
+                      "parameters": [_name], "requestBody": {"required": True, "content": {"application/json": {
+                          "schema": {"type": "object"}}}},
+                      "responses": {"200": _schedule, **_errors(400, 404, 413, 415, 422)}},
+            "delete": {"summary": "Delete a schedule (the jobs it made stay)", "parameters": [_name],
+                       "responses": {"200": {"description": "deleted"}, **_errors(404)}},
+        },
+        "/schedules/{name}/pause": {"post": {"summary": "Pause: no slot fires until resumed", "parameters": [_name],
+                                             "responses": {"200": _schedule, **_errors(404)}}},
+        "/schedules/{name}/resume": {"post": {"summary": "Resume: the next slot is the first after now",
+                                              "parameters": [_name], "responses": {"200": _schedule, **_errors(404)}}},
+        "/schedules/{name}/run": {"post": {"summary": "Run now: one extra job from the template (not a slot)",
+                                           "parameters": [_name],
+                                           "responses": {"202": _job, **_errors(404, 422, 429, 503)}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/session": {
             "get": {"summary": "Who this request is (auth on/off, roles, the session's CSRF token)",
@@ -146,11 +179,23 @@ DOCUMENT = {
     "components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer",
                    "description": "a token from greenjobs.auth.tokens; roles: read (GETs), submit (POST /jobs, "
-                                  "/jobs/batch), admin (everything, cancel and retry included)"},
+                                  "/jobs/batch), admin (everything: cancel, retry and managing schedules included)"},
         "session": {"type": "apiKey", "in": "cookie", "name": "greenjobs_session",
                     "description": "set by POST /session; unsafe methods also need the X-CSRF-Token header"},
     }, "schemas": {
         "JobSpec": JOB_SPEC,
+        "ScheduleSpec": schedules.SCHEMA,
+        "Schedule": {"type": "object", "properties": {
+            **schedules.SCHEMA["properties"],
+            "start_at": {"type": ["string", "null"], "format": "date-time"},
+            "end_at": {"type": ["string", "null"], "format": "date-time"},
+            "cron": {"type": ["string", "null"]}, "every": {"type": ["number", "null"]},
+            "source": {"enum": ["api", "ini"], "description": "ini: declared in an ini, upserted at start"},
+            "next_fire_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_fire_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_job": {"type": ["object", "null"], "description": "id and state of the last slot's job"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"}}},
         "Job": {"type": "object", "properties": {
             "id": {"type": "string"}, "handler": {"type": "string"}, "kind": {"type": "string", "enum": ["io", "cpu"]},
             "state": {"type": "string", "enum": list(STATES)}, "priority": {"type": "integer"},
@@ -163,7 +208,9 @@ DOCUMENT = {
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
             "callback_url": {"type": ["string", "null"]},
             "callback": {"type": ["object", "null"], "description": "webhook delivery: url, delivery (job id), "
-                                                                  "state (pending, retrying, delivered, failed), attempts"}}},
+                                                                  "state (pending, retrying, delivered, failed), attempts"},
+            "schedule": {"type": ["object", "null"], "description": "the schedule that made the job: name, and "
+                                                                  "fire_at, its slot (null for a run-now job)"}}},
         "Problem": {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"},
                                                      "status": {"type": "integer"}, "detail": {"type": "string"}}},
     }},

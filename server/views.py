@@ -169,14 +169,15 @@ def retry_job(request):
 
 @view_config(route_name="jobs", request_method="GET", renderer="json", permission="read")
 def list_jobs(request):
-    """GET /jobs: newest first, filtered by ?state= and ?handler=, paged with ?limit= and ?after=."""
+    """GET /jobs: newest first, filtered by ?state=, ?handler= and ?schedule=, paged with ?limit= and ?after=."""
     state = request.GET.get("state")
     if state is not None and state not in STATES:
         raise Problem(400, "Invalid query parameter", f"?state= must be one of {', '.join(STATES)} (got {state!r})")
     limit = _query_number(request, "limit", 1, _settings(request).api_max_page, integer=True) or 50
     handler = request.GET.get("handler") or None
+    schedule = request.GET.get("schedule") or None
     after = request.GET.get("after") or None
-    jobs, last = _runtime(request).list(state, handler, limit, after)
+    jobs, last = _runtime(request).list(state, handler, limit, after, schedule)
     return {"jobs": [job.public() for job in jobs], "next": str(last) if len(jobs) == limit else None}
 
 

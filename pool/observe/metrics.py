@@ -14,7 +14,7 @@ from greenjobs.pool.listeners import Listener
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 
 
-class _Histogram:
+class Histogram:
     __slots__ = ("counts", "total")
 
     def __init__(self):
@@ -38,8 +38,8 @@ class JobMetrics(Listener):
 
     def __init__(self):
         self.events: collections.Counter = collections.Counter()     # (event, handler) -> n
-        self.duration: dict[str, _Histogram] = collections.defaultdict(_Histogram)
-        self.queue_wait: dict[str, _Histogram] = collections.defaultdict(_Histogram)
+        self.duration: dict[str, Histogram] = collections.defaultdict(Histogram)
+        self.queue_wait: dict[str, Histogram] = collections.defaultdict(Histogram)
 
     def job_event(self, name: str, job) -> None:
         """Count the event; time queue waits (at start) and run times (at the end)."""
@@ -117,6 +117,14 @@ class Collector:
                                   value=rt.signals.dropped)
         yield CounterMetricFamily("greenjobs_signal_receiver_errors", "signal receiver calls that raised",
                                   value=rt.signals.failed)
+        lag = HistogramMetricFamily("greenjobs_schedule_lag_seconds",
+                                    "from a schedule's slot to its job stored (this server's firings)")
+        lag.add_metric([], rt.scheduler.lag.cumulative(), rt.scheduler.lag.total)
+        yield lag
+        yield CounterMetricFamily("greenjobs_schedule_jobs_fired", "jobs made by schedules' slots (this server)",
+                                  value=rt.scheduler.fired)
+        yield CounterMetricFamily("greenjobs_schedule_slots_skipped", "slots skipped: the last job still active "
+                                  "(overlap = skip)", value=rt.scheduler.skipped)
         yield GaugeMetricFamily("greenjobs_store_ok", "1 when the store accepts writes", value=int(rt.store.healthy))
         # the cluster, from the servers table as of this server's last heartbeat (the same on every server)
         servers = rt.members.view()

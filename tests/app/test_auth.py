@@ -9,6 +9,7 @@ import webob
 import webtest
 
 from greenjobs.pool.errors import ConfigurationError
+from greenjobs.pool.job import new_id
 from greenjobs.server.routes import ROUTES
 from greenjobs.server.wsgi import make_app
 
@@ -33,6 +34,14 @@ EXPECTED = {
     ("batch", "GET"): ("read", 200),
     ("handlers", "GET"): ("read", 200),
     ("servers", "GET"): ("read", 200),
+    ("schedules", "GET"): ("read", 200),
+    ("schedules", "POST"): ("admin", 201),
+    ("schedule", "GET"): ("read", 200),
+    ("schedule", "PATCH"): ("admin", 200),
+    ("schedule", "DELETE"): ("admin", 200),
+    ("schedule_pause", "POST"): ("admin", 200),
+    ("schedule_resume", "POST"): ("admin", 200),
+    ("schedule_run", "POST"): ("admin", 202),
     ("events", "GET"): ("read", 200),
     ("metrics", "GET"): ("read", 200),
     ("health", "GET"): (OPEN, 200),
@@ -96,6 +105,15 @@ def request_for(app, route, method):
         body = {"jobs": [{"handler": "echo"}]}
     elif route == "session" and method == "POST":
         body = {"token": READ}
+    elif (route, method) == ("schedules", "POST"):
+        body = {"name": f"s{new_id()}", "handler": "echo", "every": 60}
+    elif (route, method) == ("schedule", "PATCH"):
+        body = {"every": 30}
+    if "{name}" in PATTERNS[route]:          # a fresh schedule: DELETE and PATCH change theirs
+        name = f"s{new_id()}"
+        app.post("/schedules", json.dumps({"name": name, "handler": "echo", "every": 60}),
+                 content_type="application/json", headers=bearer(ADMIN), status=201)
+        return PATTERNS[route].replace("{name}", name), body
     if route == "job" and method == "DELETE":
         ident = submit(app, {"handler": "sleep", "kwargs": {"seconds": 30}})["id"]
     elif route == "job_retry":
