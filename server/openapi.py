@@ -233,6 +233,11 @@ def for_server(document: dict, registry) -> dict:
         schema["properties"]["timeout"]["maximum"] = settings.job_max_timeout
         if not settings.webhooks_secret:        # webhooks off: a callback_url is refused (422)
             del schema["properties"]["callback_url"]
+    template = schemas["ScheduleSpec"]["properties"]      # its own copies: Schedule shares these dicts
+    template["handler"] = {**template["handler"], "enum": submittable}
+    template["timeout"] = {**template["timeout"], "maximum": settings.job_max_timeout}
+    if not settings.webhooks_secret:
+        del template["callback_url"]
     _batch_body(document)["properties"]["jobs"]["maxItems"] = settings.api_max_batch
     for parameter in document["paths"]["/jobs"]["get"]["parameters"]:
         if parameter["name"] == "limit":

@@ -12,12 +12,16 @@ pytestmark = pytest.mark.e2e
 
 def test_stalled_streams_cost_little(make_server, capsys):
     """(A reader too slow to keep up is dropped within max_lag: tests/e2e/test_events.py, the slow subscriber.)"""
-    srv = make_server(app={**QUICK_STOP, "greenjobs.store.synchronous": "normal",                            "greenjobs.workers.cpu": 0})
+    srv = make_server(app={**QUICK_STOP, "greenjobs.store.synchronous": "normal", "greenjobs.workers.cpu": 0})
+    jobs = [{"handler": "echo", "kwargs": {"pad": "x" * 200}} for _ in range(500)]
+    for _ in range(4):              # warm up first: what 2,000 jobs grow (caches, arenas) is not the streams' cost
+        submit_batch(srv, jobs)
+    wait_until(lambda: srv.get("/health").json()["pool"]["busy"] == 0, 30, message="warm-up jobs done")
     base = rss_kb(srv.proc.pid)
     stalled = [open_stream(srv.url, rcvbuf=4096)[0] for _ in range(300)]       # they never read
     try:
         for _ in range(4):
-            submit_batch(srv, [{"handler": "echo", "kwargs": {"pad": "x" * 200}} for _ in range(500)])
+            submit_batch(srv, jobs)
         wait_until(lambda: srv.get("/health").json()["pool"]["busy"] == 0, 30, message="jobs done")
         time.sleep(1)
         per_stream = (rss_kb(srv.proc.pid) - base) / len(stalled)
