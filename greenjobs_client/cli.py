@@ -1,4 +1,4 @@
-"""The ``greenjobs`` command: submit, follow, cancel and list jobs from a shell.
+"""The ``greenjobs`` command: submit, follow, cancel and list jobs, and manage schedules, from a shell.
 
 Job commands print each job as one line of JSON on stdout (for ``jq``); ``ls`` and the bulk
 submission print tables; errors go to stderr. Exit codes, which scripts can rely on:
@@ -164,6 +164,67 @@ def cmd_ls(client: Client, args) -> int:
     return OK
 
 
+def cmd_schedules_ls(client: Client, args) -> int:
+    """``greenjobs schedules ls``: every schedule as a table, or one line of JSON each with --json."""
+    schedules = client.schedules()
+    if args.json:
+        for schedule in schedules:
+            _print_job(schedule)
+        return OK
+    from greenjobs_client.progress import schedule_table
+    schedule_table(schedules)
+    return OK
+
+
+def cmd_schedules_show(client: Client, args) -> int:
+    """``greenjobs schedules show NAME``: the schedule as JSON, then its recent jobs with --jobs N."""
+    _print_job(client.schedule(args.name))
+    for job in client.jobs(schedule=args.name, limit=args.jobs) if args.jobs else ():
+        _print_job(job)
+    return OK
+
+
+def cmd_schedules_add(client: Client, args) -> int:
+    """``greenjobs schedules add NAME HANDLER --cron EXPR | --every SECONDS``: make a schedule, print it."""
+    options = {"timezone": args.timezone, "missed": args.missed, "overlap": args.overlap, "jitter": args.jitter,
+               "priority": args.priority, "timeout": args.job_timeout, "max_retries": args.max_retries,
+               "start_at": args.start_at, "end_at": args.end_at, "paused": True if args.paused else None}
+    _print_job(client.add_schedule(args.name, args.handler,
+                                   _json_arg(args.args, "--args", list) if args.args else (),
+                                   _json_arg(args.kwargs, "--kwargs", dict) if args.kwargs else None,
+                                   cron=args.cron, every=args.every, **options))
+    return OK
+
+
+def cmd_schedules_pause(client: Client, args) -> int:
+    """``greenjobs schedules pause NAME``."""
+    _print_job(client.pause_schedule(args.name))
+    return OK
+
+
+def cmd_schedules_resume(client: Client, args) -> int:
+    """``greenjobs schedules resume NAME``."""
+    _print_job(client.resume_schedule(args.name))
+    return OK
+
+
+def cmd_schedules_rm(client: Client, args) -> int:
+    """``greenjobs schedules rm NAME``: delete it (its jobs stay)."""
+    client.delete_schedule(args.name)
+    return OK
+
+
+def cmd_schedules_run(client: Client, args) -> int:
+    """``greenjobs schedules run NAME``: one extra job now; printed, or followed to its end with --wait."""
+    handle = client.run_schedule(args.name)
+    if not args.wait:
+        _print_job(handle.last)
+        return OK
+    job = handle.wait(timeout=args.wait_timeout)
+    _print_job(job)
+    return _job_outcome(job)
+
+
 # -- parsing --------------------------------------------------------------------------
 def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
@@ -227,6 +288,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--handler")
     sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+
+    group = commands.add_parser("schedules", help="list and manage periodic jobs (managing needs an admin token)",
+                                description="List and manage schedules: periodic jobs fired on cron or every slots.")
+    _connection_flags(group, suppress=True)
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name, func, help_text):
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        _connection_flags(sub, suppress=True)
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = action("ls", cmd_schedules_ls, "list schedules with their next and last slot and last job")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    sub = action("show", cmd_schedules_show, "print a schedule (and its recent jobs with --jobs N)")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--jobs", type=int, default=0, metavar="N", help="also print its N newest jobs")
+    sub = action("add", cmd_schedules_add, "make a schedule: HANDLER on each --cron slot or --every SECONDS")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("handler", metavar="HANDLER")
+    timing = sub.add_mutually_exclusive_group(required=True)
+    timing.add_argument("--cron", help="five fields: minute hour day-of-month month day-of-week, e.g. '30 2 * * *'")
+    timing.add_argument("--every", type=float, help="seconds between slots (>= 1)")
+    sub.add_argument("--timezone", help="IANA zone of --cron, e.g. Europe/Berlin (default UTC)")
+    sub.add_argument("--args", help="the job's positional arguments as a JSON array")
+    sub.add_argument("--kwargs", help="the job's keyword arguments as a JSON object")
+    sub.add_argument("--missed", choices=("skip", "once", "all"),
+                     help="slots missed while no server ran: skip (default), one catch-up job, or each")
+    sub.add_argument("--overlap", choices=("allow", "skip"), help="skip: no slot while the last job is active")
+    sub.add_argument("--jitter", type=float, help="each job starts up to this many seconds after its slot")
+    sub.add_argument("--start-at", help="ISO 8601: no slot before (anchors --every)")
+    sub.add_argument("--end-at", help="ISO 8601: no slot after")
+    sub.add_argument("--paused", action="store_true", help="make it paused")
+    sub.add_argument("--priority", type=int, help="the job's priority, 0-9")
+    sub.add_argument("--job-timeout", type=float, help="seconds each job may run")
+    sub.add_argument("--max-retries", type=int, help="attempts after the first that fail")
+    for name, func, help_text in (("pause", cmd_schedules_pause, "fire no slot until resumed"),
+                                  ("resume", cmd_schedules_resume, "fire again from the next slot after now"),
+                                  ("rm", cmd_schedules_rm, "delete a schedule (its jobs stay)")):
+        action(name, func, help_text).add_argument("name", metavar="NAME")
+    sub = action("run", cmd_schedules_run, "submit one extra job from the schedule now (not a slot)")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 if it failed")
+    sub.add_argument("--wait-timeout", type=float, help="seconds to wait at most (default: no limit)")
     return parser
 
 

@@ -144,22 +144,76 @@ class Client:
         return self._get_job(job_id)
 
     def jobs(self, state: str | None = None, handler: str | None = None, page_size: int = 100,
-             limit: int | None = None) -> Iterator[dict[str, Any]]:
-        """Jobs newest first, optionally of one ``state`` and ``handler``, fetched a page at a time;
-        at most ``limit`` of them (None: all)."""
+             limit: int | None = None, schedule: str | None = None) -> Iterator[dict[str, Any]]:
+        """Jobs newest first, optionally of one ``state``, ``handler`` and ``schedule`` (the jobs its slots
+        and run-nows made), fetched a page at a time; at most ``limit`` of them (None: all)."""
         after, count = None, 0
         while True:
             size = page_size if limit is None else min(page_size, limit - count)
             if size <= 0:
                 return
             page = self._transport.request("GET", "/jobs", query={"state": state, "handler": handler,
-                                                                  "limit": size, "after": after})[1]
+                                                                  "schedule": schedule, "limit": size,
+                                                                  "after": after})[1]
             for job in page["jobs"]:
                 yield job
                 count += 1
             after = page.get("next")
             if not after:
                 return
+
+    # -- schedules ----------------------------------------------------------------------
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, each with ``next_fire_at``, ``last_fire_at`` and ``last_job`` {id, state}."""
+        return self._transport.request("GET", "/schedules")[1]["schedules"]
+
+    def schedule(self, name: str) -> dict[str, Any]:
+        """One schedule; NotFound if there is none of that name."""
+        return self._transport.request("GET", _schedule_path(name))[1]
+
+    def add_schedule(self, name: str, handler: str, /, args: Iterable[Any] = (),
+                     kwargs: Mapping[str, Any] | None = None, *, cron: str | None = None,
+                     every: float | None = None, **options: Any) -> dict[str, Any]:
+        """Make a schedule that submits ``handler(*args, **kwargs)`` on each ``cron`` slot (five fields, in
+        ``timezone``, default UTC) or ``every`` seconds; needs an admin token.
+
+        ``options``: the job's ``priority``, ``timeout``, ``max_retries``, ``callback_url``, and the
+        schedule's ``timezone``, ``missed`` (skip, once, all), ``overlap`` (allow, skip), ``paused``,
+        ``jitter``, ``start_at``/``end_at`` (datetimes or ISO 8601 strings). Conflict if the name is taken,
+        InvalidRequest naming the field that is wrong.
+        """
+        body = {"name": name, "handler": handler, **_schedule_fields(options)}
+        if args:
+            body["args"] = list(args)
+        if kwargs:
+            body["kwargs"] = dict(kwargs)
+        for field, value in (("cron", cron), ("every", every)):
+            if value is not None:
+                body[field] = value
+        return self._transport.request("POST", "/schedules", body)[1]
+
+    def update_schedule(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Change some of a schedule's fields (``cron="0 9 * * *"``, ``kwargs={...}``, ...); None removes an
+        optional one (``end_at=None``). The schedule is validated again as a whole."""
+        return self._transport.request("PATCH", _schedule_path(name), _schedule_fields(fields, keep_none=True),
+                                       resend=True)[1]
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        """No slot fires until ``resume_schedule``; the slots passed meanwhile are not fired."""
+        return self._transport.request("POST", _schedule_path(name, "pause"), resend=True)[1]
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Fire again from the first slot after now."""
+        return self._transport.request("POST", _schedule_path(name, "resume"), resend=True)[1]
+
+    def run_schedule(self, name: str) -> JobHandle:
+        """Submit one extra job from the schedule's template now (not a slot: the next slot stays)."""
+        job = self._transport.request("POST", _schedule_path(name, "run"))[1]
+        return JobHandle(self, job["id"], job)
+
+    def delete_schedule(self, name: str) -> None:
+        """No more slots; the jobs it made stay."""
+        self._transport.request("DELETE", _schedule_path(name))
 
     def handlers(self) -> list[dict[str, Any]]:
         """The handlers the server can run (name, kind, timeout, ...)."""
@@ -172,3 +226,20 @@ class Client:
     def _get_job(self, job_id: str, wait: float = 0.0) -> dict[str, Any]:
         return self._transport.request("GET", f"/jobs/{quote(job_id, safe='')}", query={"wait": wait or None},
                                        wait=wait)[1]
+
+
+def _schedule_path(name: str, action: str | None = None) -> str:
+    return f"/schedules/{quote(name, safe='')}" + (f"/{action}" if action else "")
+
+
+def _schedule_fields(fields: Mapping[str, Any], keep_none: bool = False) -> dict[str, Any]:
+    """Fields as the API takes them: datetimes as ISO 8601, args as a list; None left out unless kept."""
+    body = {}
+    for name, value in fields.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif name == "args" and value is not None:
+            value = list(value)
+        if value is not None or keep_none:
+            body[name] = value
+    return body

@@ -78,6 +78,22 @@ def job_table(jobs: Iterable[dict[str, Any]], console: Console | None = None) ->
     (console or _wide_console()).print(table)
 
 
+def schedule_table(schedules: Iterable[dict[str, Any]], console: Console | None = None) -> None:
+    """``greenjobs schedules ls``: one row per schedule, its timing, next and last slot and last job."""
+    table = Table()
+    for name in ("name", "handler", "when", "next", "last", "last job", "source"):
+        table.add_column(name, overflow="fold", no_wrap=name == "name")
+    for schedule in schedules:
+        when = (f"cron {schedule['cron']} ({schedule.get('timezone') or 'UTC'})" if schedule.get("cron")
+                else f"every {schedule['every']:g} s")
+        last_job = schedule.get("last_job") or {}
+        table.add_row(schedule["name"], schedule["handler"], when,
+                      "paused" if schedule.get("paused") else schedule.get("next_fire_at") or "-",
+                      schedule.get("last_fire_at") or "-",
+                      f"{last_job['id']} {last_job.get('state', '')}" if last_job else "-", schedule.get("source", ""))
+    (console or _wide_console()).print(table)
+
+
 def _wide_console() -> Console:
     """Stdout; when it is not a terminal (a pipe, a file), wide enough that ids and errors stay on one line."""
     console = Console()

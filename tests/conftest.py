@@ -24,12 +24,12 @@ def store_backend(request):
 
 @pytest.fixture
 def make_server(tmp_path):
-    """Start pserve from a copy of config.ini: ``make_server(app={...}, server={...}, name='a')``."""
+    """Start pserve from a copy of config.ini: ``make_server(app={...}, server={...}, name='a', env={...})``."""
     started = []
 
-    def make(app=None, server=None, name="srv", start=True, replace_server=False):
+    def make(app=None, server=None, name="srv", start=True, replace_server=False, env=None):
         ini = write_ini(tmp_path / name, app, server, replace_server)
-        proc = ServerProcess(ini)
+        proc = ServerProcess(ini, env)
         started.append(proc)
         return proc.start() if start else proc
 

@@ -121,8 +121,9 @@ class ChildProcess:
 class ServerProcess(ChildProcess):
     """``pserve config.ini`` as a child process, with its output in ``folder/server.log``."""
 
-    def __init__(self, ini: Path):
+    def __init__(self, ini: Path, env: dict | None = None):
         self.ini = ini
+        self.env = env or {}            # added to child_env(), e.g. libfaketime's variables
         parser = configparser.ConfigParser(interpolation=None)
         parser.read(ini)
         self.port = int(parser["server:main"]["port"])
@@ -134,7 +135,7 @@ class ServerProcess(ChildProcess):
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         log = open(self.log_path, "ab")
         # the test-only handler and probe modules live in tests/, so make the repo importable
-        env = child_env()
+        env = {**child_env(), **self.env}
         self.proc = subprocess.Popen([sys.executable, "-m", "pyramid.scripts.pserve", str(self.ini)],
                                      cwd=self.ini.parent, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

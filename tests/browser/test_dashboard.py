@@ -386,3 +386,56 @@ def test_sign_in_with_a_token_then_act_with_the_csrf_token(make_server, browser,
     assert_not_reloaded(browser)
     assert_clean_console(browser, allow=("/session - Failed to load resource: the server responded with a status "
                                          "of 401",))
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+def schedule_row(driver, name: str, selector: str = ""):
+    return js(driver, "const r = document.querySelector('#schedules-table tr[data-schedule=\"' + CSS.escape(arguments[0])"
+                      " + '\"]'); if (!r) return null; const e = arguments[1] ? r.querySelector(arguments[1]) : r;"
+                      " return e ? (arguments[1] ? e.textContent : r.dataset.paused) : null", name, selector)
+
+
+def test_schedules_page_lists_pauses_resumes_and_runs_now(make_server, browser, screenshot):
+    srv = job_server(make_server, **{"greenjobs.workers.cpu": 0, "greenjobs.schedules": "tick",
+                                     "greenjobs.schedule.tick.handler": "echo",
+                                     "greenjobs.schedule.tick.every": "1",
+                                     "greenjobs.schedule.tick.kwargs": '{"from": "ini"}'})
+    made = srv.post("/schedules", {"name": "digest", "handler": "echo", "kwargs": {"note": XSS},
+                                        "cron": "0 8 * * MON", "timezone": "Europe/Berlin", "paused": True})
+    assert made.status_code == 201, made.text
+    open_dashboard(browser, srv, "#/schedules")
+    wait(browser, lambda d: schedule_row(d, "digest") == "true" and schedule_row(d, "tick") == "false")
+    assert schedule_row(browser, "digest", "td.when") == "cron 0 8 * * MON · Europe/Berlin"
+    assert schedule_row(browser, "tick", "td.when") == "every 1 s"
+    wait(browser, lambda d: "succeeded" in (schedule_row(d, "tick", ".last-job") or ""),
+         message="tick's last job shows, with its state")
+    screenshot("schedules")
+
+    # pause the running one, resume the paused one: the buttons act as admin, the list follows
+    click(browser, '#schedules-table tr[data-schedule="tick"] .schedule-toggle')
+    wait(browser, lambda d: schedule_row(d, "tick") == "true")
+    assert srv.get("/schedules/tick").json()["paused"] is True
+    click(browser, '#schedules-table tr[data-schedule="digest"] .schedule-toggle')
+    wait(browser, lambda d: schedule_row(d, "digest") == "false")
+    resumed = srv.get("/schedules/digest").json()
+    assert resumed["paused"] is False and resumed["next_fire_at"]
+
+    # one schedule's page: its facts, template (as text), run now, its recent jobs
+    go(browser, "#/schedules/digest")
+    wait(browser, lambda d: text(d, "#schedule-facts") is not None)
+    assert "cron 0 8 * * MON" in text(browser, "#schedule-facts")
+    assert XSS in text(browser, "main") and not js(browser, "return document.querySelector('main img')")
+    click(browser, ".page-actions .schedule-run")
+    wait(browser, lambda d: js(d, "return document.querySelectorAll('#schedule-jobs tr[data-job]').length") == 1,
+         message="the run-now job is listed")
+    [job] = srv.get("/jobs", params={"schedule": "digest"}).json()["jobs"]
+    assert job["schedule"] == {"name": "digest", "fire_at": None} and job["kwargs"] == {"note": XSS}
+    wait(browser, lambda d: "run now" in text(d, "#schedule-jobs"))
+    screenshot("schedule")
+    click(browser, f'#schedule-jobs tr[data-job="{job["id"]}"] a')
+    wait(browser, lambda d: text(d, "#job-schedule") is not None)
+    assert text(browser, "#job-schedule").startswith("digest")
+    assert srv.get("/schedules/digest").json()["last_fire_at"] is None, "run now is not a slot"
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)

@@ -1,6 +1,8 @@
 """Schedules across real servers: two pserve on one ledger fire each slot of an every-second schedule once,
 also while one is SIGKILLed and restarted; a schedule outlives a restart of every server, and after the
-whole cluster was down, missed = once fires one catch-up job."""
+whole cluster was down, missed = once fires one catch-up job; two servers whose clocks differ by 3 s (one
+under libfaketime) still fire each slot once."""
+import os
 import time
 from datetime import datetime
 
@@ -8,6 +10,8 @@ import pytest
 
 from tests.e2e.helpers import E2E_HANDLERS, QUICK_STOP, wait_until
 from tests.support import ServerProcess
+
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"     # Debian's faketime package
 
 BASE = {**E2E_HANDLERS, **QUICK_STOP, "greenjobs.workers.cpu": 0, "greenjobs.store.lease_seconds": 6}
 
@@ -81,3 +85,46 @@ def test_a_schedule_outlives_the_cluster_and_missed_once_fires_one_catch_up(make
     assert len(late["once"]) == 1, late["once"]         # one catch-up job for all the slots missed
     assert late["skip"] == [] and in_gap["skip"] == []
     assert len(in_gap["once"]) <= 1
+
+
+def test_two_servers_whose_clocks_differ_by_3_s_fire_each_slot_once(make_server, ledger):
+    """The server ahead fires each slot 3 s early (by the real clock), the one behind finds them fired; when
+    the one ahead is killed the one behind takes over where the ledger's cursor is, and the one ahead, back,
+    catches up to it: no slot twice (a clock behind is a clock that jumped back), none skipped."""
+    if not os.access(LIBFAKETIME, os.R_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"no {LIBFAKETIME}, and CI is set: .ci/run should have installed faketime")
+        pytest.skip("no libfaketime (apt-get install -y faketime)")
+    ahead = {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": "+3s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    app = {**BASE, **ledger, "greenjobs.store.lease_seconds": 20}   # heartbeats read 3 s old are not expired
+    fast = make_server(app=app, name="ahead", env=ahead)
+    real = make_server(app=app, name="real")
+    made = real.post("/schedules", {"name": "tick", "handler": "echo", "every": 1})
+    assert made.status_code == 201, made.text
+    early = set()       # jobs made at a time still in the future by this clock: made by the server ahead
+
+    def watch(seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            now = time.time()
+            early.update(j["id"] for j in jobs_of(real, "tick") if epoch(j["created_at"]) > now + 1.5)
+            time.sleep(0.2)
+
+    watch(5)
+    fast.kill()
+    time.sleep(4)                                       # the one behind fires alone, from the cursor on
+    fast = ServerProcess(fast.ini, ahead).start()
+    try:
+        watch(4)
+        assert real.post("/schedules/tick/pause", None).status_code == 200
+    finally:
+        fast.stop()
+    time.sleep(0.5)
+    jobs = jobs_of(real, "tick")
+    slots = sorted(epoch(j["schedule"]["fire_at"]) for j in jobs)
+    gaps = [later - earlier for earlier, later in zip(slots, slots[1:])]
+    print(f"\n[schedule] clocks 3 s apart: {len(slots)} slots, each once, gaps "
+          f"{set(gaps)}; {len(early)} fired by the server ahead (early by the real clock)")
+    assert len(slots) >= 12 and len(set(slots)) == len(slots)
+    assert set(gaps) == {1.0}, gaps
+    assert early, "the server whose clock is ahead fired some slots (seen made in the future)"

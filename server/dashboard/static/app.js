@@ -1047,6 +1047,10 @@
         row("priority", String(job.priority ?? "—")),
         row("timeout", job.timeout === null || job.timeout === undefined ? "—" : fmtDuration(job.timeout)),
         row("batch", job.batch ? h("span", {class: "mono"}, String(job.batch)) : "—"),
+        row("schedule", job.schedule ? h("span", {id: "job-schedule"},
+          h("a", {href: scheduleHref(job.schedule.name)}, String(job.schedule.name)),
+          job.schedule.fire_at ? h("span", {class: "muted"}, " · slot ", timeCell(job.schedule.fire_at))
+                               : h("span", {class: "muted"}, " · run now")) : "—"),
         row("run at", timeCell(job.run_at)),
         row("created", timeCell(job.created_at)),
         row("started", timeCell(job.started_at)),
@@ -1133,6 +1137,172 @@
     }
   }
 
+  // ---------------------------------------------------------------- schedules
+
+  const scheduleHref = (name) => "#/schedules/" + encodeURIComponent(name);
+  const schedulePath = (name, action) => "/schedules/" + encodeURIComponent(name) + (action ? "/" + action : "");
+
+  function whenText(schedule) {
+    if (schedule.cron) return `cron ${schedule.cron} · ${schedule.timezone || "UTC"}`;
+    const every = Number(schedule.every);
+    return `every ${Number.isInteger(every) && every < 120 ? every + " s" : fmtDuration(every)}`;
+  }
+
+  /** Pause or resume, run now: the buttons of one schedule, on the list and on its own page. */
+  function scheduleActions(schedule, onDone) {
+    const admin = can("admin");
+    const title = admin ? null : "managing schedules needs the admin role";
+    const act = async (button, action, message) => {
+      button.disabled = true;
+      try {
+        const answer = await api.post(schedulePath(schedule.name, action));
+        flash(action === "run" ? `${schedule.name}: job ${answer.id} submitted.` : message);
+        onDone(action, answer);
+      } catch (error) {
+        flash(error.message, "error");
+        button.disabled = false;
+      }
+    };
+    const toggle = h("button", {type: "button", class: "schedule-toggle", disabled: !admin, title,
+                                "data-action": schedule.paused ? "resume" : "pause"},
+                     schedule.paused ? "Resume" : "Pause");
+    toggle.addEventListener("click", () => act(toggle, schedule.paused ? "resume" : "pause",
+                                               `${schedule.name} ${schedule.paused ? "resumed" : "paused"}.`));
+    const run = h("button", {type: "button", class: "primary schedule-run", disabled: !admin, title}, "Run now");
+    run.addEventListener("click", () => act(run, "run"));
+    return [toggle, run];
+  }
+
+  function lastJobCell(schedule) {
+    const job = schedule.last_job;
+    if (!job) return h("span", {class: "muted"}, "—");
+    return h("span", {class: "last-job"}, stateBadge(job.state), " ",
+             h("a", {href: jobHref(job.id), class: "mono"}, String(job.id)));
+  }
+
+  class SchedulesPage {
+    constructor(root) {
+      this.root = root;
+      this.timer = null;
+    }
+
+    async start() {
+      this.body = h("tbody");
+      const table = h("table", {class: "table schedules", id: "schedules-table"},
+        h("thead", null, h("tr", null, ["schedule", "handler", "when", "next", "last slot", "last job", "source", ""]
+          .map((c) => h("th", null, c)))), this.body);
+      put(clear(this.root), [
+        pageHeader("Schedules", "Periodic jobs. Every server fires them; each slot once. Refreshed every 2 s."),
+        card(null, h("div", {class: "table-wrap"}, table))]);
+      await this.refresh();
+      this.timer = setInterval(() => this.refresh(), REFRESH_MS);
+    }
+
+    stop() {
+      this.stopped = true;
+      clearInterval(this.timer);
+    }
+
+    async refresh() {
+      let data;
+      try {
+        data = await api.get("/schedules");
+      } catch (error) {
+        if (!this.stopped) clear(this.body).append(h("tr", null, h("td", {colspan: 8, class: "error"}, error.message)));
+        return;
+      }
+      if (this.stopped) return;
+      clear(this.body);
+      const schedules = data.schedules || [];
+      if (!schedules.length) {
+        this.body.append(h("tr", {class: "empty"}, h("td", {colspan: 8, class: "muted"},
+          "No schedules. Declare them in the ini (greenjobs.schedules) or POST /schedules.")));
+      }
+      for (const schedule of schedules) {
+        this.body.append(h("tr", {"data-schedule": String(schedule.name), "data-paused": String(!!schedule.paused)},
+          h("td", null, h("a", {href: scheduleHref(schedule.name), class: "mono"}, String(schedule.name))),
+          h("td", {class: "handler"}, String(schedule.handler)),
+          h("td", {class: "when"}, whenText(schedule)),
+          h("td", {class: "next"}, schedule.paused ? h("span", {class: "badge paused"}, "paused")
+                                                   : timeCell(schedule.next_fire_at)),
+          h("td", null, timeCell(schedule.last_fire_at)),
+          h("td", null, lastJobCell(schedule)),
+          h("td", {class: "muted"}, String(schedule.source || "")),
+          h("td", {class: "actions"}, scheduleActions(schedule, () => this.refresh()))));
+      }
+    }
+  }
+
+  class SchedulePage {
+    constructor(root, name) {
+      this.root = root;
+      this.name = name;
+      this.timer = null;
+    }
+
+    async start() {
+      put(clear(this.root), h("p", {class: "muted"}, "Loading schedule…"));
+      await this.refresh();
+      this.timer = setInterval(() => this.refresh(), REFRESH_MS);
+    }
+
+    stop() {
+      this.stopped = true;
+      clearInterval(this.timer);
+    }
+
+    async refresh() {
+      let schedule, jobs;
+      try {
+        [schedule, jobs] = await Promise.all([
+          api.get(schedulePath(this.name)),
+          api.get("/jobs?" + new URLSearchParams({schedule: this.name, limit: "20"}))]);
+      } catch (error) {
+        if (this.stopped) return;
+        clearInterval(this.timer);
+        put(clear(this.root), [pageHeader("Schedule not found", null),
+          card(null, [h("p", {class: "error"}, error.message), h("a", {href: "#/schedules"}, "← all schedules")])]);
+        return;
+      }
+      if (this.stopped) return;
+      const row = (k, v) => [h("dt", null, k), h("dd", null, v)];
+      const facts = h("dl", {class: "facts", id: "schedule-facts"},
+        row("when", whenText(schedule)),
+        row("state", schedule.paused ? h("span", {class: "badge paused"}, "paused") : "active"),
+        row("next slot", schedule.paused ? "—" : timeCell(schedule.next_fire_at)),
+        row("last slot", timeCell(schedule.last_fire_at)),
+        row("missed", String(schedule.missed)),
+        row("overlap", String(schedule.overlap)),
+        row("jitter", schedule.jitter ? fmtDuration(Number(schedule.jitter)) : "—"),
+        row("start at", timeCell(schedule.start_at)),
+        row("end at", timeCell(schedule.end_at)),
+        row("source", String(schedule.source || "")),
+        row("updated", timeCell(schedule.updated_at)));
+      const template = {};
+      for (const key of ["handler", "args", "kwargs", "priority", "timeout", "max_retries", "callback_url"]) {
+        if (schedule[key] !== undefined && schedule[key] !== null) template[key] = schedule[key];
+      }
+      const body = h("tbody");
+      for (const job of jobs.jobs || []) {
+        body.append(h("tr", {"data-job": String(job.id)},
+          h("td", null, h("a", {href: jobHref(job.id), class: "mono"}, String(job.id))),
+          h("td", null, job.schedule && job.schedule.fire_at ? timeCell(job.schedule.fire_at)
+                                                             : h("span", {class: "muted"}, "run now")),
+          h("td", {class: "state"}, stateBadge(job.state)),
+          h("td", null, timeCell(job.created_at)),
+          h("td", null, timeCell(job.finished_at))));
+      }
+      if (!body.firstChild) body.append(h("tr", {class: "empty"}, h("td", {colspan: 5, class: "muted"}, "No jobs yet.")));
+      const recent = h("table", {class: "table jobs", id: "schedule-jobs"},
+        h("thead", null, h("tr", null, ["job", "slot", "state", "created", "finished"].map((c) => h("th", null, c)))), body);
+      put(clear(this.root), [
+        h("nav", {class: "crumbs"}, h("a", {href: "#/schedules"}, "Schedules"), " / ", h("span", {class: "mono"}, this.name)),
+        pageHeader(this.name, whenText(schedule), scheduleActions(schedule, () => this.refresh())),
+        h("div", {class: "grid detail"}, card("Schedule", facts), card("Job template", jsonView(template))),
+        card("Recent jobs (its slots and run-nows, newest first)", h("div", {class: "table-wrap"}, recent))]);
+    }
+  }
+
   // ---------------------------------------------------------------- router
 
   let current = null;
@@ -1146,16 +1316,20 @@
     if (current) current.stop();
     let page;
     if (path[0] === "jobs" && path.length > 1) page = new JobPage(root, path.slice(1).join("/"));
+    else if (path[0] === "schedules" && path.length > 1) page = new SchedulePage(root, path.slice(1).join("/"));
+    else if (path[0] === "schedules") page = new SchedulesPage(root);
     else if (path[0] === "jobs") page = new JobsPage(root, params, false);
     else if (path[0] === "failed") page = new JobsPage(root, params, true);
     else page = new OverviewPage(root);
     current = page;
-    const name = path[0] === "jobs" ? "jobs" : path[0] === "failed" ? "failed" : "overview";
+    const name = ["jobs", "failed", "schedules"].includes(path[0]) ? path[0] : "overview";
     for (const link of document.querySelectorAll("nav a[data-page]")) {
       link.classList.toggle("active", link.dataset.page === name);
       if (link.dataset.page === name) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
     }
-    document.title = `${name === "overview" ? "Overview" : name === "failed" ? "Failed jobs" : path.length > 1 ? "Job" : "Jobs"} · greenjobs`;
+    const titles = {overview: "Overview", failed: "Failed jobs", jobs: path.length > 1 ? "Job" : "Jobs",
+                    schedules: path.length > 1 ? "Schedule" : "Schedules"};
+    document.title = `${titles[name]} · greenjobs`;
     Promise.resolve(page.start()).catch((error) => {
       if (current === page) put(clear(root), card(null, h("p", {class: "error"}, error.message)));
     });
