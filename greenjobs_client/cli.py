@@ -235,6 +235,13 @@ def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="seconds to connect and to get each answer (default 10)")
 
 
+def _subcommand(subparsers, name: str, func, help_text: str) -> argparse.ArgumentParser:
+    sub = subparsers.add_parser(name, help=help_text, description=help_text)
+    _connection_flags(sub, suppress=True)
+    sub.set_defaults(func=func)
+    return sub
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser; the connection flags are accepted before and after the subcommand."""
     parser = argparse.ArgumentParser(
@@ -246,10 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name, func, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        _connection_flags(sub, suppress=True)
-        sub.set_defaults(func=func)
-        return sub
+        return _subcommand(commands, name, func, help_text)
 
     sub = command("submit", cmd_submit, "submit one job (HANDLER), or many from a JSON Lines file (--from)")
     sub.add_argument("handler", nargs="?", metavar="HANDLER")
@@ -295,10 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name, func, help_text):
-        sub = actions.add_parser(name, help=help_text, description=help_text)
-        _connection_flags(sub, suppress=True)
-        sub.set_defaults(func=func)
-        return sub
+        return _subcommand(actions, name, func, help_text)
 
     sub = action("ls", cmd_schedules_ls, "list schedules with their next and last slot and last job")
     sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")

@@ -1180,13 +1180,27 @@
              h("a", {href: jobHref(job.id), class: "mono"}, String(job.id)));
   }
 
-  class SchedulesPage {
+  /** A page re-read every REFRESH_MS: schedules are few and their events are jobs', so it polls. */
+  class PolledPage {
     constructor(root) {
       this.root = root;
       this.timer = null;
     }
 
     async start() {
+      this.build();
+      await this.refresh();
+      if (!this.stopped) this.timer = setInterval(() => this.refresh(), REFRESH_MS);
+    }
+
+    stop() {
+      this.stopped = true;
+      clearInterval(this.timer);
+    }
+  }
+
+  class SchedulesPage extends PolledPage {
+    build() {
       this.body = h("tbody");
       const table = h("table", {class: "table schedules", id: "schedules-table"},
         h("thead", null, h("tr", null, ["schedule", "handler", "when", "next", "last slot", "last job", "source", ""]
@@ -1194,13 +1208,6 @@
       put(clear(this.root), [
         pageHeader("Schedules", "Periodic jobs. Every server fires them; each slot once. Refreshed every 2 s."),
         card(null, h("div", {class: "table-wrap"}, table))]);
-      await this.refresh();
-      this.timer = setInterval(() => this.refresh(), REFRESH_MS);
-    }
-
-    stop() {
-      this.stopped = true;
-      clearInterval(this.timer);
     }
 
     async refresh() {
@@ -1233,22 +1240,14 @@
     }
   }
 
-  class SchedulePage {
+  class SchedulePage extends PolledPage {
     constructor(root, name) {
-      this.root = root;
+      super(root);
       this.name = name;
-      this.timer = null;
     }
 
-    async start() {
+    build() {
       put(clear(this.root), h("p", {class: "muted"}, "Loading schedule…"));
-      await this.refresh();
-      this.timer = setInterval(() => this.refresh(), REFRESH_MS);
-    }
-
-    stop() {
-      this.stopped = true;
-      clearInterval(this.timer);
     }
 
     async refresh() {
@@ -1259,12 +1258,14 @@
           api.get("/jobs?" + new URLSearchParams({schedule: this.name, limit: "20"}))]);
       } catch (error) {
         if (this.stopped) return;
-        clearInterval(this.timer);
-        put(clear(this.root), [pageHeader("Schedule not found", null),
+        if (this.shown && error.status !== 404) { flash(error.message, "error"); return; }    // try again next time
+        if (error.status === 404) this.stop();          // deleted, or never was: nothing to poll for
+        put(clear(this.root), [pageHeader(error.status === 404 ? "Schedule not found" : "Cannot read the schedule", null),
           card(null, [h("p", {class: "error"}, error.message), h("a", {href: "#/schedules"}, "← all schedules")])]);
         return;
       }
       if (this.stopped) return;
+      this.shown = true;
       const row = (k, v) => [h("dt", null, k), h("dd", null, v)];
       const facts = h("dl", {class: "facts", id: "schedule-facts"},
         row("when", whenText(schedule)),
