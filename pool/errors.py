@@ -45,6 +45,10 @@ class InvalidSchedule(InvalidJobParams):
     """A schedule's definition has a field of the wrong type or out of range (a bad cron expression, …)."""
 
 
+class InvalidWorkflow(InvalidJobParams):
+    """A workflow body that is not one of chain, group, chord of valid steps (the field is named)."""
+
+
 class ScheduleNotFound(JobNotFound):
     """No schedule with that name exists in the store."""
 

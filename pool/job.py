@@ -85,6 +85,9 @@ class Job:
     callback_url: str | None = None     # POSTed to (signed) when the job ends
     callback: dict | None = None        # {url, delivery (job id), state, attempts: [...]}
     schedule: dict | None = None        # {name, fire_at (epoch s; None for "run now")} of a schedule's job
+    workflow_id: str | None = None      # the workflow this job is a step of (also its batch)
+    deps_left: int | None = None        # a waiting step: how many of its dependencies have not succeeded yet
+    step_input: dict | None = None      # what a waiting step receives first (greenjobs.pool.workflows)
 
     @property
     def terminal(self) -> bool:
@@ -123,6 +126,8 @@ class Job:
             "callback": self.callback,
             "schedule": None if self.schedule is None else {"name": self.schedule["name"],
                                                            "fire_at": iso(self.schedule["fire_at"])},
+            "workflow": None if self.workflow_id is None else {"id": self.workflow_id,
+                                                              "waiting_for": self.deps_left or 0},
         }
 
     def message(self) -> dict:

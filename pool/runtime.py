@@ -16,6 +16,7 @@ from typing import Iterable
 
 import gevent
 
+from greenjobs.pool import workflows
 from greenjobs.pool.cluster import ClusterWatch, Membership
 from greenjobs.pool.cpu.dispatcher import CpuDispatcher
 from greenjobs.pool.cpu.supervisor import HostLock, Supervisor
@@ -34,6 +35,7 @@ from greenjobs.pool.scheduler import Scheduler
 from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store import store_for
 from greenjobs.pool.waiters import Waiters
+from greenjobs.pool.workflows import Plan
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class Runtime:
         self.shared_events = SharedEvents(self.events, self.store, settings.cluster_poll, self.members.await_others) \
             if settings.events_shared else None
         self.accepting = False
+        self.store.on_steps_moved = self._steps_moved
 
     def _enqueue(self, jobs: list[Job]) -> None:
         self.io.offer(len(jobs))
@@ -200,7 +203,8 @@ class Runtime:
 
     # -- the API -----------------------------------------------------------------------
     def submit(self, jobs: list[Job], batch_id: str | None = None,
-               keys: dict[int, tuple[str, str]] | None = None, advance: Advance | None = None) -> dict[int, str]:
+               keys: dict[int, tuple[str, str]] | None = None, advance: Advance | None = None,
+               workflow: Plan | None = None) -> dict[int, str]:
         """Store ``jobs`` durably (all or nothing), then start or queue them.
 
         ``keys`` maps a job's index to its (Idempotency-Key, request fingerprint); the result maps the
@@ -213,6 +217,8 @@ class Runtime:
         io_jobs, cpu_jobs = [], []
         for job in jobs:
             job.batch_id = batch_id
+            if job.deps_left:                # a workflow step: released when its dependencies end
+                continue
             if job.run_at is not None and job.run_at > now:
                 job.transition(SCHEDULED)
             else:
@@ -227,7 +233,7 @@ class Runtime:
                 job.transition(RUNNING)
                 job.attempts, job.started_at = 1, now
             repeats = self.store.insert(jobs, self.owner, batch_id, keys, self.settings.api_idempotency_ttl,
-                                        advance=advance)
+                                        advance=advance, workflow=workflow)
         except BaseException:
             if started:
                 self.io.unreserve(started)
@@ -321,6 +327,10 @@ class Runtime:
         """Run a failed job again (same id, next attempt).  Raises JobFinished unless it failed."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new jobs; retry shortly")
+        known = self.store.get(job_id)
+        if known is not None and known.workflow_id is not None:
+            raise JobFinished(f"job {job_id} is a step of workflow {known.workflow_id}, whose later steps ended with "
+                              "it; submit the workflow again")
         job, changed = self.store.revive(job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
@@ -348,6 +358,43 @@ class Runtime:
                 waiter.expect(active)
                 waiter.event.wait(min(1.0, deadline - time.monotonic()))
         return self.store.batch_counts(batch_id) if timeout > 0 else counts
+
+    # -- workflows ------------------------------------------------------------------------
+    def submit_workflow(self, plan: Plan) -> dict:
+        """Store a workflow's jobs and edges in one transaction and start its first steps."""
+        self.submit(plan.jobs, batch_id=plan.id, workflow=plan)
+        return self.workflow(plan.id)
+
+    def workflow(self, workflow_id: str, timeout: float = 0.0) -> dict:
+        """A workflow's state, result and steps; with ``timeout``, first wait until every step ended (woken as
+        a batch's wait is: its steps are its batch)."""
+        shape = self.store.workflow_shape(workflow_id)
+        if shape is None:
+            raise JobNotFound(f"no workflow with id {workflow_id!r}")
+        if timeout > 0:
+            self.batch(workflow_id, timeout)
+        return workflows.describe(workflow_id, shape, self.store.workflow_jobs(workflow_id))
+
+    def cancel_workflow(self, workflow_id: str) -> dict:
+        """Cancel every step that has not ended (running ones where they run; waiting ones downstream of a
+        cancelled step end upstream_failed with it)."""
+        shape = self.store.workflow_shape(workflow_id)
+        if shape is None:
+            raise JobNotFound(f"no workflow with id {workflow_id!r}")
+        for job in self.store.workflow_jobs(workflow_id):
+            if not job.terminal:
+                try:
+                    self.cancel(job.id)
+                except JobFinished:         # ended meanwhile, or cancelled with an upstream step
+                    pass
+        return workflows.describe(workflow_id, shape, self.store.workflow_jobs(workflow_id))
+
+    def _steps_moved(self, moved) -> None:
+        """The store moved workflow steps with an end it recorded: announce the cancelled, start the released."""
+        for job in moved.cancelled:
+            self.listeners.emit(job.state, job)
+        if moved.released:
+            self.dispatch(moved.released)
 
     def batch_of(self, job_ids: list[str]) -> str | None:
         """The batch that holds exactly these jobs (a repeated batch request), or None."""

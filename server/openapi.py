@@ -6,7 +6,7 @@ import copy
 from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
-from greenjobs.pool import schedules, spec
+from greenjobs.pool import schedules, spec, workflows
 from greenjobs.pool.job import EVENTS, STATES
 
 _problem = {"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -18,6 +18,8 @@ _id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"
 _name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _schedule_ref = {"$ref": "#/components/schemas/Schedule"}
 _schedule = {"description": "the schedule", "content": {"application/json": {"schema": _schedule_ref}}}
+_workflow = {"description": "the workflow", "content": {"application/json": {"schema": {
+    "$ref": "#/components/schemas/Workflow"}}}}
 
 
 def _comma_separated(words) -> dict:
@@ -121,6 +123,19 @@ DOCUMENT = {
                                  "schema": {"type": "object", "properties": {
                                      "servers": {"type": "array", "items": {"type": "object"}}}}}}},
                                  **_errors(401, 403)}}},
+        "/workflows": {
+            "post": {"summary": "Submit a chain, group or chord of steps (job specs or nested workflows); each step "
+                                "a job from the start, the later ones waiting for their dependencies",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "$ref": "#/components/schemas/WorkflowSpec"}}}},
+                     "responses": {"202": _workflow, **_errors(400, 401, 403, 413, 415, 422, 429, 503)}},
+        },
+        "/workflows/{id}": {
+            "get": {"summary": "A workflow's state, result and steps in order; with ?wait=S until every step ended",
+                    "parameters": [_id, _wait], "responses": {"200": _workflow, **_errors(400, 404)}},
+            "delete": {"summary": "Cancel every step that has not ended", "parameters": [_id],
+                       "responses": {"200": _workflow, **_errors(404, 503)}},
+        },
         "/schedules": {
             "get": {"summary": "Every schedule: definition, next and last slot, its last job and state",
                     "responses": {"200": {"description": "schedules", "content": {"application/json": {"schema": {
@@ -185,6 +200,17 @@ DOCUMENT = {
     }, "schemas": {
         "JobSpec": JOB_SPEC,
         "ScheduleSpec": schedules.SCHEMA,
+        "WorkflowSpec": workflows.SCHEMA,
+        "Workflow": {"type": "object", "properties": {
+            "id": {"type": "string"}, "kind": {"enum": list(workflows.KINDS)},
+            "state": {"enum": ["running", "succeeded", "failed", "cancelled"],
+                      "description": "running until every step ended; then failed if any step failed"},
+            "result": {"description": "once succeeded: a chain's last step's, a chord's body's, a group's list"},
+            "counts": {"type": "object", "description": "steps per state"},
+            "jobs": {"type": "array", "items": {"type": "object", "properties": {
+                "id": {"type": "string"}, "handler": {"type": "string"}, "state": {"enum": list(STATES)},
+                "waiting_for": {"type": ["integer", "null"], "description": "dependencies not yet succeeded"},
+                "error": {"type": ["object", "null"]}}}}}},
         "Schedule": {"type": "object", "properties": {
             **schedules.SCHEMA["properties"],
             "start_at": {"type": ["string", "null"], "format": "date-time"},
@@ -209,6 +235,8 @@ DOCUMENT = {
             "callback_url": {"type": ["string", "null"]},
             "callback": {"type": ["object", "null"], "description": "webhook delivery: url, delivery (job id), "
                                                                   "state (pending, retrying, delivered, failed), attempts"},
+            "workflow": {"type": ["object", "null"], "description": "the workflow the job is a step of: id, and "
+                                                                  "waiting_for (dependencies not yet succeeded)"},
             "schedule": {"type": ["object", "null"], "description": "the schedule that made the job: name, and "
                                                                   "fire_at, its slot (null for a run-now job)"}}},
         "Problem": {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"},

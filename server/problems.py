@@ -33,6 +33,7 @@ STATUS = {
     errors.IdempotencyConflict: (422, "Idempotency-Key reused"),
     errors.JobNotFound: (404, "Not found"),
     errors.InvalidSchedule: (422, "Invalid schedule"),
+    errors.InvalidWorkflow: (422, "Invalid workflow"),
     errors.ScheduleExists: (409, "Schedule exists"),
     errors.BadCursor: (400, "Invalid query parameter"),
     errors.JobFinished: (409, "Job already finished"),

@@ -9,6 +9,8 @@ ROUTES = (
     ("handlers", "/handlers"),
     ("health", "/health"),
     ("servers", "/servers"),
+    ("workflows", "/workflows"),
+    ("workflow", "/workflows/{id}"),
     ("schedules", "/schedules"),
     ("schedule", "/schedules/{name}"),
     ("schedule_pause", "/schedules/{name}/pause"),

@@ -56,6 +56,7 @@ def includeme(config) -> None:
     config.include("greenjobs.server.problems")
     config.scan("greenjobs.server.views")
     config.scan("greenjobs.server.schedules")
+    config.scan("greenjobs.server.workflows")
     config.scan("greenjobs.server.streams")
     config.scan("greenjobs.server.openapi")
     config.include("greenjobs.server.dashboard")

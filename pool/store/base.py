@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 from greenjobs.pool.job import Job
 from greenjobs.pool.schedules import Advance, Schedule
+from greenjobs.pool.workflows import Plan
 from greenjobs.pool.store.rows import ServerRecord
 
 
@@ -167,9 +168,10 @@ class JobStore(ABC):
     @abstractmethod
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
                keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0,
-               advance: Advance | None = None) -> dict[int, str]:
+               advance: Advance | None = None, workflow: Plan | None = None) -> dict[int, str]:
         """Store new jobs in one durable transaction (all or nothing); running jobs of leased kinds (the
         fast path) are leased to ``owner``, queued ones are held by nobody, published kinds flagged for the outbox.
+        ``workflow``: the jobs are its steps (``batch_id`` its id); its shape and edges are stored with them.
 
         ``keys`` maps a job's index to its (Idempotency-Key, request fingerprint): a key stored
         within ``idempotency_ttl`` s makes that job a repeat, not stored; the result maps its index
@@ -261,6 +263,19 @@ class JobStore(ABC):
     def requeue_stale_cpu(self, dead_workers: Iterable[str] = ()) -> list[Job]:
         """Running published jobs whose lease ran out, or whose worker is one of ``dead_workers``: queued
         again and back in the outbox."""
+
+    # -- workflows -------------------------------------------------------------------------
+    #: Called after a commit that moved workflow steps (released, or cancelled upstream_failed) because of an
+    #: end this store recorded (finish, cancel, a lost worker); set by the runtime (greenjobs.pool.store.workflows).
+    on_steps_moved: Callable[[Any], None] | None = None
+
+    @abstractmethod
+    def workflow_shape(self, workflow_id: str) -> dict | None:
+        """The workflow's kind and result expression, or None if there is none."""
+
+    @abstractmethod
+    def workflow_jobs(self, workflow_id: str) -> list[Job]:
+        """The workflow's steps in the order it lists them."""
 
     # -- webhooks ------------------------------------------------------------------------
     @abstractmethod

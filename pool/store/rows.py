@@ -15,12 +15,13 @@ from greenjobs.pool.job import ACTIVE, TERMINAL, Job
 #: Every column of a job row as the store reads it (row_to_job takes them in this order).
 COLUMNS = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
            "attempts", "result", "error", "errors", "progress", "batch_id", "created_at", "started_at",
-           "finished_at", "callback_url", "callback", "schedule_name", "schedule_fire_at")
+           "finished_at", "callback_url", "callback", "schedule_name", "schedule_fire_at", "workflow_id",
+           "deps_left")
 SELECT = ", ".join(COLUMNS)
 #: The columns a new job is inserted with (the rest start NULL or at their default).
 INSERTED = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
             "attempts", "batch_id", "lease_owner", "lease_expires", "outbox", "created_at", "started_at",
-            "callback_url", "schedule_name", "schedule_fire_at")
+            "callback_url", "schedule_name", "schedule_fire_at", "workflow_id", "deps_left", "step_input")
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,14 @@ def row_to_job(row) -> Job:
     """A row of ``COLUMNS`` as a Job (JSON columns decoded)."""
     (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
      result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback,
-     schedule_name, schedule_fire_at) = row
+     schedule_name, schedule_fire_at, workflow_id, deps_left) = row
     return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
                kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
                attempts=attempts, result=loads(result), error=loads(error), errors=loads(errors) or [],
                progress=loads(progress), batch_id=batch_id, created_at=created_at, started_at=started_at,
                finished_at=finished_at, callback_url=callback_url, callback=loads(callback),
-               schedule=None if schedule_name is None else {"name": schedule_name, "fire_at": schedule_fire_at})
+               schedule=None if schedule_name is None else {"name": schedule_name, "fire_at": schedule_fire_at},
+               workflow_id=workflow_id, deps_left=deps_left)
 
 
 def insert_row(j: Job, owner: str, expires: float) -> tuple:
@@ -92,4 +94,5 @@ def insert_row(j: Job, owner: str, expires: float) -> tuple:
             dumps(j.kwargs) if j.kwargs else "{}", j.timeout, j.max_retries, j.run_at, j.attempts, j.batch_id,
             owner if leased else None, expires if leased else None, int(lifecycle.to_publish(j)), j.created_at,
             j.started_at, j.callback_url, j.schedule["name"] if j.schedule else None,
-            j.schedule["fire_at"] if j.schedule else None)
+            j.schedule["fire_at"] if j.schedule else None, j.workflow_id, j.deps_left,
+            None if j.step_input is None else dumps(j.step_input))

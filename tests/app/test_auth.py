@@ -34,6 +34,9 @@ EXPECTED = {
     ("batch", "GET"): ("read", 200),
     ("handlers", "GET"): ("read", 200),
     ("servers", "GET"): ("read", 200),
+    ("workflows", "POST"): ("submit", 202),
+    ("workflow", "GET"): ("read", 200),
+    ("workflow", "DELETE"): ("admin", 200),
     ("schedules", "GET"): ("read", 200),
     ("schedules", "POST"): ("admin", 201),
     ("schedule", "GET"): ("read", 200),
@@ -105,6 +108,8 @@ def request_for(app, route, method):
         body = {"jobs": [{"handler": "echo"}]}
     elif route == "session" and method == "POST":
         body = {"token": READ}
+    elif (route, method) == ("workflows", "POST"):
+        body = {"chain": [{"handler": "echo"}, {"handler": "echo", "immutable": True}]}
     elif (route, method) == ("schedules", "POST"):
         body = {"name": f"s{new_id()}", "handler": "echo", "every": 60}
     elif (route, method) == ("schedule", "PATCH"):
@@ -119,6 +124,9 @@ def request_for(app, route, method):
     elif route == "job_retry":
         ident = submit(app, {"handler": "fail", "kwargs": {"message": "boom"}, "max_retries": 0})["id"]
         assert app.get(f"/jobs/{ident}?wait=5", headers=bearer(ADMIN)).json["state"] == "failed"
+    elif route == "workflow":
+        ident = app.post("/workflows", json.dumps({"group": [{"handler": "sleep", "kwargs": {"seconds": 30}}]}),
+                         content_type="application/json", headers=bearer(ADMIN), status=202).json["id"]
     elif route == "batch":
         ident = app.post("/jobs/batch", json.dumps({"jobs": [{"handler": "echo"}]}), content_type="application/json",
                          headers=bearer(ADMIN)).json["batch"]

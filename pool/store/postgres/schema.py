@@ -86,6 +86,15 @@ MIGRATIONS: dict[int, str] = {
        " last_fire_at double precision, last_job_id text, created_at double precision NOT NULL,"
        " updated_at double precision NOT NULL);"
        " CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_fire_at) WHERE paused = 0;",
+    # workflows: a batch with a shape, steps that wait for deps_left dependencies, an edge per dependency
+    6: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS workflow_id text, ADD COLUMN IF NOT EXISTS deps_left integer,"
+       " ADD COLUMN IF NOT EXISTS step_input text;"
+       " ALTER TABLE batches ADD COLUMN IF NOT EXISTS shape text;"
+       " CREATE TABLE IF NOT EXISTS job_deps (workflow_id text NOT NULL, job_id text NOT NULL,"
+       " dependent_id text NOT NULL);"
+       " CREATE INDEX IF NOT EXISTS job_deps_job ON job_deps (job_id);"
+       " CREATE INDEX IF NOT EXISTS job_deps_dependent ON job_deps (dependent_id);"
+       " CREATE INDEX IF NOT EXISTS job_deps_workflow ON job_deps (workflow_id);",
 }
 CURRENT = max(MIGRATIONS)
 

@@ -24,6 +24,7 @@ from greenjobs.pool.store.base import JobStore, Lease, Pending
 from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store.postgres import schema
 from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advance_params
+from greenjobs.pool.store.workflows import WorkflowTable
 from greenjobs.pool.store.postgres.committer import Committer, Swap, json_rows
 from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
                                        dumps, insert_row, row_to_job)
@@ -41,7 +42,7 @@ INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join(['%s'] * 
 #: The type of each of ``INSERTED``, for inserting many rows as one statement (``json_rows``).
 _TYPES = {"priority": "int", "timeout": "float8", "max_retries": "int", "run_at": "float8", "attempts": "int",
           "lease_expires": "float8", "outbox": "int", "created_at": "float8", "started_at": "float8",
-          "schedule_fire_at": "float8"}
+          "schedule_fire_at": "float8", "deps_left": "int"}
 INSERT_MANY = (f"INSERT INTO jobs ({', '.join(INSERTED)}) SELECT {', '.join(INSERTED)} FROM "
                + json_rows(", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERTED), ordered=True))
 
@@ -105,7 +106,7 @@ def redacted(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
-class PostgresStore(ScheduleTable, JobStore):
+class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
     """The durable job table in PostgreSQL.  Call :meth:`open` once from a greenlet before use."""
 
     _MARK = "%s"
@@ -331,7 +332,7 @@ class PostgresStore(ScheduleTable, JobStore):
     # -- submission --------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
                keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0,
-               advance: Advance | None = None) -> dict[int, str]:
+               advance: Advance | None = None, workflow=None) -> dict[int, str]:
         """Store new jobs in one transaction (all or nothing); see JobStore.insert.
 
         A key is claimed first, with ``INSERT … ON CONFLICT``: a live key another transaction holds
@@ -376,6 +377,8 @@ class PostgresStore(ScheduleTable, JobStore):
                         conn.execute(INSERT, fresh[0])
                     elif fresh:                 # one statement for the lot
                         conn.execute(INSERT_MANY, (dumps(fresh),))
+                    if workflow is not None:
+                        self._insert_plan(conn, workflow, now)
             except _Conflict as conflict:
                 return repeats, str(conflict)
             except _Raced:
@@ -410,7 +413,10 @@ class PostgresStore(ScheduleTable, JobStore):
         args = (state, result_json, None if error is None else dumps(error), dumps(errors) if errors else None,
                 now, None if job.progress is None else dumps(job.progress))
         self._progress.pop(job.id, None)
-        if not self._db.swap(FINISH, args + (job.id, owner, job.attempts)).get():
+        if job.workflow_id is not None:
+            if not self._finish_step(job, owner, args):
+                return False
+        elif not self._db.swap(FINISH, args + (job.id, owner, job.attempts)).get():
             return False
         job.transition(state)
         job.finished_at, job.errors = now, errors
@@ -435,10 +441,18 @@ class PostgresStore(ScheduleTable, JobStore):
         def op(conn):
             row = conn.execute(sql, params).fetchone()
             if row is not None:
-                return row_to_job(row), True
+                job = row_to_job(row)
+                ended = job.workflow_id is not None and job.terminal
+                return job, True, self._ended(conn, [(job_id, job.state)]) if ended else None
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = %s", (job_id,)).fetchone()
-            return (row_to_job(row) if row else None), False
-        return self._db.write(op, durable=True, notify=notify)
+            return (row_to_job(row) if row else None), False, None
+        job, changed, moved = self._db.write(op, durable=True, notify=notify)
+        if moved:
+            self._announce(moved)
+        return job, changed
+
+    def _write_step(self, op, notify: str):
+        return self._db.write(op, notify=notify)
 
     def cancel(self, job_id: str, error: dict) -> tuple[Job | None, bool]:
         return self._change_or_read(
@@ -522,6 +536,7 @@ class PostgresStore(ScheduleTable, JobStore):
             deleted = conn.execute(
                 f"DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE state IN {TERMINAL_SQL}"
                 " AND finished_at < %s ORDER BY finished_at LIMIT %s)", (finished_before, limit)).rowcount
+            self._sweep_edges(conn, finished_before)
             conn.execute("DELETE FROM batches WHERE created_at < %s AND NOT EXISTS"
                          " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)", (finished_before,))
             conn.execute("DELETE FROM idempotency WHERE created_at < %s", (finished_before,))
@@ -548,7 +563,7 @@ class PostgresStore(ScheduleTable, JobStore):
             row = conn.execute(f"SELECT {SELECT}, lease_owner, lease_expires FROM jobs WHERE id = %s FOR UPDATE",
                                (job_id,)).fetchone()
             if row is None:
-                return "skip", None
+                return "skip", None, None
             job = row_to_job(row[:-2])
             verdict = judge(job, Lease(*row[-2:]))
             if verdict.answer == "lost":
@@ -557,15 +572,19 @@ class PostgresStore(ScheduleTable, JobStore):
                     f" lease_expires = NULL, outbox = 0 WHERE id = %s RETURNING {SELECT}",
                     (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()
-                return "lost", row_to_job(row)      # (other servers' long-polls learn it by polling)
+                lost = row_to_job(row)
+                return "lost", lost, self._ended(conn, [(job_id, lost.state)]) if lost.workflow_id else None      # (other servers' long-polls learn it by polling)
             if verdict.answer == "go":
                 row = conn.execute(
                     f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = %s, lease_owner = %s,"
                     f" lease_expires = %s, outbox = 0 WHERE id = %s RETURNING {SELECT}",
                     (now, worker, verdict.lease_until, job_id)).fetchone()
-                return "go", row_to_job(row)
-            return "skip", job
-        return self._db.write(op)
+                return "go", row_to_job(row), None
+            return "skip", job, None
+        answer, job, moved = self._db.write(op)
+        if moved:
+            self._announce(moved)
+        return answer, job
 
     def requeue_stale_cpu(self, dead_workers: Iterable[str] = ()) -> list[Job]:
         return self._write_returning(

@@ -82,6 +82,14 @@ MIGRATIONS: dict[int, str] = {
        " paused INTEGER NOT NULL DEFAULT 0, revision INTEGER NOT NULL DEFAULT 0, next_fire_at REAL, last_fire_at REAL,"
        " last_job_id TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL);"
        " CREATE INDEX IF NOT EXISTS schedules_due ON schedules(next_fire_at) WHERE paused = 0",
+    # workflows: a batch with a shape, steps that wait for deps_left dependencies, an edge per dependency
+    7: "ALTER TABLE jobs ADD COLUMN workflow_id TEXT; ALTER TABLE jobs ADD COLUMN deps_left INTEGER;"
+       " ALTER TABLE jobs ADD COLUMN step_input TEXT; ALTER TABLE batches ADD COLUMN shape TEXT;"
+       " CREATE TABLE IF NOT EXISTS job_deps (workflow_id TEXT NOT NULL, job_id TEXT NOT NULL,"
+       " dependent_id TEXT NOT NULL);"
+       " CREATE INDEX IF NOT EXISTS job_deps_job ON job_deps(job_id);"
+       " CREATE INDEX IF NOT EXISTS job_deps_dependent ON job_deps(dependent_id);"
+       " CREATE INDEX IF NOT EXISTS job_deps_workflow ON job_deps(workflow_id)",
 }
 CURRENT = max((1, *MIGRATIONS))
 

@@ -21,6 +21,7 @@ from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL,
                                        insert_row, row_to_job)
 from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advance_params
+from greenjobs.pool.store.workflows import WorkflowTable
 from greenjobs.pool.store.sqlite import schema
 from greenjobs.pool.store.sqlite.committer import GroupCommitter
 
@@ -29,7 +30,7 @@ _SERVER_SELECT = ", ".join(SERVER_COLUMNS)
 _BEAT = f"INSERT OR REPLACE INTO servers ({_SERVER_SELECT}) VALUES ({', '.join('?' * len(SERVER_COLUMNS))})"
 
 
-class SqliteStore(ScheduleTable, JobStore):
+class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
     """The durable job table.  Call :meth:`open` once from a greenlet before use.
 
     ``synchronous`` is SQLite's: ``full`` fsyncs the WAL on every (group) commit and survives
@@ -247,7 +248,7 @@ class SqliteStore(ScheduleTable, JobStore):
     # -- writes ----------------------------------------------------------------------
     def insert(self, jobs: list[Job], owner: str, batch_id: str | None = None,
                keys: dict[int, tuple[str, str]] | None = None, idempotency_ttl: float = 86400.0,
-               advance: Advance | None = None) -> dict[int, str]:
+               advance: Advance | None = None, workflow=None) -> dict[int, str]:
         """Store new jobs in one transaction (all or nothing).  Running io jobs are leased to ``owner``.
 
         ``keys`` maps a job's index to its (Idempotency-Key, fingerprint of the request).  A key stored
@@ -292,6 +293,8 @@ class SqliteStore(ScheduleTable, JobStore):
             if batch_id is not None and fresh:
                 conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(fresh), now))
             conn.executemany(schema.INSERT, fresh)
+            if workflow is not None:
+                self._insert_plan(conn, workflow, now)
             return repeats, None
         repeats, conflict = self._db.write(op, durable=True)
         if conflict is RACED:
@@ -355,7 +358,10 @@ class SqliteStore(ScheduleTable, JobStore):
         args = (state, result_json, None if error is None else dumps(error), dumps(errors) if errors else None,
                 now, None if job.progress is None else dumps(job.progress))
         self._progress.pop(job.id, None)
-        if not self._db.swap(
+        if job.workflow_id is not None:
+            if not self._finish_step(job, owner, args):
+                return False
+        elif not self._db.swap(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, errors = ?, finished_at = ?,"
                 " progress = COALESCE(?, progress), lease_owner = NULL, lease_expires = NULL"
                 f" WHERE id = ? AND state IN {FROM['finish']} AND lease_owner = ? AND attempts = ?",
@@ -383,6 +389,9 @@ class SqliteStore(ScheduleTable, JobStore):
         job.run_at, job.error, job.errors = run_at, error, errors
         return True
 
+    def _write_step(self, op, notify: str):
+        return self._db.write(op)           # (no other server hears a SQLite ledger: they poll)
+
     def cancel(self, job_id: str, error: dict) -> tuple[Job | None, bool]:
         """Cancel a job in any active state, recording ``error``; returns (the job as it now is, whether
         this call cancelled it)."""
@@ -394,10 +403,14 @@ class SqliteStore(ScheduleTable, JobStore):
                 f" error = ? WHERE id = ? AND state IN {FROM['cancel']} RETURNING {SELECT}",
                 (now, dumps(error), job_id)).fetchone()
             if row is not None:
-                return row_to_job(row), True
+                job = row_to_job(row)
+                return job, True, self._ended(conn, [(job_id, CANCELLED)]) if job.workflow_id else None
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            return (row_to_job(row) if row else None), False
-        return self._db.write(op, durable=True)
+            return (row_to_job(row) if row else None), False, None
+        job, changed, moved = self._db.write(op, durable=True)
+        if moved:
+            self._announce(moved)
+        return job, changed
 
     def revive(self, job_id: str) -> tuple[Job | None, bool]:
         """failed -> queued (same id; its next start is a new attempt).  Returns (job as it is now, changed).
@@ -423,6 +436,7 @@ class SqliteStore(ScheduleTable, JobStore):
                 "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished"
                 f" WHERE state IN {TERMINAL_SQL} AND finished_at < ? ORDER BY finished_at LIMIT ?)",
                 (finished_before, limit)).rowcount
+            self._sweep_edges(conn, finished_before)
             conn.execute("DELETE FROM batches WHERE created_at < ? AND NOT EXISTS"
                          " (SELECT 1 FROM jobs WHERE jobs.batch_id = batches.id)", (finished_before,))
             conn.execute("DELETE FROM idempotency WHERE created_at < ?", (finished_before,))
@@ -525,7 +539,7 @@ class SqliteStore(ScheduleTable, JobStore):
         def op(conn):
             row = conn.execute(f"SELECT {SELECT}, lease_owner, lease_expires FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                return "skip", None
+                return "skip", None, None
             job = row_to_job(row[:-2])
             verdict = judge(job, Lease(*row[-2:]))
             if verdict.answer == "lost":
@@ -534,15 +548,19 @@ class SqliteStore(ScheduleTable, JobStore):
                     f" lease_expires = NULL, outbox = 0 WHERE id = ? RETURNING {SELECT}",
                     (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()
-                return "lost", row_to_job(row)
+                lost = row_to_job(row)
+                return "lost", lost, self._ended(conn, [(job_id, lost.state)]) if lost.workflow_id else None
             if verdict.answer == "go":
                 row = conn.execute(
                     f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
                     f" lease_expires = ?, outbox = 0 WHERE id = ? RETURNING {SELECT}",
                     (now, worker, verdict.lease_until, job_id)).fetchone()
-                return "go", row_to_job(row)
-            return "skip", job
-        return self._db.write(op)
+                return "go", row_to_job(row), None
+            return "skip", job, None
+        answer, job, moved = self._db.write(op)
+        if moved:
+            self._announce(moved)
+        return answer, job
 
     def requeue_stale_cpu(self, dead_workers: Iterable[str] = ()) -> list[Job]:
         """Running published (cpu) jobs whose lease ran out or whose worker is dead: queued and to republish."""
