@@ -17,10 +17,11 @@ from greenjobs_client.errors import (
     Conflict, ConnectionFailed, GreenjobsClientError, IdempotencyConflict, InvalidRequest, JobCancelled, JobError,
     JobFailed, NotFound, Overloaded, RequestFailed, ServerError, Unavailable, UnknownHandler, WaitTimeout,
 )
-from greenjobs_client.handles import TERMINAL, Batch, JobHandle
+from greenjobs_client.handles import TERMINAL, Batch, JobHandle, WorkflowHandle
+from greenjobs_client.workflows import chain, chord, group, s, si
 
 __all__ = [
-    "Client", "job_spec", "JobHandle", "Batch", "TERMINAL",
+    "Client", "job_spec", "JobHandle", "Batch", "WorkflowHandle", "TERMINAL", "chain", "group", "chord", "s", "si",
     "GreenjobsClientError", "ConnectionFailed", "RequestFailed", "InvalidRequest", "UnknownHandler",
     "IdempotencyConflict", "NotFound", "Conflict", "Overloaded", "Unavailable", "ServerError",
     "JobError", "JobFailed", "JobCancelled", "WaitTimeout",

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from greenjobs_client.handles import Batch, JobHandle
+from greenjobs_client.handles import Batch, JobHandle, WorkflowHandle
 from greenjobs_client.transport import Transport
 
 OPTIONS = ("priority", "timeout", "max_retries", "delay", "run_at")
@@ -129,6 +129,16 @@ class Client:
             except (KeyError, TypeError, AttributeError):
                 self._batch_keys = False
         return self._batch_keys
+
+    def run(self, workflow: Mapping[str, Any]) -> WorkflowHandle:
+        """Submit a workflow (``greenjobs_client.workflows``: chain, group, chord) in one ``POST /workflows``:
+        every step is stored at once, each starting when what it depends on succeeded."""
+        _, answer, _ = self._transport.request("POST", "/workflows", dict(workflow))
+        return WorkflowHandle(self, answer["id"], answer)
+
+    def workflow(self, workflow_id: str) -> WorkflowHandle:
+        """A handle on an existing workflow (no request is made)."""
+        return WorkflowHandle(self, workflow_id)
 
     # -- following ----------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:

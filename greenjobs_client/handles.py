@@ -149,3 +149,49 @@ class Batch:
         self.wait(timeout)
         return [handle.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 for handle in self.handles]
+
+
+class WorkflowHandle:
+    """A workflow on the server (``client.run(...)``): its state, its steps, its result."""
+
+    __slots__ = ("client", "id", "last")
+
+    def __init__(self, client: Client, workflow_id: str, last: dict[str, Any] | None = None):
+        self.client, self.id, self.last = client, workflow_id, last
+
+    def __repr__(self) -> str:
+        return f"<WorkflowHandle {self.id}>"
+
+    @property
+    def jobs(self) -> list[JobHandle]:
+        """Its steps, in the order the workflow lists them."""
+        last = self.last or self.status()
+        return [JobHandle(self.client, job["id"]) for job in last["jobs"]]
+
+    def status(self, wait: float = 0.0) -> dict[str, Any]:
+        """``{"state", "result", "counts", "jobs": [...]}`` now (or after at most ``wait`` seconds of waiting)."""
+        self.last = self.client._transport.request("GET", f"/workflows/{quote(self.id, safe='')}",
+                                                   query={"wait": wait or None}, wait=wait)[1]
+        return self.last
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """The workflow once every step ended; WaitTimeout after ``timeout`` seconds (it is left running)."""
+        return long_poll(self.status, lambda answer: answer["state"] != "running", timeout, self.client.wait_chunk,
+                         f"workflow {self.id}")
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Its result once it succeeded (a chain's last step's, a chord's body's, a group's list); raises
+        JobFailed with the first failed step (its remote error), or JobCancelled."""
+        answer = self.wait(timeout)
+        if answer["state"] == "succeeded":
+            return answer["result"]
+        failed = next((job for job in answer["jobs"] if job["state"] == "failed"), None)
+        if failed is not None:
+            raise JobFailed(self.client.get(failed["id"]))
+        first = next(job for job in answer["jobs"] if job["state"] == "cancelled")
+        raise JobCancelled(self.client.get(first["id"]))
+
+    def cancel(self) -> dict[str, Any]:
+        """Cancel every step that has not ended."""
+        self.last = self.client._transport.request("DELETE", f"/workflows/{quote(self.id, safe='')}")[1]
+        return self.last

@@ -16,7 +16,8 @@ def server(tmp_path_factory):
     """A real server from a copy of config.ini (no cpu workers: every client test uses io handlers)."""
     ini = write_ini(tmp_path_factory.mktemp("greenjobs-client"),
                     app={"greenjobs.workers.cpu": 0, "greenjobs.store.synchronous": "normal",
-                         "greenjobs.handlers": "greenjobs.handlers.builtin tests.client.client_handlers"})
+                         "greenjobs.handlers": "greenjobs.handlers.builtin tests.client.client_handlers"
+                                               " tests.workflow_handlers"})
     proc = ServerProcess(ini).start()
     yield proc
     stop_all([proc])
