@@ -164,6 +164,15 @@ def cmd_ls(client: Client, args) -> int:
     return OK
 
 
+def cmd_workflow(client: Client, args) -> int:
+    """``greenjobs workflow ID``: the workflow as JSON (state, result, steps); --wait follows it to its end
+    (exit 1 if it failed or was cancelled)."""
+    handle = client.workflow(args.id)
+    answer = handle.wait(timeout=args.wait_timeout) if args.wait else handle.status()
+    _print_job(answer)
+    return JOB_FAILED if answer["state"] in ("failed", "cancelled") else OK
+
+
 def cmd_schedules_ls(client: Client, args) -> int:
     """``greenjobs schedules ls``: every schedule as a table, or one line of JSON each with --json."""
     schedules = client.schedules()
@@ -292,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--handler")
     sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+
+    sub = command("workflow", cmd_workflow, "print a workflow: its state, result and steps")
+    sub.add_argument("id", metavar="ID")
+    sub.add_argument("--wait", action="store_true", help="wait for it to end; exit 1 if it failed or was cancelled")
+    sub.add_argument("--wait-timeout", type=float, help="seconds to wait at most (default: no limit)")
 
     group = commands.add_parser("schedules", help="list and manage periodic jobs (managing needs an admin token)",
                                 description="List and manage schedules: periodic jobs fired on cron or every slots.")

@@ -439,3 +439,29 @@ def test_schedules_page_lists_pauses_resumes_and_runs_now(make_server, browser, 
     assert srv.get("/schedules/digest").json()["last_fire_at"] is None, "run now is not a slot"
     assert_not_reloaded(browser)
     assert_clean_console(browser)
+
+
+# -- workflows --------------------------------------------------------------------------------
+
+def test_a_steps_page_shows_its_workflow_and_follows_it(make_server, browser, screenshot):
+    srv = job_server(make_server, **{"greenjobs.workers.cpu": 0,
+                                     "greenjobs.handlers": "greenjobs.handlers.builtin tests.browser.browser_handlers"
+                                                           " tests.workflow_handlers"})
+    made = srv.post("/workflows", {"chain": [{"handler": "wf.nap", "kwargs": {"x": 2, "seconds": 1.5}},
+                                             {"handler": "wf.add", "args": [3]}, {"handler": "wf.boom"},
+                                             {"handler": "wf.add"}]})
+    assert made.status_code == 202, made.text
+    steps = [j["id"] for j in made.json()["jobs"]]
+    open_dashboard(browser, srv, f"#/jobs/{steps[1]}")
+    wait(browser, lambda d: text(d, "#workflow-steps") is not None, message="the workflow's steps")
+    step_state = "return [...document.querySelectorAll('#workflow-steps tr[data-job]')].map(r => r.querySelector('.badge').dataset.state)"
+    assert js(browser, step_state)[1:] == ["scheduled", "scheduled", "scheduled"]
+    assert "waiting for 1" in text(browser, "#workflow-steps")
+    assert js(browser, "return document.querySelector('#workflow-steps tr.current').dataset.job") == steps[1]
+    wait(browser, lambda d: js(d, step_state) == ["succeeded", "succeeded", "failed", "cancelled"], 30,
+         message="the page follows the workflow to its end")
+    assert "upstream failed" in text(browser, "#workflow-steps")
+    assert js(browser, "return document.getElementById('workflow-steps').dataset.state") == "failed"
+    screenshot("workflow")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)

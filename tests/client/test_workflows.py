@@ -40,3 +40,16 @@ def test_the_builders_refuse_what_is_not_a_step():
         chain()
     with pytest.raises(TypeError):
         group("wf.add")
+
+
+def test_the_workflow_command_prints_and_follows_a_workflow(client, server):
+    from tests.client.test_cli import lines, run as cli
+    flow = client.run(chain(s("wf.nap", 2, seconds=0.3), s("wf.add", 3)))
+    out = cli("workflow", flow.id, "--wait", "--wait-timeout", "30", url=server.url)
+    assert out.returncode == 0, out.stderr
+    [shown] = lines(out.stdout)
+    assert (shown["state"], shown["result"], len(shown["jobs"])) == ("succeeded", 5, 2)
+    failed = client.run(chain(s("wf.boom"), s("wf.add")))
+    out = cli("workflow", failed.id, "--wait", url=server.url)
+    assert out.returncode == 1 and lines(out.stdout)[0]["state"] == "failed"
+    assert cli("workflow", "nope", url=server.url).returncode == 2

@@ -991,13 +991,17 @@
       this.stopped = true;
       if (this.stream) this.stream.close();
       clearTimeout(this.pendingFetch);
+      clearTimeout(this.flowTimer);
     }
 
     async refresh() {
       try {
         const job = await api.get("/jobs/" + encodeURIComponent(this.id));
+        // a workflow's step: its steps and their states, beside the job
+        const flow = job.workflow ? await api.get("/workflows/" + encodeURIComponent(job.workflow.id)) : null;
         if (this.stopped) return;
         this.job = job;
+        this.flow = flow;
       } catch (error) {
         if (this.stopped) return;
         if (!this.job) {
@@ -1080,6 +1084,9 @@
         sections.push(card(`Every attempt's error (${errors.length})`, list));
       }
 
+      if (this.flow) sections.unshift(this.workflowView(this.flow));
+      clearTimeout(this.flowTimer);       // other steps' ends are not this page's events: re-read while it runs
+      if (this.flow && this.flow.state === "running") this.flowTimer = setTimeout(() => this.refresh(), REFRESH_MS);
       put(clear(this.root), [
         h("nav", {class: "crumbs"}, h("a", {href: "#/jobs"}, "Jobs"), " / ", h("span", {class: "mono"}, String(job.id))),
         pageHeader(String(job.handler), null, this.badge, this.cancelButton, this.retryButton),
@@ -1088,6 +1095,27 @@
         sections,
       ]);
       this.renderLive();
+    }
+
+    /** The workflow this job is a step of: every step in order with its state; this one marked. */
+    workflowView(flow) {
+      const body = h("tbody");
+      flow.jobs.forEach((step, i) => {
+        const here = step.id === this.id;
+        body.append(h("tr", {"data-job": String(step.id), class: here ? "current" : null},
+          h("td", {class: "num"}, String(i + 1)),
+          h("td", null, here ? h("strong", {class: "mono"}, String(step.id))
+                             : h("a", {href: jobHref(step.id), class: "mono"}, String(step.id))),
+          h("td", {class: "handler"}, String(step.handler)),
+          h("td", {class: "state"}, stateBadge(step.state),
+            step.waiting_for ? h("span", {class: "muted"}, ` waiting for ${step.waiting_for}`) : null,
+            step.error && step.error.kind === "upstream_failed" ? h("span", {class: "muted"}, " upstream failed") : null)));
+      });
+      const title = `Workflow ${flow.kind} · ${flow.state}` +
+        (flow.state === "succeeded" ? "" : ` · ${flow.jobs.filter((j) => ACTIVE.has(j.state)).length} active`);
+      return card(title, h("div", {class: "table-wrap"},
+        h("table", {class: "table jobs", id: "workflow-steps", "data-workflow": String(flow.id), "data-state": String(flow.state)},
+          h("thead", null, h("tr", null, ["#", "job", "handler", "state"].map((c) => h("th", null, c)))), body)));
     }
 
     errorView(error, attempt) {
