@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from greenjobs.pool.job import CANCELLED, QUEUED, SCHEDULED, SUCCEEDED, Job
-from greenjobs.pool.store.rows import PUBLISHED_SQL, SELECT, dumps, loads, row_to_job
+from greenjobs.pool.store.rows import FROM, PUBLISHED_SQL, SELECT, dumps, loads, row_to_job
 from greenjobs.pool.workflows import UPSTREAM_FAILED, Plan, evaluate
 
 _DECREMENT = (f"UPDATE jobs SET deps_left = deps_left - 1 WHERE id IN (SELECT dependent_id FROM job_deps"
@@ -35,7 +35,7 @@ _CANCEL_WAITING = (f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, err
 #: running (this attempt, leased to the runner) -> an end state, as the stores' batched FINISH does it
 _FINISH_STEP = ("UPDATE jobs SET state = ?, result = ?, error = ?, errors = ?, finished_at = ?,"
                 " progress = COALESCE(?, progress), lease_owner = NULL, lease_expires = NULL"
-                " WHERE id = ? AND state IN ('running') AND lease_owner = ? AND attempts = ?")
+                f" WHERE id = ? AND state IN {FROM['finish']} AND lease_owner = ? AND attempts = ?")
 
 
 class StepsMoved:
