@@ -226,6 +226,7 @@ class Runtime:
                 (cpu_jobs if job.kind == "cpu" else io_jobs).append(job)
         if cpu_jobs:
             self.cpu.check_available()       # 503 now rather than a job that waits for a broker
+            self.cpu.admit(len(cpu_jobs))    # 429 past greenjobs.workers.max_pending waiting
         started = self.io.admit(len(io_jobs)) if io_jobs else 0
         try:
             io_jobs.sort(key=lambda j: -j.priority)

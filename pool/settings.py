@@ -235,6 +235,8 @@ TABLE = (
             " mode: then greenjobs.cluster.poll alone)"),
     Setting("greenjobs.workers.cpu", as_int(0, 1024), default_cpu_count(),
             "CPU worker processes the server starts and supervises (0: run them elsewhere with greenjobs-worker)"),
+    Setting("greenjobs.workers.max_pending", as_int(0, 10_000_000), 100_000,
+            "cpu jobs waiting for a worker (all servers') before cpu submissions get 429"),
     Setting("greenjobs.workers.redeliveries", as_int(0, 100), 3,
             "times a cpu job whose worker died mid-job is run again before it fails with worker_lost"),
     Setting("greenjobs.broker.url", as_broker_url, None,

@@ -22,7 +22,7 @@ from gevent.threadpool import ThreadPool
 from kombu import Consumer, Producer
 
 from greenjobs.pool.cpu import broker
-from greenjobs.pool.errors import QueueUnavailable
+from greenjobs.pool.errors import Overloaded, QueueUnavailable
 from greenjobs.pool import outcomes
 from greenjobs.pool.job import Job
 from greenjobs.pool.lifecycle import judge_worker_claim
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: Longest pause between reconnection attempts: cpu submissions answer 503 while the broker is
 #: away, so coming back within two seconds of its return matters more than saving a few refused connects.
 RECONNECT_MAX = 2.0
+#: Seconds between reads of the ledger's cpu backlog for admission (greenjobs.workers.max_pending).
+BACKLOG_EVERY = 0.5
 
 
 class _Link:
@@ -78,6 +80,7 @@ class CpuDispatcher:
         self.registry = registry
         self.sink = sink                      # greenjobs.pool.listeners.Sink: starts, progress, outcomes
         self.supervisor = supervisor
+        self._backlog, self._backlog_at = 0, -BACKLOG_EVERY     # cpu jobs waiting in the ledger, as last counted
         self._jobs: collections.deque = collections.deque()      # jobs to publish
         self._replies: collections.deque = collections.deque()   # (reply_to, body): claim answers
         self._wake = Event()
@@ -117,6 +120,18 @@ class CpuDispatcher:
         if not self.connected:
             raise QueueUnavailable("the CPU job broker is not reachable right now; retry shortly "
                                    f"({self.settings.broker_url.split('@')[-1]})")
+
+    def admit(self, count: int) -> None:
+        """Raise Overloaded (429) when ``count`` more cpu jobs would pass greenjobs.workers.max_pending waiting
+        in the ledger (every server's: counted there at most every BACKLOG_EVERY seconds, and here in between)."""
+        now = time.monotonic()
+        if now >= self._backlog_at + BACKLOG_EVERY:
+            self._backlog, self._backlog_at = self.store.backlog(("cpu",)), now
+        limit = self.settings.workers_max_pending
+        if self._backlog + count > limit:
+            raise Overloaded(f"the cpu job backlog is full ({self._backlog} waiting for a worker, limit "
+                             f"greenjobs.workers.max_pending={limit}); retry later", retry_after=1)
+        self._backlog += count
 
     # -- publishing --------------------------------------------------------------------
     def publish(self, jobs: list[Job]) -> None:
