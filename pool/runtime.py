@@ -328,13 +328,12 @@ class Runtime:
         """Run a failed job again (same id, next attempt).  Raises JobFinished unless it failed."""
         if not self.accepting:
             raise ShuttingDown("the server is shutting down and accepts no new jobs; retry shortly")
-        known = self.store.get(job_id)
-        if known is not None and known.workflow_id is not None:
-            raise JobFinished(f"job {job_id} is a step of workflow {known.workflow_id}, whose later steps ended with "
-                              "it; submit the workflow again")
         job, changed = self.store.revive(job_id)
         if job is None:
             raise JobNotFound(f"no job with id {job_id!r}")
+        if not changed and job.workflow_id is not None:     # the store revives no workflow step
+            raise JobFinished(f"job {job_id} is a step of workflow {job.workflow_id}, whose later steps ended with "
+                              "it; submit the workflow again")
         if not changed:
             raise JobFinished(f"job {job_id} is {job.state}; only a failed job can be retried")
         self.listeners.emit("retrying", job)
@@ -364,7 +363,7 @@ class Runtime:
     def submit_workflow(self, plan: Plan) -> dict:
         """Store a workflow's jobs and edges in one transaction and start its first steps."""
         self.submit(plan.jobs, batch_id=plan.id, workflow=plan)
-        return self.workflow(plan.id)
+        return workflows.describe(plan.id, plan.shape(), plan.jobs)     # as stored and started: no read back
 
     def workflow(self, workflow_id: str, timeout: float = 0.0) -> dict:
         """A workflow's state, result and steps; with ``timeout``, first wait until every step ended (woken as

@@ -203,7 +203,8 @@ class JobStore(ABC):
 
     @abstractmethod
     def revive(self, job_id: str) -> tuple[Job | None, bool]:
-        """failed -> queued (same id, next attempt; held by nobody), durably; returns (the job as it now is, changed)."""
+        """failed -> queued (same id, next attempt; held by nobody), durably; returns (the job as it now is, changed).
+        A workflow's step is never revived (its downstream steps ended with it)."""
 
     # -- leases, adoption and due jobs -------------------------------------------------
     @abstractmethod

@@ -142,3 +142,12 @@ def test_a_sweep_takes_the_edges_of_a_workflow_whose_jobs_are_gone(store, ctx):
     assert store.sweep(finished_before=float("inf")) == 2
     count = store._db.read(lambda conn: conn.execute("SELECT count(*) FROM job_deps").fetchone()[0])
     assert count == 0 and store.workflow_shape(p.id) is None
+
+
+def test_a_failed_step_is_not_revived_alone(store, ctx):
+    p = plan(ctx, {"chain": [{"handler": "wf.add", "args": [1]}, {"handler": "wf.add"}]})
+    stored(store, p)
+    first = p.jobs[0].id
+    run(store, first, state=FAILED, error={"kind": "exception", "message": "x", "traceback": None})
+    job, changed = store.revive(first)
+    assert not changed and job.state == FAILED and job.workflow_id == p.id

@@ -464,7 +464,7 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
         return self._change_or_read(
             f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
             " lease_owner = NULL, lease_expires = NULL,"
-            f" outbox = (kind IN {PUBLISHED_SQL})::int WHERE id = %s AND state IN {FROM['revive']} RETURNING {SELECT}",
+            f" outbox = (kind IN {PUBLISHED_SQL})::int WHERE id = %s AND state IN {FROM['revive']} AND workflow_id IS NULL RETURNING {SELECT}",
             (job_id,), job_id, "queued")
 
     # -- leases, adoption, due jobs, sweeping --------------------------------------------

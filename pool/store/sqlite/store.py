@@ -421,7 +421,7 @@ class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
             row = conn.execute(
                 f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
                 f" lease_owner = NULL, lease_expires = NULL, outbox = (kind IN {PUBLISHED_SQL})"
-                f" WHERE id = ? AND state IN {FROM['revive']} RETURNING {SELECT}", (job_id,)).fetchone()
+                f" WHERE id = ? AND state IN {FROM['revive']} AND workflow_id IS NULL RETURNING {SELECT}", (job_id,)).fetchone()
             if row is not None:
                 return row_to_job(row), True
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
