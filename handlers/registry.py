@@ -9,6 +9,7 @@ import inspect
 from typing import Callable, Iterable
 
 from greenjobs.pool.errors import ConfigurationError, Retry
+from greenjobs.pool.flow import handler_rules
 from greenjobs.pool.job import KINDS
 from greenjobs.pool.registry import MARK, NAME_RE, Handler, Registry
 
@@ -17,21 +18,30 @@ __all__ = ["Handler", "Registry", "Retry", "handler"]
 
 def handler(name: str, *, kind: str = "io", timeout: float | None = 60.0, max_retries: int = 0,
             queue: str = "cpu", retry_on: Iterable[type[BaseException]] = (),
-            validate: Callable[[list, dict], None] | None = None) -> Callable[[Callable], Callable]:
+            validate: Callable[[list, dict], None] | None = None, rate_limit: str | None = None,
+            rate_key: str | None = None, max_running: int | None = None) -> Callable[[Callable], Callable]:
     """Declare a job handler.  Nothing is registered until the module is loaded by a Registry.
 
     ``timeout`` (seconds) and ``max_retries`` are defaults a job may override; ``queue`` routes
     cpu jobs to the workers consuming that queue; ``validate(args, kwargs)`` runs at submit time
     and raises ValueError("kwargs.x: what to fix") so bad params get a 422 instead of a failed job.
+    ``rate_limit="N/s|m|h"`` spaces the starts of its jobs across the cluster (a job may ask for a lower
+    rate), per rendered ``rate_key`` (a template over the kwargs: ``"{host}"``, ``"{url.host}"``);
+    ``max_running=N`` lets at most N run at once across the cluster (greenjobs.pool.flow).
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigurationError(f"handler name {name!r} must match {NAME_RE.pattern}")
     if kind not in KINDS:
         raise ConfigurationError(f"handler {name!r}: kind must be 'io' or 'cpu', not {kind!r}")
 
+    every, template, max_running = handler_rules(name, rate_limit, rate_key, max_running)
+    if template is not None and every is None:
+        raise ConfigurationError(f"handler {name!r}: rate_key needs a rate_limit")
+
     def mark(fn: Callable) -> Callable:
         doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
-        setattr(fn, MARK, Handler(name, fn, kind, timeout, max_retries, queue, tuple(retry_on), validate, doc))
+        setattr(fn, MARK, Handler(name, fn, kind, timeout, max_retries, queue, tuple(retry_on), validate, doc,
+                                  rate_limit, every, template, max_running))
         return fn
 
     return mark

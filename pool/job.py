@@ -16,6 +16,8 @@ STATES = (SCHEDULED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset((SUCCEEDED, FAILED, CANCELLED))
 ACTIVE = (SCHEDULED, QUEUED, RUNNING)
 KINDS = ("io", "cpu")
+#: Separates the principal from the client's key in a stored unique_key.
+SCOPE = "\x1f"
 #: The lifecycle events, in the order one job meets them (listeners, the event stream, signals).
 EVENTS = ("submitted", "started", "progress", "retrying", SUCCEEDED, FAILED, CANCELLED)
 
@@ -88,6 +90,10 @@ class Job:
     workflow_id: str | None = None      # the workflow this job is a step of (also its batch)
     deps_left: int | None = None        # a waiting step: how many of its dependencies have not succeeded yet
     step_input: dict | None = None      # what a waiting step receives first (greenjobs.pool.workflows)
+    expires_at: float | None = None     # a job not started by then ends cancelled, error kind expired
+    unique_key: str | None = None       # at most one active job per key (scoped by principal)
+    gate: dict | None = None            # {bucket, every, max_running}: its flow rules (greenjobs.pool.flow)
+    waiting: str | None = None          # "rate_limit" (run_at is its reserved start) or "max_running"
 
     @property
     def terminal(self) -> bool:
@@ -128,7 +134,28 @@ class Job:
                                                            "fire_at": iso(self.schedule["fire_at"])},
             "workflow": None if self.workflow_id is None else {"id": self.workflow_id,
                                                               "waiting_for": self.deps_left or 0},
+            "expires_at": iso(self.expires_at),
+            "unique_key": None if self.unique_key is None else self.unique_key.rsplit(SCOPE, 1)[-1],
+            "rate_limit": None if self.gate is None or self.gate.get("every") is None
+            else {"bucket": self.gate["bucket"], "per_second": round(1.0 / self.gate["every"], 6)},
+            "max_running": None if self.gate is None else self.gate.get("max_running"),
+            "waiting": self.why_waiting(),
         }
+
+    def why_waiting(self) -> dict | None:
+        """Why an active job does not run yet: its rate limit (until when), its handler's concurrency limit,
+        the workflow steps it waits for, or its run_at; None when it runs, ended or is due."""
+        if self.state == RUNNING or self.state in TERMINAL:
+            return None
+        if self.waiting == "rate_limit":
+            return {"reason": "rate_limit", "until": iso(self.run_at)}
+        if self.waiting == "max_running":
+            return {"reason": "max_running"}
+        if self.workflow_id is not None and self.deps_left:
+            return {"reason": "upstream", "steps": self.deps_left}
+        if self.state == SCHEDULED and self.run_at is not None:
+            return {"reason": "run_at", "until": iso(self.run_at)}
+        return None
 
     def message(self) -> dict:
         """The body of a queue message (JSON-serialisable): the stored fields, nothing executable."""

@@ -96,7 +96,8 @@ class Maintenance(Listener):
                 duties.append(self.renew_leases)
                 last_renew = now
             if tick:
-                duties += [self.heartbeat, self.record_again, self.adopt_orphans, self.take_backlog,
+                duties += [self.heartbeat, self.record_again, self.adopt_orphans, self.expire_due,
+                           self.release_waiting, self.take_backlog,
                            self.requeue_unstarted, self.repair_outbox, self.repair_callbacks, self.supervise_workers]
                 if self.rt.shared_events is not None:
                     duties.append(self.prune_events)
@@ -166,6 +167,18 @@ class Maintenance(Listener):
                         " %d given back to the ledger", len(lost), given)
             rt.io.offer(given)
 
+    def expire_due(self) -> None:
+        """End the jobs that did not start before their ``expires`` (cancelled, error kind expired)."""
+        for job in self.rt.store.expire_due():
+            self.rt.listeners.emit(job.state, job)
+
+    def release_waiting(self) -> None:
+        """Release jobs waiting for their handler's max_running where an end elsewhere (a lost worker, an
+        expired lease) left room, and hand them to their executor."""
+        released = self.rt.store.release_waiting()
+        if released:
+            self.rt.dispatch(released)
+
     def take_backlog(self) -> None:
         """Count the queued io jobs nobody holds (any server may have added some) and take what fits."""
         self.rt.io.poll()
@@ -192,6 +205,9 @@ class Maintenance(Listener):
         """Move scheduled jobs whose time has come to queued, and hand them to their executor."""
         self._next_due = math.inf
         self.rt.dispatch(self.rt.store.promote_due(("io", "cpu")))
+        due = self.rt.store.next_due()      # the next one sooner than a tick (rate-limited starts are spaced)
+        if due is not None and due - time.time() < self.tick:
+            self.wake_at(due)
 
     def sweep(self) -> None:
         """Delete jobs finished more than greenjobs.store.ttl seconds ago, in bounded transactions, for at

@@ -40,6 +40,10 @@ class Handler:
     retry_on: tuple[type[BaseException], ...] = ()
     validate: Callable[..., None] | None = None      # (args, kwargs) or (args, kwargs, settings)
     doc: str = ""
+    rate_limit: str | None = None       # "N/s|m|h" as declared (greenjobs.pool.flow)
+    rate_every: float | None = None     # the same as seconds between starts
+    rate_key: str | None = None         # a template over the kwargs: one rate bucket per rendered key
+    max_running: int | None = None      # at most this many running at once in the cluster
 
     @functools.cached_property
     def signature(self) -> inspect.Signature | None:
@@ -69,6 +73,7 @@ class Handler:
         """The handler's public fields, as GET /handlers lists them."""
         return {"name": self.name, "kind": self.kind, "timeout": self.timeout,
                 "max_retries": self.max_retries, "queue": self.queue if self.kind == "cpu" else None,
+                "rate_limit": self.rate_limit, "rate_key": self.rate_key, "max_running": self.max_running,
                 "doc": self.doc}
 
 

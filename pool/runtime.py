@@ -22,7 +22,7 @@ from greenjobs.pool.cpu.dispatcher import CpuDispatcher
 from greenjobs.pool.cpu.supervisor import HostLock, Supervisor
 from greenjobs.pool.errors import BadCursor, JobFinished, JobNotFound, ShuttingDown
 from greenjobs.pool.io.executor import GreenletExecutor
-from greenjobs.pool.job import CANCELLED, RUNNING, SCHEDULED, TERMINAL, Job
+from greenjobs.pool.job import CANCELLED, FAILED, RUNNING, SCHEDULED, TERMINAL, Job
 from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST, Backoff
 from greenjobs.pool.listeners import Listener, Listeners, Sink
 from greenjobs.pool.maintenance import Maintenance
@@ -107,6 +107,7 @@ class Runtime:
             if settings.events_shared else None
         self.accepting = False
         self.store.on_steps_moved = self._steps_moved
+        self.store.on_rate_wait = self.maintenance.wake_at
 
     def _enqueue(self, jobs: list[Job]) -> None:
         self.io.offer(len(jobs))
@@ -224,12 +225,14 @@ class Runtime:
             else:
                 job.run_at = None
                 (cpu_jobs if job.kind == "cpu" else io_jobs).append(job)
+        # a gated io job (a rate or concurrency limit) never takes the fast path: the ledger admits it at its take
+        io_jobs.sort(key=lambda j: (j.gate is not None, -j.priority))
+        fast = sum(1 for j in io_jobs if j.gate is None)
         if cpu_jobs:
             self.cpu.check_available()       # 503 now rather than a job that waits for a broker
             self.cpu.admit(len(cpu_jobs))    # 429 past greenjobs.workers.max_pending waiting
-        started = self.io.admit(len(io_jobs)) if io_jobs else 0
+        started = self.io.admit(fast) if fast else 0
         try:
-            io_jobs.sort(key=lambda j: -j.priority)
             for job in io_jobs[:started]:    # the fast path: stored as running, leased to us
                 job.transition(RUNNING)
                 job.attempts, job.started_at = 1, now
@@ -334,6 +337,8 @@ class Runtime:
         if not changed and job.workflow_id is not None:     # the store revives no workflow step
             raise JobFinished(f"job {job_id} is a step of workflow {job.workflow_id}, whose later steps ended with "
                               "it; submit the workflow again")
+        if not changed and job.state == FAILED and job.unique_key is not None:
+            raise JobFinished(f"job {job_id} cannot run again while another job with its unique_key is active")
         if not changed:
             raise JobFinished(f"job {job_id} is {job.state}; only a failed job can be retried")
         self.listeners.emit("retrying", job)
@@ -390,7 +395,8 @@ class Runtime:
         return workflows.describe(workflow_id, shape, self.store.workflow_jobs(workflow_id))
 
     def _steps_moved(self, moved) -> None:
-        """The store moved workflow steps with an end it recorded: announce the cancelled, start the released."""
+        """The store moved jobs with an end it recorded (workflow steps; a job waiting for a slot of its handler):
+        announce the cancelled, start the released."""
         for job in moved.cancelled:
             self.listeners.emit(job.state, job)
         if moved.released:

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from greenjobs.pool.errors import InvalidJobParams
+from greenjobs.pool.flow import gate, parse_expires
 from greenjobs.pool.job import QUEUED, Job, new_id
 from greenjobs.pool.urls import check_allowed, check_url
 
@@ -27,6 +28,18 @@ SCHEMA = {
         "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
         "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY, "description": "seconds before the job may start"},
         "run_at": {"type": "string", "format": "date-time"},
+        "expires": {"oneOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DELAY},
+                              {"type": "string", "format": "date-time"}],
+                    "description": "seconds from now, or a time: a job not started by then ends cancelled with "
+                                   "error kind expired and never runs"},
+        "unique_key": {"type": "string", "minLength": 1, "maxLength": 255,
+                       "description": "while a job with this key is scheduled, queued or running, a submission with "
+                                      "it answers that job (200) instead of adding one"},
+        "rate_limit": {"type": "string", "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*/\\s*[smh]\\s*$",
+                       "description": "N/s, N/m or N/h: starts spaced across the cluster (the handler's own limit, "
+                                      "if lower, wins)"},
+        "rate_key": {"type": "string", "minLength": 1, "maxLength": 200,
+                     "description": "a template over kwargs ({name}, {name.host}): one rate bucket per key"},
         "callback_url": {"type": "string", "format": "uri", "maxLength": 2048,
                          "description": "POSTed the finished job, signed (X-Greenjobs-Signature: sha256=HMAC of "
                                         "'<X-Greenjobs-Timestamp>.<body>'); host on greenjobs.http.allowed_hosts"},
@@ -89,6 +102,15 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
         if not settings.webhooks_secret:
             raise InvalidJobParams(f"{where}callback_url", "webhooks are off: set greenjobs.webhooks.secret in the "
                                                           "ini file to sign them")
+    expires_at = None
+    if "expires" in data:
+        expires_at = parse_expires(data["expires"], f"{where}expires", time.time(), MAX_DELAY)
+        if run_at is not None and run_at >= expires_at:
+            raise InvalidJobParams(f"{where}expires", "is before the job may start (its delay or run_at)")
+    unique_key = data.get("unique_key")
+    if "unique_key" in data and (not isinstance(unique_key, str) or not 1 <= len(unique_key) <= 255
+                                 or not unique_key.isprintable()):
+        raise InvalidJobParams(f"{where}unique_key", "must be a string of 1-255 printable characters")
     if handler.validate is not None:
         try:
             if handler.validate_takes_settings:
@@ -106,7 +128,8 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
                                    f"do not fit the handler {handler.name!r}{signature}: {exc}") from None
     return Job(id=new_id(), handler=handler.name, kind=handler.kind, state=QUEUED, args=args, kwargs=kwargs,
                priority=priority, timeout=float(timeout), max_retries=max_retries,
-               run_at=run_at, callback_url=callback_url)
+               run_at=run_at, callback_url=callback_url, expires_at=expires_at, unique_key=unique_key,
+               gate=gate(handler, data, kwargs, where))
 
 
 def _parse_time(value: Any, field: str) -> float:

@@ -117,6 +117,9 @@ def _job(data: Any, where: str, fed: bool, registry, settings) -> tuple[Job, boo
     immutable = data.pop("immutable", False)
     if not isinstance(immutable, bool):
         raise InvalidWorkflow(f"{where}immutable", "must be true or false")
+    if "unique_key" in data:
+        raise InvalidWorkflow(f"{where}unique_key", "a workflow's step cannot be unique (it is part of one whole); "
+                                                    "drop unique_key")
     for timing in ("delay", "run_at"):
         if timing in data:
             raise InvalidWorkflow(f"{where}{timing}", "a workflow's steps start when their turn comes; "

@@ -9,7 +9,7 @@ from pyramid.security import NO_PERMISSION_REQUIRED
 from pyramid.view import view_config
 
 from greenjobs.pool.errors import InvalidIdempotencyKey, InvalidJobParams
-from greenjobs.pool.job import STATES, new_id
+from greenjobs.pool.job import SCOPE, STATES, new_id
 from greenjobs.pool.spec import parse_spec
 from greenjobs.server.body import read_json
 from greenjobs.server.problems import Problem
@@ -58,6 +58,13 @@ def _scoped(request, key: str) -> str:
     return f"{identity.principal}/{key}" if identity is not None and identity.principal else key
 
 
+def _scope_unique(request, job) -> None:
+    """A unique_key is the caller's own, like an Idempotency-Key: another principal's job is never answered."""
+    identity = request.identity
+    if job.unique_key is not None and identity is not None and identity.principal:
+        job.unique_key = f"{identity.principal}{SCOPE}{job.unique_key}"
+
+
 def _fingerprint(data) -> str:
     """What makes two requests under one Idempotency-Key "the same": their canonical JSON."""
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -73,6 +80,7 @@ def submit(request):
         _checked_key(key, "Idempotency-Key")
     body = read_json(request, settings.api_max_body, settings.api_read_timeout)
     job = parse_spec(body, request.registry.greenjobs_handlers, settings)
+    _scope_unique(request, job)
     keys = {0: (_scoped(request, key), _fingerprint(body))} if key is not None else None
     wait = _wait(request)       # ?wait=S: submit, then hold the answer until the job ends (or S s)
     if wait:
@@ -110,6 +118,7 @@ def submit_batch(request):
         keyed = isinstance(item, dict) and "idempotency_key" in item
         key = item.pop("idempotency_key") if keyed else None
         jobs.append(parse_spec(item, registry, settings, where=f"jobs[{i}]."))
+        _scope_unique(request, jobs[-1])
         if not keyed:
             continue
         key, fingerprint = _checked_key(key, f"jobs[{i}].idempotency_key"), _fingerprint(item)
@@ -122,9 +131,10 @@ def submit_batch(request):
             first_with[key] = (i, fingerprint)
             keys[i] = (_scoped(request, key), fingerprint)
     batch_id = new_id()
-    if not keys:                # the common case: no item keys, nothing to map
-        _runtime(request).submit(jobs, batch_id)
-        unique, repeats, ids, repeated = jobs, {}, [job.id for job in jobs], []
+    if not keys:                # the common case: no item keys (a unique_key may still answer an active job)
+        repeats = _runtime(request).submit(jobs, batch_id)
+        unique, ids = jobs, [repeats.get(n, job.id) for n, job in enumerate(jobs)]
+        repeated = sorted(repeats)
     else:
         unique = [job for i, job in enumerate(jobs) if i not in same_as]
         position = {id(job): n for n, job in enumerate(unique)}
@@ -193,8 +203,13 @@ def get_batch(request):
 
 @view_config(route_name="handlers", request_method="GET", renderer="json", permission="read")
 def list_handlers(request):
-    """GET /handlers: the registered handlers, their kind, defaults and doc."""
-    return {"handlers": [h.describe() for h in request.registry.greenjobs_handlers]}
+    """GET /handlers: the registered handlers, their kind, defaults, flow control (with how many jobs it holds
+    back now: ``waiting``) and doc."""
+    waiting: dict[str, dict[str, int]] = {}
+    for name, reason, n in _runtime(request).store.waiting_counts():
+        waiting.setdefault(name, {})[reason] = n
+    return {"handlers": [{**h.describe(), "waiting": waiting.get(h.name, {})}
+                         for h in request.registry.greenjobs_handlers]}
 
 
 @view_config(route_name="servers", request_method="GET", renderer="json", permission="read")

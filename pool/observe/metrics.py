@@ -58,10 +58,11 @@ class Collector:
         self.cache_seconds = cache_seconds
         self._active: tuple[float, list] = (0.0, [])
 
-    def _active_counts(self) -> list[tuple[str, str, int]]:
+    def _active_counts(self) -> tuple[list[tuple[str, str, int]], list[tuple[str, str, int]]]:
+        """(active jobs by handler and state, jobs held back by their gate by handler and reason), cached."""
         at, rows = self._active
         if time.monotonic() - at > self.cache_seconds:
-            rows = self.runtime.store.active_counts()
+            rows = (self.runtime.store.active_counts(), self.runtime.store.waiting_counts())
             self._active = (time.monotonic(), rows)
         return rows
 
@@ -92,9 +93,15 @@ class Collector:
             yield family
         jobs = GaugeMetricFamily("greenjobs_jobs", "active jobs in the store by handler and state",
                                  labels=["handler", "state"])
-        for handler, state, n in self._active_counts():
+        active, waiting = self._active_counts()
+        for handler, state, n in active:
             jobs.add_metric([handler, state], n)
         yield jobs
+        held = GaugeMetricFamily("greenjobs_jobs_waiting", "jobs their flow control holds back (in the store), by "
+                                 "handler and reason: rate_limit or max_running", labels=["handler", "reason"])
+        for handler, reason, n in waiting:
+            held.add_metric([handler, reason], n)
+        yield held
         io = rt.io.stats()
         for key, text in (("size", "greenlets the io pool may run at once"), ("busy", "io jobs running"),
                           ("pending", "io jobs waiting for a slot")):

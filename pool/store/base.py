@@ -278,6 +278,30 @@ class JobStore(ABC):
     def workflow_jobs(self, workflow_id: str) -> list[Job]:
         """The workflow's steps in the order it lists them."""
 
+    # -- flow control (greenjobs.pool.flow) -------------------------------------------------
+    #: Called with the earliest start time a take or worker claim reserved for a job over its rate limit (the
+    #: runtime promotes it then); set by the runtime.  Takes and claims admit gated jobs atomically: one over
+    #: its rate waits scheduled until the time it reserved, one over its handler's max_running waits until a
+    #: running one ends; neither starts, and an expired job is never started.
+    on_rate_wait: Callable[[float], None] | None = None
+
+    @abstractmethod
+    def expire_due(self, limit: int = 1000) -> list[Job]:
+        """Scheduled and queued jobs whose ``expires_at`` passed -> cancelled, error kind ``expired`` (with their
+        workflows' downstream steps); returns them."""
+
+    @abstractmethod
+    def release_waiting(self) -> list[Job]:
+        """Jobs waiting for their handler's max_running where there is room now -> queued; returns them."""
+
+    @abstractmethod
+    def waiting_counts(self) -> list[tuple[str, str, int]]:
+        """(handler, reason, count) of the jobs their gate holds back (``rate_limit``, ``max_running``)."""
+
+    @abstractmethod
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` of a scheduled job, or None."""
+
     # -- webhooks ------------------------------------------------------------------------
     @abstractmethod
     def add_delivery(self, job_id: str, delivery: Job, url: str, owner: str) -> bool:

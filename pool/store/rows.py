@@ -16,12 +16,13 @@ from greenjobs.pool.job import ACTIVE, TERMINAL, Job
 COLUMNS = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
            "attempts", "result", "error", "errors", "progress", "batch_id", "created_at", "started_at",
            "finished_at", "callback_url", "callback", "schedule_name", "schedule_fire_at", "workflow_id",
-           "deps_left")
+           "deps_left", "expires_at", "unique_key", "gate", "waiting")
 SELECT = ", ".join(COLUMNS)
 #: The columns a new job is inserted with (the rest start NULL or at their default).
 INSERTED = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
             "attempts", "batch_id", "lease_owner", "lease_expires", "outbox", "created_at", "started_at",
-            "callback_url", "schedule_name", "schedule_fire_at", "workflow_id", "deps_left", "step_input")
+            "callback_url", "schedule_name", "schedule_fire_at", "workflow_id", "deps_left", "step_input",
+            "expires_at", "unique_key", "gate")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ def states(names) -> str:
 
 
 ACTIVE_SQL = states(ACTIVE)
+#: A failed job may be revived unless another job holding its unique_key is active (the unique index).
+UNIQUE_FREE = (f"(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS other WHERE other.unique_key = jobs.unique_key"
+               f" AND other.state IN {ACTIVE_SQL}))")
 TERMINAL_SQL = states(sorted(TERMINAL))
 PUBLISHED_SQL = states(lifecycle.PUBLISHED_KINDS)      # kinds that go to the outbox while queued
 #: move name -> the SQL list of states it may start from (greenjobs.pool.lifecycle's moves).
@@ -77,14 +81,15 @@ def row_to_job(row) -> Job:
     """A row of ``COLUMNS`` as a Job (JSON columns decoded)."""
     (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
      result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback,
-     schedule_name, schedule_fire_at, workflow_id, deps_left) = row
+     schedule_name, schedule_fire_at, workflow_id, deps_left, expires_at, unique_key, gate, waiting) = row
     return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
                kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
                attempts=attempts, result=loads(result), error=loads(error), errors=loads(errors) or [],
                progress=loads(progress), batch_id=batch_id, created_at=created_at, started_at=started_at,
                finished_at=finished_at, callback_url=callback_url, callback=loads(callback),
                schedule=None if schedule_name is None else {"name": schedule_name, "fire_at": schedule_fire_at},
-               workflow_id=workflow_id, deps_left=deps_left)
+               workflow_id=workflow_id, deps_left=deps_left, expires_at=expires_at, unique_key=unique_key,
+               gate=loads(gate), waiting=waiting)
 
 
 def insert_row(j: Job, owner: str, expires: float) -> tuple:
@@ -95,4 +100,5 @@ def insert_row(j: Job, owner: str, expires: float) -> tuple:
             owner if leased else None, expires if leased else None, int(lifecycle.to_publish(j)), j.created_at,
             j.started_at, j.callback_url, j.schedule["name"] if j.schedule else None,
             j.schedule["fire_at"] if j.schedule else None, j.workflow_id, j.deps_left,
-            None if j.step_input is None else dumps(j.step_input))
+            None if j.step_input is None else dumps(j.step_input), j.expires_at, j.unique_key,
+            None if j.gate is None else dumps(j.gate))

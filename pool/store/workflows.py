@@ -87,6 +87,18 @@ class WorkflowTable:
                             frontier.append(dependent)
         return moved
 
+    def _after_end(self, conn, job: Job, state: str) -> StepsMoved:
+        """Inside the transaction that moved ``job`` to its end ``state``: move its workflow's dependents, and
+        release a job waiting for a slot of its handler (greenjobs.pool.store.flow)."""
+        moved = self._ended(conn, [(job.id, state)]) if job.workflow_id is not None else StepsMoved()
+        self._free(conn, job, moved)
+        return moved
+
+    @staticmethod
+    def linked(job: Job) -> bool:
+        """Whether ending ``job`` moves other jobs (its workflow's, or one waiting for its handler's slot)."""
+        return job.workflow_id is not None or bool(job.gate and job.gate.get("max_running"))
+
     def _release(self, conn, job_id: str) -> Job | None:
         row = conn.execute(self._q("SELECT args, step_input FROM jobs WHERE id = ?"), (job_id,)).fetchone()
         args, expression = json.loads(row[0]), loads(row[1])
@@ -101,11 +113,12 @@ class WorkflowTable:
             self.on_steps_moved(moved)
 
     def _finish_step(self, job: Job, owner: str, args: tuple) -> bool:
-        """``finish`` for a workflow step: the fenced move and what it moves downstream, in one transaction."""
+        """``finish`` for a workflow step or a job whose end frees a slot of its handler (``_after_end``): the
+        fenced move and what it moves, in one transaction."""
         def op(conn):
             if conn.execute(self._q(_FINISH_STEP), args + (job.id, owner, job.attempts)).rowcount != 1:
                 return None
-            return self._ended(conn, [(job.id, args[0])])
+            return self._after_end(conn, job, args[0])
         moved = self._write_step(op, notify="ended,queued")
         if moved is None:
             return False

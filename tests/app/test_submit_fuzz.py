@@ -52,6 +52,10 @@ field_values = {
     "priority": numbers | json_values, "timeout": numbers | json_values, "max_retries": numbers | json_values,
     "delay": numbers | json_values, "run_at": times | json_values, "callback_url": urls | json_values,
     "idempotency_key": st.text(max_size=300) | json_values,
+    "expires": numbers | times | json_values, "unique_key": st.text(max_size=300) | json_values,
+    "rate_limit": st.sampled_from(["5/s", "1/m", "0.5/h", "0/s", "-1/s", "5/d", "/s", "5", "1e9/s", ""]) | json_values,
+    "rate_key": st.sampled_from(["{url}", "{url.host}", "{x}", "{seconds}", "{}", "{x.__class__}", "{0}", "{{x}}",
+                                 "{x!r}", "k" * 300]) | json_values,
 }
 #: Jobs each built-in handler takes: most drawn specs start from one and change a few fields, so the
 #: accepted path is fuzzed as much as the refusals.
@@ -61,7 +65,9 @@ VALID = [{"handler": "echo", "kwargs": {"a": [1, {"b": None}]}}, {"handler": "sl
          {"handler": "http.get", "kwargs": {"url": "http://127.0.0.1/"}}]
 plausible = {"priority": st.integers(-1, 10), "timeout": st.floats(0, 90000) | st.integers(-1, 90000),
              "max_retries": st.integers(-1, 101), "delay": st.floats(0, 400 * 86400), "run_at": times,
-             "callback_url": urls, "args": st.lists(st.integers(), max_size=2)}
+             "callback_url": urls, "args": st.lists(st.integers(), max_size=2), "expires": numbers | times,
+             "unique_key": st.sampled_from(["u1", "u2"]), "rate_limit": st.sampled_from(["100/s", "1/h", "5/x"]),
+             "rate_key": st.sampled_from(["{url.host}", "{url}", "{x}"])}
 changes = st.lists(st.sampled_from(sorted(plausible)), max_size=2, unique=True).flatmap(
     lambda names: st.fixed_dictionaries({name: plausible[name] | field_values[name] for name in names}))
 mostly_valid = st.builds(lambda base, extra: {**base, **extra}, st.sampled_from(VALID), changes)

@@ -11,7 +11,7 @@ The tables are unqualified: they live in the first schema of the connection's ``
 from __future__ import annotations
 
 from greenjobs.pool.errors import StoreUnavailable
-from greenjobs.pool.store.rows import TERMINAL_SQL
+from greenjobs.pool.store.rows import ACTIVE_SQL, TERMINAL_SQL
 
 #: pg_advisory_xact_lock key: "greenjob" as a 64-bit integer.
 LOCK = int.from_bytes(b"greenjob", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -95,6 +95,21 @@ MIGRATIONS: dict[int, str] = {
        " CREATE INDEX IF NOT EXISTS job_deps_job ON job_deps (job_id);"
        " CREATE INDEX IF NOT EXISTS job_deps_dependent ON job_deps (dependent_id);"
        " CREATE INDEX IF NOT EXISTS job_deps_workflow ON job_deps (workflow_id);",
+    # flow control (greenjobs.pool.store.flow): expiry, one active job per unique_key, gated jobs and the
+    # rate buckets and concurrency locks they share
+    7: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS expires_at double precision,"
+       " ADD COLUMN IF NOT EXISTS unique_key text, ADD COLUMN IF NOT EXISTS gate text,"
+       " ADD COLUMN IF NOT EXISTS waiting text;"
+       " CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL"
+       f" AND state IN {ACTIVE_SQL};"
+       " CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) WHERE expires_at IS NOT NULL"
+       " AND state IN ('scheduled', 'queued');"
+       " CREATE INDEX IF NOT EXISTS jobs_gated_free ON jobs (kind, priority DESC, seq) WHERE state = 'queued'"
+       " AND lease_owner IS NULL AND gate IS NOT NULL;"
+       " CREATE INDEX IF NOT EXISTS jobs_gated_running ON jobs (handler) WHERE state = 'running' AND gate IS NOT NULL;"
+       " CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (waiting, handler, priority DESC, seq)"
+       " WHERE waiting IS NOT NULL;"
+       " CREATE TABLE IF NOT EXISTS flow (key text PRIMARY KEY, next_at double precision NOT NULL DEFAULT 0);",
 }
 CURRENT = max(MIGRATIONS)
 

@@ -25,9 +25,10 @@ from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store.postgres import schema
 from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advance_params
 from greenjobs.pool.store.workflows import WorkflowTable
+from greenjobs.pool.store.flow import FlowTable
 from greenjobs.pool.store.postgres.committer import Committer, Swap, json_rows
 from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
-                                       dumps, insert_row, row_to_job)
+                                       UNIQUE_FREE, dumps, insert_row, row_to_job)
 
 log = logging.getLogger(__name__)
 _SERVER_SELECT = ", ".join(SERVER_COLUMNS)
@@ -42,7 +43,7 @@ INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join(['%s'] * 
 #: The type of each of ``INSERTED``, for inserting many rows as one statement (``json_rows``).
 _TYPES = {"priority": "int", "timeout": "float8", "max_retries": "int", "run_at": "float8", "attempts": "int",
           "lease_expires": "float8", "outbox": "int", "created_at": "float8", "started_at": "float8",
-          "schedule_fire_at": "float8", "deps_left": "int"}
+          "schedule_fire_at": "float8", "deps_left": "int", "expires_at": "float8"}
 INSERT_MANY = (f"INSERT INTO jobs ({', '.join(INSERTED)}) SELECT {', '.join(INSERTED)} FROM "
                + json_rows(", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERTED), ordered=True))
 
@@ -106,10 +107,12 @@ def redacted(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
-class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
+class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
     """The durable job table in PostgreSQL.  Call :meth:`open` once from a greenlet before use."""
 
     _MARK = "%s"
+    _LOCK = " FOR UPDATE"
+    _SKIP = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str, lease_seconds: float = 30.0, readers: int = 4, max_batch_ops: int = 5000):
         self.url = url
@@ -369,10 +372,17 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
                         if known[0] != fingerprint:
                             raise _Conflict(known[1])
                         repeats[i] = known[1]
-                    fresh = [r for i, r in rows.items() if i not in repeats]
-                    if batch_id is not None and fresh:
+                    for i, job in enumerate(jobs):  # claim each unique_key by its unique index (not a lock)
+                        if job.unique_key is not None and i not in repeats:
+                            found = self._insert_unique(conn, rows[i], job.unique_key)
+                            if found is not None:
+                                repeats[i] = found
+                    fresh = [r for i, r in rows.items() if i not in repeats
+                             and jobs[i].unique_key is None]       # (the unique ones are in already)
+                    counted = sum(1 for i in rows if i not in repeats)
+                    if batch_id is not None and counted:
                         conn.execute("INSERT INTO batches (id, total, created_at) VALUES (%s, %s, %s)",
-                                     (batch_id, len(fresh), now))
+                                     (batch_id, counted, now))
                     if len(fresh) == 1:
                         conn.execute(INSERT, fresh[0])
                     elif fresh:                 # one statement for the lot
@@ -397,6 +407,19 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
                                       " use a new key for a new job")
         return repeats
 
+    @staticmethod
+    def _insert_unique(conn, row: tuple, key: str) -> str | None:
+        """Insert a job with a unique_key unless an active one holds the key; returns that one's id, or None.
+        A transaction inserting the key meanwhile makes this one wait for it and then see its job (or, if it
+        rolled back, insert) - the oban #1093 hole of a lock-based version cannot happen."""
+        while True:
+            if conn.execute(INSERT + f" ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN {ACTIVE_SQL}"
+                            " DO NOTHING RETURNING id", row).fetchone() is not None:
+                return None
+            found = conn.execute(f"SELECT id FROM jobs WHERE unique_key = %s AND state IN {ACTIVE_SQL}", (key,)).fetchone()
+            if found is not None:
+                return found[0]             # (else it ended in between: insert again)
+
     # -- outcomes ----------------------------------------------------------------------
     def claim(self, job: Job, owner: str) -> Pending:
         """queued -> running for ``owner``; the job object changes at once, the Pending says if the store agreed."""
@@ -413,7 +436,7 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
         args = (state, result_json, None if error is None else dumps(error), dumps(errors) if errors else None,
                 now, None if job.progress is None else dumps(job.progress))
         self._progress.pop(job.id, None)
-        if job.workflow_id is not None:
+        if self.linked(job):
             if not self._finish_step(job, owner, args):
                 return False
         elif not self._db.swap(FINISH, args + (job.id, owner, job.attempts)).get():
@@ -442,8 +465,8 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
             row = conn.execute(sql, params).fetchone()
             if row is not None:
                 job = row_to_job(row)
-                ended = job.workflow_id is not None and job.terminal
-                return job, True, self._ended(conn, [(job_id, job.state)]) if ended else None
+                ended = self.linked(job) and job.terminal
+                return job, True, self._after_end(conn, job, job.state) if ended else None
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = %s", (job_id,)).fetchone()
             return (row_to_job(row) if row else None), False, None
         job, changed, moved = self._db.write(op, durable=True, notify=notify)
@@ -464,7 +487,8 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
         return self._change_or_read(
             f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
             " lease_owner = NULL, lease_expires = NULL,"
-            f" outbox = (kind IN {PUBLISHED_SQL})::int WHERE id = %s AND state IN {FROM['revive']} AND workflow_id IS NULL RETURNING {SELECT}",
+            f" outbox = (kind IN {PUBLISHED_SQL})::int, waiting = NULL WHERE id = %s AND state IN {FROM['revive']}"
+            f" AND workflow_id IS NULL AND {UNIQUE_FREE} RETURNING {SELECT}",
             (job_id,), job_id, "queued")
 
     # -- leases, adoption, due jobs, sweeping --------------------------------------------
@@ -516,12 +540,30 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
             return []
         now = time.time()
         sql = (f"WITH free AS MATERIALIZED (SELECT seq FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL"
-               f" AND {_kinds(kinds)} ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
+               f" AND {_kinds(kinds)} AND gate IS NULL AND (expires_at IS NULL OR expires_at > %s)"
+               " ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
                f" UPDATE jobs SET state = '{RUNNING}', attempts = jobs.attempts + 1, started_at = %s,"
                " lease_owner = %s, lease_expires = %s FROM free WHERE jobs.seq = free.seq"
                " RETURNING jobs.priority, jobs.seq, " + ", ".join(f"jobs.{c}" for c in SELECT.split(", ")))
-        params = (_kind_param(kinds), limit, now, owner, now + self.lease_seconds)
-        rows = self._db.write(lambda conn: conn.execute(sql, params).fetchall())
+        gated = (f"SELECT {SELECT} FROM jobs WHERE state = '{QUEUED}' AND lease_owner IS NULL AND {_kinds(kinds)}"
+                 " AND gate IS NOT NULL AND (expires_at IS NULL OR expires_at > %s)"
+                 " ORDER BY priority DESC, seq LIMIT %s FOR UPDATE SKIP LOCKED")
+        start = (f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = %s, lease_owner = %s,"
+                 f" lease_expires = %s, waiting = NULL WHERE id = %s AND state = '{QUEUED}'"
+                 f" RETURNING priority, seq, {SELECT}")
+
+        def op(conn):
+            rows = []
+            candidates = [row_to_job(r) for r in conn.execute(gated, (_kind_param(kinds), now, limit)).fetchall()]
+            if candidates:          # gated jobs first: each starts or leaves the queue to wait
+                for job in self._admit(conn, candidates, now):
+                    rows += conn.execute(start, (now, owner, now + self.lease_seconds, job.id)).fetchall()
+            if limit > len(rows):
+                rows += conn.execute(sql, (_kind_param(kinds), now, limit - len(rows), now, owner,
+                                           now + self.lease_seconds)).fetchall()
+            return rows
+        rows = self._db.write(op)
+        self._wake()
         return [row_to_job(r[2:]) for r in sorted(rows, key=lambda r: (-r[0], r[1]))]   # RETURNING keeps no order
 
     def backlog(self, kinds: tuple[str, ...]) -> int:
@@ -573,15 +615,20 @@ class PostgresStore(WorkflowTable, ScheduleTable, JobStore):
                     (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()
                 lost = row_to_job(row)
-                return "lost", lost, self._ended(conn, [(job_id, lost.state)]) if lost.workflow_id else None      # (other servers' long-polls learn it by polling)
+                return "lost", lost, self._after_end(conn, lost, lost.state) if self.linked(lost) else None      # (other servers' long-polls learn it by polling)
+            if verdict.answer == "go" and job.state == QUEUED and job.expires_at is not None and job.expires_at <= now:
+                verdict = lifecycle.Verdict("skip")         # the next expiry sweep ends it
+            if verdict.answer == "go" and job.state == QUEUED and job.gate and not self._admit(conn, [job], now):
+                return "skip", job, None                    # it waits for its rate or a slot of its handler
             if verdict.answer == "go":
                 row = conn.execute(
                     f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = %s, lease_owner = %s,"
-                    f" lease_expires = %s, outbox = 0 WHERE id = %s RETURNING {SELECT}",
+                    f" lease_expires = %s, outbox = 0, waiting = NULL WHERE id = %s RETURNING {SELECT}",
                     (now, worker, verdict.lease_until, job_id)).fetchone()
                 return "go", row_to_job(row), None
             return "skip", job, None
         answer, job, moved = self._db.write(op)
+        self._wake()
         if moved:
             self._announce(moved)
         return answer, job

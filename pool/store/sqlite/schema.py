@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from greenjobs.pool.errors import StoreUnavailable
-from greenjobs.pool.store.rows import INSERTED, TERMINAL_SQL
+from greenjobs.pool.store.rows import ACTIVE_SQL, INSERTED, TERMINAL_SQL
 
 INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join('?' * len(INSERTED))})"
 
@@ -90,6 +90,19 @@ MIGRATIONS: dict[int, str] = {
        " CREATE INDEX IF NOT EXISTS job_deps_job ON job_deps(job_id);"
        " CREATE INDEX IF NOT EXISTS job_deps_dependent ON job_deps(dependent_id);"
        " CREATE INDEX IF NOT EXISTS job_deps_workflow ON job_deps(workflow_id)",
+    # flow control (greenjobs.pool.store.flow): expiry, one active job per unique_key, gated jobs and the
+    # rate buckets and concurrency locks they share
+    8: "ALTER TABLE jobs ADD COLUMN expires_at REAL; ALTER TABLE jobs ADD COLUMN unique_key TEXT;"
+       " ALTER TABLE jobs ADD COLUMN gate TEXT; ALTER TABLE jobs ADD COLUMN waiting TEXT;"
+       f" CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique ON jobs(unique_key) WHERE unique_key IS NOT NULL"
+       f" AND state IN {ACTIVE_SQL};"
+       " CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs(expires_at) WHERE expires_at IS NOT NULL"
+       " AND state IN ('scheduled', 'queued');"
+       " CREATE INDEX IF NOT EXISTS jobs_gated_free ON jobs(kind, priority DESC, seq) WHERE state = 'queued'"
+       " AND lease_owner IS NULL AND gate IS NOT NULL;"
+       " CREATE INDEX IF NOT EXISTS jobs_gated_running ON jobs(handler) WHERE state = 'running' AND gate IS NOT NULL;"
+       " CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(waiting, handler, priority DESC, seq) WHERE waiting IS NOT NULL;"
+       " CREATE TABLE IF NOT EXISTS flow (key TEXT PRIMARY KEY, next_at REAL NOT NULL DEFAULT 0)",
 }
 CURRENT = max((1, *MIGRATIONS))
 

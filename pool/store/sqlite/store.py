@@ -17,11 +17,12 @@ from greenjobs.pool import lifecycle
 from greenjobs.pool.errors import IdempotencyConflict, ScheduleRaced, StoreUnavailable
 from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
-from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL, dumps,
-                                       insert_row, row_to_job)
+from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
+                                       UNIQUE_FREE, dumps, insert_row, row_to_job)
 from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advance_params
 from greenjobs.pool.store.workflows import WorkflowTable
+from greenjobs.pool.store.flow import FlowTable
 from greenjobs.pool.store.sqlite import schema
 from greenjobs.pool.store.sqlite.committer import GroupCommitter
 
@@ -30,7 +31,7 @@ _SERVER_SELECT = ", ".join(SERVER_COLUMNS)
 _BEAT = f"INSERT OR REPLACE INTO servers ({_SERVER_SELECT}) VALUES ({', '.join('?' * len(SERVER_COLUMNS))})"
 
 
-class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
+class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
     """The durable job table.  Call :meth:`open` once from a greenlet before use.
 
     ``synchronous`` is SQLite's: ``full`` fsyncs the WAL on every (group) commit and survives
@@ -285,6 +286,16 @@ class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
                 repeats[i] = found[1]
             if conflict is not None:     # (raising here would fail the whole group commit)
                 return repeats, conflict
+            taken: dict[str, str] = {}
+            for i, job in enumerate(jobs):  # one active job per unique_key (the unique index backs this up)
+                if job.unique_key is None or i in repeats:
+                    continue
+                found = taken.get(job.unique_key) or conn.execute(
+                    f"SELECT id FROM jobs WHERE unique_key = ? AND state IN {ACTIVE_SQL}", (job.unique_key,)).fetchone()
+                if found is not None:
+                    repeats[i] = found if isinstance(found, str) else found[0]
+                else:
+                    taken[job.unique_key] = job.id
             fresh = [r for i, r in rows.items() if i not in repeats]
             if keys:
                 conn.executemany("INSERT OR REPLACE INTO idempotency (key, fingerprint, job_id, created_at)"
@@ -358,7 +369,7 @@ class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
         args = (state, result_json, None if error is None else dumps(error), dumps(errors) if errors else None,
                 now, None if job.progress is None else dumps(job.progress))
         self._progress.pop(job.id, None)
-        if job.workflow_id is not None:
+        if self.linked(job):
             if not self._finish_step(job, owner, args):
                 return False
         elif not self._db.swap(
@@ -404,7 +415,7 @@ class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
                 (now, dumps(error), job_id)).fetchone()
             if row is not None:
                 job = row_to_job(row)
-                return job, True, self._ended(conn, [(job_id, CANCELLED)]) if job.workflow_id else None
+                return job, True, self._after_end(conn, job, CANCELLED) if self.linked(job) else None
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
             return (row_to_job(row) if row else None), False, None
         job, changed, moved = self._db.write(op, durable=True)
@@ -420,8 +431,9 @@ class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
         def op(conn):
             row = conn.execute(
                 f"UPDATE jobs SET state = '{QUEUED}', finished_at = NULL, result = NULL, run_at = NULL,"
-                f" lease_owner = NULL, lease_expires = NULL, outbox = (kind IN {PUBLISHED_SQL})"
-                f" WHERE id = ? AND state IN {FROM['revive']} AND workflow_id IS NULL RETURNING {SELECT}", (job_id,)).fetchone()
+                f" lease_owner = NULL, lease_expires = NULL, outbox = (kind IN {PUBLISHED_SQL}), waiting = NULL"
+                f" WHERE id = ? AND state IN {FROM['revive']} AND workflow_id IS NULL AND {UNIQUE_FREE}"
+                f" RETURNING {SELECT}", (job_id,)).fetchone()
             if row is not None:
                 return row_to_job(row), True
             row = conn.execute(f"SELECT {SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -501,10 +513,27 @@ class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
         kind_marks = ",".join("?" * len(kinds))
         sql = (f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
                f" lease_expires = ? WHERE seq IN (SELECT seq FROM jobs"
-               f" WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind IN ({kind_marks})"
+               f" WHERE state = '{QUEUED}' AND lease_owner IS NULL AND kind IN ({kind_marks}) AND gate IS NULL"
+               f" AND (expires_at IS NULL OR expires_at > ?)"
                f" ORDER BY priority DESC, seq LIMIT ?) RETURNING priority, seq, {SELECT}")
-        params = (now, owner, now + self.lease_seconds, *kinds, limit)
-        rows = self._db.write(lambda conn: conn.execute(sql, params).fetchall())
+        gated = (f"SELECT {SELECT} FROM jobs INDEXED BY jobs_gated_free WHERE state = '{QUEUED}' AND lease_owner IS NULL"
+                 f" AND kind IN ({kind_marks}) AND gate IS NOT NULL AND (expires_at IS NULL OR expires_at > ?)"
+                 " ORDER BY priority DESC, seq LIMIT ?")
+        start = (f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
+                 f" lease_expires = ?, waiting = NULL WHERE id = ? AND state = '{QUEUED}' RETURNING priority, seq, {SELECT}")
+
+        def op(conn):
+            rows = []
+            candidates = [row_to_job(r) for r in conn.execute(gated, (*kinds, now, limit)).fetchall()]
+            if candidates:          # gated jobs first: each starts or leaves the queue to wait
+                for job in self._admit(conn, candidates, now):
+                    rows += conn.execute(start, (now, owner, now + self.lease_seconds, job.id)).fetchall()
+            if limit > len(rows):
+                rows += conn.execute(sql, (now, owner, now + self.lease_seconds, *kinds, now,
+                                           limit - len(rows))).fetchall()
+            return rows
+        rows = self._db.write(op)
+        self._wake()
         return [row_to_job(r[2:]) for r in sorted(rows, key=lambda r: (-r[0], r[1]))]   # RETURNING keeps no order
 
     def backlog(self, kinds: tuple[str, ...]) -> int:
@@ -549,15 +578,20 @@ class SqliteStore(WorkflowTable, ScheduleTable, JobStore):
                     (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()
                 lost = row_to_job(row)
-                return "lost", lost, self._ended(conn, [(job_id, lost.state)]) if lost.workflow_id else None
+                return "lost", lost, self._after_end(conn, lost, lost.state) if self.linked(lost) else None
+            if verdict.answer == "go" and job.state == QUEUED and job.expires_at is not None and job.expires_at <= now:
+                verdict = lifecycle.Verdict("skip")         # the next expiry sweep ends it
+            if verdict.answer == "go" and job.state == QUEUED and job.gate and not self._admit(conn, [job], now):
+                return "skip", job, None                    # it waits for its rate or a slot of its handler
             if verdict.answer == "go":
                 row = conn.execute(
                     f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
-                    f" lease_expires = ?, outbox = 0 WHERE id = ? RETURNING {SELECT}",
+                    f" lease_expires = ?, outbox = 0, waiting = NULL WHERE id = ? RETURNING {SELECT}",
                     (now, worker, verdict.lease_until, job_id)).fetchone()
                 return "go", row_to_job(row), None
             return "skip", job, None
         answer, job, moved = self._db.write(op)
+        self._wake()
         if moved:
             self._announce(moved)
         return answer, job

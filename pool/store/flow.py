@@ -1,0 +1,154 @@
+"""Flow control in the ledger, one implementation for every SQL store (greenjobs.pool.flow says what a gate is).
+
+A gated job (``gate`` not NULL) is admitted in the transaction that would start it - a server's take of
+queued io jobs, a worker's claim of a cpu job - under a row lock of each ``flow`` row it needs (its rate
+bucket; ``~handler`` for a concurrency limit), so servers sharing the ledger decide one after another:
+
+- over its rate: it reserves the bucket's next start time and waits ``scheduled`` until then (``waiting =
+  'rate_limit'``, ``run_at`` the reserved time); once promoted, that reservation lets it start;
+- over its handler's ``max_running`` (counted from the running rows, so a crashed runner's job stops
+  counting when its lease expires and it is given back): it waits ``scheduled`` with no time (``waiting =
+  'max_running'``) until the end of a running one releases it, in that end's transaction, or a maintenance
+  tick finds room (:meth:`release_waiting`, for ends that happened elsewhere: a lost worker, an expired lease).
+
+``expire_due`` ends the jobs whose ``expires_at`` passed before they started; the takes and claims skip them
+meanwhile, so an expired job never runs.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from greenjobs.pool.flow import EXPIRED, MAX_RUNNING, RATE_LIMIT
+from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
+from greenjobs.pool.store.rows import PUBLISHED_SQL, SELECT, dumps, loads, row_to_job
+from greenjobs.pool.store.workflows import StepsMoved
+
+_WAIT_RATE = (f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, waiting = '{RATE_LIMIT}', lease_owner = NULL,"
+              f" lease_expires = NULL, outbox = 0 WHERE id = ? AND state = '{QUEUED}'")
+_PARK = (f"UPDATE jobs SET state = '{SCHEDULED}', run_at = NULL, waiting = '{MAX_RUNNING}', lease_owner = NULL,"
+         f" lease_expires = NULL, outbox = 0 WHERE id = ? AND state = '{QUEUED}'")
+_RELEASE = (f"UPDATE jobs SET state = '{QUEUED}', waiting = NULL,"
+            f" outbox = CASE WHEN kind IN {PUBLISHED_SQL} THEN 1 ELSE 0 END WHERE id IN (SELECT id FROM jobs"
+            f" WHERE waiting = '{MAX_RUNNING}' AND state = '{SCHEDULED}' AND handler = ?"
+            " ORDER BY priority DESC, seq LIMIT ?{skip}) RETURNING " + SELECT)
+_EXPIRE = (f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, error = ?, waiting = NULL, lease_owner = NULL,"
+           f" lease_expires = NULL, outbox = 0 WHERE seq IN (SELECT seq FROM jobs WHERE expires_at <= ?"
+           f" AND state IN ('{SCHEDULED}', '{QUEUED}') ORDER BY expires_at LIMIT ?{{skip}}) RETURNING {SELECT}")
+
+
+class FlowTable:
+    """Mixed into an SQL store with ``self._db``, ``_q`` (paramstyle), ``_ended`` (WorkflowTable) and ``_LOCK`` /
+    ``_SKIP`` (PostgreSQL's ``FOR UPDATE`` and ``FOR UPDATE SKIP LOCKED``; empty for SQLite's one writer)."""
+
+    _LOCK = ""
+    _SKIP = ""
+    #: Called (in the caller's greenlet, after the commit) with the earliest start time a take or claim
+    #: reserved for a job over its rate: the runtime promotes it then.  Set by the runtime.
+    on_rate_wait: Callable[[float], None] | None = None
+
+    def _admit(self, conn, jobs: list[Job], now: float) -> list[Job]:
+        """Inside the transaction that would start ``jobs`` (queued, gated): the ones that may start now.  The
+        rest are moved to wait (over their rate: until the start time reserved for them, noted in ``reserved``
+        for :meth:`_wake`; over their handler's concurrency: until a running one ends)."""
+        rated = sorted({j.gate["bucket"] for j in jobs if j.gate.get("every")})
+        capped = sorted({j.handler for j in jobs if j.gate.get("max_running")})
+        keys = rated + [f"~{h}" for h in capped]
+        marks = ",".join("?" * len(keys))
+        conn.cursor().executemany(self._q("INSERT INTO flow (key, next_at) VALUES (?, 0) ON CONFLICT (key) DO NOTHING"),
+                                  [(k,) for k in keys])
+        next_at = dict(conn.execute(self._q(f"SELECT key, next_at FROM flow WHERE key IN ({marks}) ORDER BY key"
+                                            + self._LOCK), keys).fetchall())
+        running = {}
+        if capped:
+            running = dict(conn.execute(self._q(
+                f"SELECT handler, count(*) FROM jobs WHERE state = '{RUNNING}' AND gate IS NOT NULL"
+                f" AND handler IN ({','.join('?' * len(capped))}) GROUP BY handler"), capped).fetchall())
+        start, changed = [], set()
+        for job in jobs:
+            every, bucket, cap = job.gate.get("every"), job.gate.get("bucket"), job.gate.get("max_running")
+            reserved = job.waiting == RATE_LIMIT        # promoted at the start time it reserved
+            if every and not reserved and next_at[bucket] > now:
+                slot = next_at[bucket]
+                next_at[bucket] = slot + every
+                changed.add(bucket)
+                conn.execute(self._q(_WAIT_RATE), (slot, job.id))
+                job.state, job.run_at, job.waiting = SCHEDULED, slot, RATE_LIMIT
+                self._note_slot(slot)
+                continue
+            if cap and running.get(job.handler, 0) >= cap:
+                conn.execute(self._q(_PARK), (job.id,))
+                job.state, job.run_at, job.waiting = SCHEDULED, None, MAX_RUNNING
+                continue
+            if every and not reserved:
+                next_at[bucket] = max(now, next_at[bucket]) + every
+                changed.add(bucket)
+            if cap:
+                running[job.handler] = running.get(job.handler, 0) + 1
+            start.append(job)
+        if changed:
+            conn.cursor().executemany(self._q("UPDATE flow SET next_at = ? WHERE key = ?"),
+                                      [(next_at[b], b) for b in sorted(changed)])
+        return start
+
+    def _note_slot(self, slot: float) -> None:
+        self.__dict__.setdefault("_slots", []).append(slot)     # (in the writer; read back by _wake)
+
+    def _wake(self) -> None:
+        """After a write that may have reserved start times: tell the runtime the earliest."""
+        slots = self.__dict__.pop("_slots", None)
+        if slots and self.on_rate_wait is not None:
+            self.on_rate_wait(min(slots))
+
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` of a scheduled job (by the due index), or None."""
+        row = self._db.read(lambda conn: conn.execute(
+            f"SELECT min(run_at) FROM jobs WHERE state = '{SCHEDULED}' AND run_at IS NOT NULL").fetchone())
+        return None if row is None else row[0]
+
+    def _free(self, conn, job: Job, moved) -> None:
+        """Inside the transaction that ended ``job``: release a job waiting for a slot of its handler."""
+        if job.gate and job.gate.get("max_running"):
+            moved.released += [row_to_job(r) for r in conn.execute(
+                self._q(_RELEASE.replace("{skip}", self._SKIP)), (job.handler, 1)).fetchall()]
+
+    def release_waiting(self) -> list[Job]:
+        """Release jobs waiting for their handler's concurrency where there is room now (ends this ledger did not
+        see happen in a transaction of its own: a lost worker, an expired lease); returns them."""
+        def op(conn):
+            released = []
+            waiting = conn.execute(self._q(f"SELECT handler, min(gate) FROM jobs WHERE waiting = '{MAX_RUNNING}'"
+                                           f" AND state = '{SCHEDULED}' GROUP BY handler")).fetchall()
+            for handler, gate in waiting:
+                cap = (loads(gate) or {}).get("max_running") or 1
+                running = conn.execute(self._q(f"SELECT count(*) FROM jobs WHERE state = '{RUNNING}'"
+                                               " AND gate IS NOT NULL AND handler = ?"), (handler,)).fetchone()[0]
+                if running < cap:
+                    released += [row_to_job(r) for r in conn.execute(
+                        self._q(_RELEASE.replace("{skip}", self._SKIP)), (handler, cap - running)).fetchall()]
+            return released
+        return self._write_step(op, notify="queued")
+
+    def expire_due(self, limit: int = 1000) -> list[Job]:
+        """End (cancelled, error kind ``expired``) the scheduled and queued jobs whose ``expires_at`` passed, with
+        what that moves downstream in their workflows; returns them (the moved steps go to ``on_steps_moved``)."""
+        now = time.time()
+
+        def op(conn):
+            expired = [row_to_job(r) for r in conn.execute(self._q(_EXPIRE.replace("{skip}", self._SKIP)),
+                                                           (now, dumps(EXPIRED), now, limit)).fetchall()]
+            moved = StepsMoved()
+            ended = [(j.id, j.state) for j in expired if j.workflow_id is not None]
+            if ended:
+                moved = self._ended(conn, ended)
+            return expired, moved
+        expired, moved = self._write_step(op, notify="ended,cancelled")
+        self._announce(moved)
+        return expired
+
+    def waiting_counts(self) -> list[tuple[str, str, int]]:
+        """(handler, reason, count) of the jobs their gate holds back (rate_limit, max_running)."""
+        return [tuple(r) for r in self._db.read(lambda conn: conn.execute(
+            "SELECT handler, waiting, count(*) FROM jobs WHERE waiting IS NOT NULL"
+            f" AND state IN ('{SCHEDULED}', '{QUEUED}') GROUP BY handler, waiting").fetchall())]
+
