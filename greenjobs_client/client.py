@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -20,12 +20,17 @@ OPTIONS = ("priority", "timeout", "max_retries", "delay", "run_at")
 def job_spec(handler: str, /, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
              priority: int | None = None, timeout: float | None = None, max_retries: int | None = None,
              delay: float | None = None, run_at: datetime | str | None = None,
-             idempotency_key: str | None = None) -> dict[str, Any]:
+             idempotency_key: str | None = None, expires: float | datetime | str | None = None,
+             unique_key: str | None = None, rate_limit: str | None = None,
+             rate_key: str | None = None) -> dict[str, Any]:
     """One job as the API takes it (for ``submit_many``); options left None take the server's defaults.
 
     ``priority`` 0-9 (higher first), ``timeout`` seconds, ``delay`` seconds or ``run_at`` (a datetime,
     naive meaning UTC, or an ISO 8601 string), ``idempotency_key`` to make the item repeat-safe
-    across separate calls.
+    across separate calls.  Flow control: ``expires`` (seconds or a time: not started by then, it ends
+    ``expired`` and never runs; Celery's ``expires``), ``unique_key`` (while a job with it is active, a
+    submission with it answers that job), ``rate_limit`` ("10/m"; the handler's, if lower, wins) and
+    ``rate_key`` (a template over kwargs, "{host}": one rate bucket per key).
     """
     spec: dict[str, Any] = {"handler": handler}
     if args:
@@ -34,8 +39,12 @@ def job_spec(handler: str, /, args: Iterable[Any] = (), kwargs: Mapping[str, Any
         spec["kwargs"] = dict(kwargs)
     if isinstance(run_at, datetime):
         run_at = run_at.isoformat()
+    if isinstance(expires, datetime):
+        expires = (expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)).isoformat()
     for name, value in (("priority", priority), ("timeout", timeout), ("max_retries", max_retries),
-                        ("delay", delay), ("run_at", run_at), ("idempotency_key", idempotency_key)):
+                        ("delay", delay), ("run_at", run_at), ("idempotency_key", idempotency_key),
+                        ("expires", expires), ("unique_key", unique_key), ("rate_limit", rate_limit),
+                        ("rate_key", rate_key)):
         if value is not None:
             spec[name] = value
     return spec
@@ -80,7 +89,9 @@ class Client:
     def submit_with(self, handler: str, /, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
                     priority: int | None = None, timeout: float | None = None, max_retries: int | None = None,
                     delay: float | None = None, run_at: datetime | str | None = None,
-                    idempotency_key: str | None = None) -> JobHandle:
+                    idempotency_key: str | None = None, expires: float | datetime | str | None = None,
+                    unique_key: str | None = None, rate_limit: str | None = None,
+                    rate_key: str | None = None) -> JobHandle:
         """Submit with options, like Celery's ``apply_async()`` (see ``job_spec`` for each option).
 
         Sent again after a broken connection under the same ``idempotency_key`` (a uuid4 unless
@@ -88,7 +99,8 @@ class Client:
         submissions from separate calls or processes collapse into one job too.
         """
         spec = job_spec(handler, args, kwargs, priority=priority, timeout=timeout, max_retries=max_retries,
-                        delay=delay, run_at=run_at)
+                        delay=delay, run_at=run_at, expires=expires, unique_key=unique_key, rate_limit=rate_limit,
+                        rate_key=rate_key)
         key = idempotency_key or uuid.uuid4().hex
         _, job, _ = self._transport.request("POST", "/jobs", spec, headers={"Idempotency-Key": key}, resend=True)
         return JobHandle(self, job["id"], job)

@@ -112,22 +112,26 @@ class FlowTable:
             moved.released += [row_to_job(r) for r in conn.execute(
                 self._q(_RELEASE.replace("{skip}", self._SKIP)), (job.handler, 1)).fetchall()]
 
+    def _release_room(self, conn) -> list[Job]:
+        """Inside a transaction: release jobs waiting for their handler's concurrency where there is room now
+        (one index probe when none wait).  A take does this first, so a waiting job competes by its priority
+        and age with the queued ones - e.g. a dead runner's job given back when its lease expired."""
+        released = []
+        waiting = conn.execute(self._q(f"SELECT handler, min(gate) FROM jobs WHERE waiting = '{MAX_RUNNING}'"
+                                       f" AND state = '{SCHEDULED}' GROUP BY handler")).fetchall()
+        for handler, gate in waiting:
+            cap = (loads(gate) or {}).get("max_running") or 1
+            running = conn.execute(self._q(f"SELECT count(*) FROM jobs WHERE state = '{RUNNING}'"
+                                           " AND gate IS NOT NULL AND handler = ?"), (handler,)).fetchone()[0]
+            if running < cap:
+                released += [row_to_job(r) for r in conn.execute(
+                    self._q(_RELEASE.replace("{skip}", self._SKIP)), (handler, cap - running)).fetchall()]
+        return released
+
     def release_waiting(self) -> list[Job]:
         """Release jobs waiting for their handler's concurrency where there is room now (ends this ledger did not
         see happen in a transaction of its own: a lost worker, an expired lease); returns them."""
-        def op(conn):
-            released = []
-            waiting = conn.execute(self._q(f"SELECT handler, min(gate) FROM jobs WHERE waiting = '{MAX_RUNNING}'"
-                                           f" AND state = '{SCHEDULED}' GROUP BY handler")).fetchall()
-            for handler, gate in waiting:
-                cap = (loads(gate) or {}).get("max_running") or 1
-                running = conn.execute(self._q(f"SELECT count(*) FROM jobs WHERE state = '{RUNNING}'"
-                                               " AND gate IS NOT NULL AND handler = ?"), (handler,)).fetchone()[0]
-                if running < cap:
-                    released += [row_to_job(r) for r in conn.execute(
-                        self._q(_RELEASE.replace("{skip}", self._SKIP)), (handler, cap - running)).fetchall()]
-            return released
-        return self._write_step(op, notify="queued")
+        return self._write_step(self._release_room, notify="queued")
 
     def expire_due(self, limit: int = 1000) -> list[Job]:
         """End (cancelled, error kind ``expired``) the scheduled and queued jobs whose ``expires_at`` passed, with

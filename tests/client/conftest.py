@@ -17,7 +17,7 @@ def server(tmp_path_factory):
     ini = write_ini(tmp_path_factory.mktemp("greenjobs-client"),
                     app={"greenjobs.workers.cpu": 0, "greenjobs.store.synchronous": "normal",
                          "greenjobs.handlers": "greenjobs.handlers.builtin tests.client.client_handlers"
-                                               " tests.workflow_handlers"})
+                                               " tests.workflow_handlers tests.flow_handlers"})
     proc = ServerProcess(ini).start()
     yield proc
     stop_all([proc])

@@ -53,3 +53,14 @@ def test_the_workflow_command_prints_and_follows_a_workflow(client, server):
     out = cli("workflow", failed.id, "--wait", url=server.url)
     assert out.returncode == 1 and lines(out.stdout)[0]["state"] == "failed"
     assert cli("workflow", "nope", url=server.url).returncode == 2
+
+
+def test_flow_options_read_like_celerys_apply_async(client):
+    # celery: add.apply_async((1,), expires=60, rate_limit is per task there; here per job too
+    handle = client.submit_with("flow.echo", kwargs={"x": 1}, expires=60, rate_limit="10/m", unique_key="once")
+    assert handle.result(timeout=30) == 1
+    status = handle.status()
+    assert status["unique_key"] == "once" and status["expires_at"] and status["rate_limit"]["per_second"] == pytest.approx(1 / 6, abs=1e-5)
+    busy = client.submit_with("flow.capped", kwargs={"seconds": 2}, unique_key="report")
+    again = client.submit_with("flow.capped", kwargs={"seconds": 2}, unique_key="report")
+    assert again.id == busy.id, "the active job answers"

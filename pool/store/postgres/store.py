@@ -554,6 +554,7 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
 
         def op(conn):
             rows = []
+            self._release_room(conn)    # (io ones; a released cpu job waits for the outbox's next pass)
             candidates = [row_to_job(r) for r in conn.execute(gated, (_kind_param(kinds), now, limit)).fetchall()]
             if candidates:          # gated jobs first: each starts or leaves the queue to wait
                 for job in self._admit(conn, candidates, now):
