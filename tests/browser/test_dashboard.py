@@ -465,3 +465,23 @@ def test_a_steps_page_shows_its_workflow_and_follows_it(make_server, browser, sc
     screenshot("workflow")
     assert_not_reloaded(browser)
     assert_clean_console(browser)
+
+
+# -- flow control -------------------------------------------------------------------------------
+
+def test_a_job_page_says_why_the_job_waits_and_follows_it_when_it_starts(make_server, browser, screenshot):
+    srv = job_server(make_server, **{"greenjobs.workers.cpu": 0,
+                                     "greenjobs.handlers": "greenjobs.handlers.builtin tests.browser.browser_handlers"
+                                                           " tests.flow_handlers"})
+    busy = [srv.submit("flow.capped", kwargs={"seconds": 2.5}) for _ in range(2)]
+    waiting = srv.submit("flow.capped", kwargs={"seconds": 0.1}, unique_key="nightly-report")
+    open_dashboard(browser, srv, f"#/jobs/{waiting['id']}")
+    wait(browser, lambda d: text(d, "#job-waiting") is not None, message="why it waits")
+    assert "max_running" in text(browser, "#job-waiting")
+    assert "max 2 running" in text(browser, ".facts") and "unique key nightly-report" in text(browser, ".facts")
+    screenshot("job-waiting")
+    wait(browser, lambda d: detail_state(d) == "succeeded", 30, message="it ran once a slot was free")
+    wait(browser, lambda d: text(d, "#job-waiting") is None, message="no longer waiting")
+    assert all(srv.wait(j["id"], 10)["state"] == "succeeded" for j in busy)
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)

@@ -17,7 +17,7 @@ from tests.e2e.test_cpu import alive, wait_workers, worker_pids
 pytestmark = pytest.mark.faults
 
 HEADERS = 8
-NAP = 0.8           # seconds each header step sleeps in its worker: a kill lands well inside one
+NAP = 2.0           # seconds each header step sleeps in its worker: a kill lands well inside one, even loaded
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

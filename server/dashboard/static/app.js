@@ -1056,6 +1056,10 @@
           job.schedule.fire_at ? h("span", {class: "muted"}, " · slot ", timeCell(job.schedule.fire_at))
                                : h("span", {class: "muted"}, " · run now")) : "—"),
         row("run at", timeCell(job.run_at)),
+        row("waiting", job.waiting ? h("span", {id: "job-waiting"}, waitingText(job.waiting),
+          job.waiting.until ? h("span", {class: "muted"}, " · until ", timeCell(job.waiting.until)) : "") : "—"),
+        row("limits", flowText(job)),
+        row("expires", timeCell(job.expires_at)),
         row("created", timeCell(job.created_at)),
         row("started", timeCell(job.started_at)),
         row("finished", timeCell(job.finished_at)),
@@ -1169,6 +1173,22 @@
 
   const scheduleHref = (name) => "#/schedules/" + encodeURIComponent(name);
   const schedulePath = (name, action) => "/schedules/" + encodeURIComponent(name) + (action ? "/" + action : "");
+
+  /** Why a job does not run yet, in words (the API's job.waiting.reason). */
+  function waitingText(waiting) {
+    const reasons = {rate_limit: "its rate limit", max_running: "a free slot of its handler (max_running)",
+                     upstream: `${waiting.steps} earlier workflow step(s)`, run_at: "its run_at"};
+    return `for ${reasons[waiting.reason] || waiting.reason}`;
+  }
+
+  /** A job's flow control: its rate bucket, concurrency limit and unique key, or a dash. */
+  function flowText(job) {
+    const parts = [];
+    if (job.rate_limit) parts.push(`${job.rate_limit.per_second}/s in ${job.rate_limit.bucket}`);
+    if (job.max_running) parts.push(`max ${job.max_running} running`);
+    if (job.unique_key) parts.push(`unique key ${job.unique_key}`);
+    return parts.length ? parts.join(" · ") : "—";
+  }
 
   function whenText(schedule) {
     if (schedule.cron) return `cron ${schedule.cron} · ${schedule.timezone || "UTC"}`;
