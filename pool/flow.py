@@ -29,7 +29,8 @@ _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\.host)?\}")
 MAX_KEY = 200           # characters of a rendered rate key
 #: Why a job that could run does not run yet (``Job.waiting``).
 RATE_LIMIT, MAX_RUNNING = "rate_limit", "max_running"
-EXPIRED = {"kind": "expired", "message": "the job did not start before it expired", "traceback": None}
+EXPIRED = {"kind": "expired", "message": "the job's next attempt could not start before the job expired",
+           "traceback": None}
 
 
 def parse_rate(text: Any) -> float:

@@ -258,7 +258,9 @@ class JobStore(ABC):
     def claim_for_worker(self, job_id: str, worker: str,
                          judge: Callable[[Job, Lease], Any]) -> tuple[str, Job | None]:
         """Carry out ``judge(job, lease)`` (greenjobs.pool.lifecycle.judge_worker_claim) atomically:
-        ("go", job) leased to ``worker``, ("skip", job or None) or ("lost", job) failed."""
+        ("go", job) leased to ``worker``, ("skip", job or None), or ("lost", job) ended at the claim: failed
+        ``worker_lost``, or cancelled ``expired`` (its expiry passed).  A gated job the claim does not admit
+        is a skip: it waits (greenjobs.pool.store.flow)."""
 
     @abstractmethod
     def requeue_stale_cpu(self, dead_workers: Iterable[str] = ()) -> list[Job]:

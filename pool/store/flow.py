@@ -16,6 +16,7 @@ meanwhile, so an expired job never runs.
 """
 from __future__ import annotations
 
+import random
 import time
 from typing import Callable
 
@@ -28,6 +29,10 @@ _WAIT_RATE = (f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, waiting = '{R
               f" lease_expires = NULL, outbox = 0 WHERE id = ? AND state = '{QUEUED}'")
 _PARK = (f"UPDATE jobs SET state = '{SCHEDULED}', run_at = NULL, waiting = '{MAX_RUNNING}', lease_owner = NULL,"
          f" lease_expires = NULL, outbox = 0 WHERE id = ? AND state = '{QUEUED}'")
+_DEFER = (f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, lease_owner = NULL, lease_expires = NULL, outbox = 0"
+          f" WHERE id = ? AND state = '{QUEUED}'")
+#: Seconds (times 1-2, at random) a job waits when another server's transaction holds its flow rows.
+CONTENDED = 0.05
 _RELEASE = (f"UPDATE jobs SET state = '{QUEUED}', waiting = NULL,"
             f" outbox = CASE WHEN kind IN {PUBLISHED_SQL} THEN 1 ELSE 0 END WHERE id IN (SELECT id FROM jobs"
             f" WHERE waiting = '{MAX_RUNNING}' AND state = '{SCHEDULED}' AND handler = ?"
@@ -47,18 +52,30 @@ class FlowTable:
     #: reserved for a job over its rate: the runtime promotes it then.  Set by the runtime.
     on_rate_wait: Callable[[float], None] | None = None
 
-    def _admit(self, conn, jobs: list[Job], now: float) -> list[Job]:
-        """Inside the transaction that would start ``jobs`` (queued, gated): the ones that may start now.  The
-        rest are moved to wait (over their rate: until the start time reserved for them, noted in ``reserved``
-        for :meth:`_wake`; over their handler's concurrency: until a running one ends)."""
-        rated = sorted({j.gate["bucket"] for j in jobs if j.gate.get("every")})
-        capped = sorted({j.handler for j in jobs if j.gate.get("max_running")})
-        keys = rated + [f"~{h}" for h in capped]
-        marks = ",".join("?" * len(keys))
+    def _lock_flow(self, conn, keys: list[str]) -> dict[str, float] | None:
+        """Inside a transaction: the ``flow`` rows of ``keys`` (made if missing), locked until it ends; None if
+        another transaction holds one (PostgreSQL: see its store; SQLite's one writer never contends)."""
         conn.cursor().executemany(self._q("INSERT INTO flow (key, next_at) VALUES (?, 0) ON CONFLICT (key) DO NOTHING"),
                                   [(k,) for k in keys])
-        next_at = dict(conn.execute(self._q(f"SELECT key, next_at FROM flow WHERE key IN ({marks}) ORDER BY key"
-                                            + self._LOCK), keys).fetchall())
+        return dict(conn.execute(self._q(f"SELECT key, next_at FROM flow WHERE key IN ({','.join('?' * len(keys))})"
+                                         " ORDER BY key"), keys).fetchall())
+
+    def _admit(self, conn, jobs: list[Job], now: float) -> list[Job]:
+        """Inside the transaction that would start ``jobs`` (queued, gated): the ones that may start now.  The
+        rest are moved to wait (over their rate: until the start time reserved for them, noted for :meth:`_wake`;
+        over their handler's concurrency: until a running one ends; their flow rows held by another server's
+        transaction: a moment, CONTENDED seconds, to be admitted again)."""
+        rated = sorted({j.gate["bucket"] for j in jobs if j.gate.get("every")})
+        capped = sorted({j.handler for j in jobs if j.gate.get("max_running")})
+        next_at = self._lock_flow(conn, rated + [f"~{h}" for h in capped])
+        now = time.time()           # (after the lock: the decision's own time, not the caller's)
+        if next_at is None:
+            later = now + CONTENDED * (1 + random.random())
+            for job in jobs:        # (a reservation it holds stays: waiting is left as it is)
+                conn.execute(self._q(_DEFER), (later, job.id))
+                job.state, job.run_at = SCHEDULED, later
+            self._note_slot(later)
+            return []
         running = {}
         if capped:
             running = dict(conn.execute(self._q(
@@ -67,7 +84,9 @@ class FlowTable:
         start, changed = [], set()
         for job in jobs:
             every, bucket, cap = job.gate.get("every"), job.gate.get("bucket"), job.gate.get("max_running")
-            reserved = job.waiting == RATE_LIMIT        # promoted at the start time it reserved
+            # promoted at the start time it reserved: that start is its own, if it comes within its interval (a
+            # reservation taken later than that, e.g. while every slot was busy, asks the bucket again)
+            reserved = job.waiting == RATE_LIMIT and job.run_at is not None and now < job.run_at + (every or 0)
             if every and not reserved and next_at[bucket] > now:
                 slot = next_at[bucket]
                 next_at[bucket] = slot + every
@@ -116,11 +135,12 @@ class FlowTable:
         """Inside a transaction: release jobs waiting for their handler's concurrency where there is room now
         (one index probe when none wait).  A take does this first, so a waiting job competes by its priority
         and age with the queued ones - e.g. a dead runner's job given back when its lease expired."""
-        released = []
-        waiting = conn.execute(self._q(f"SELECT handler, min(gate) FROM jobs WHERE waiting = '{MAX_RUNNING}'"
-                                       f" AND state = '{SCHEDULED}' GROUP BY handler")).fetchall()
-        for handler, gate in waiting:
+        released, caps = [], {}
+        for handler, gate in conn.execute(self._q(f"SELECT DISTINCT handler, gate FROM jobs WHERE waiting = '{MAX_RUNNING}'"
+                                                  f" AND state = '{SCHEDULED}'")).fetchall():
             cap = (loads(gate) or {}).get("max_running") or 1
+            caps[handler] = min(cap, caps.get(handler, cap))     # (gates differ only during a rolling deploy)
+        for handler, cap in caps.items():
             running = conn.execute(self._q(f"SELECT count(*) FROM jobs WHERE state = '{RUNNING}'"
                                            " AND gate IS NOT NULL AND handler = ?"), (handler,)).fetchone()[0]
             if running < cap:
@@ -149,6 +169,14 @@ class FlowTable:
         expired, moved = self._write_step(op, notify="ended,cancelled")
         self._announce(moved)
         return expired
+
+    def _expire_one(self, conn, job_id: str) -> Job | None:
+        """Inside a transaction: end an active job that may not start any more (cancelled, error kind expired)."""
+        row = conn.execute(self._q(f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, error = ?, waiting = NULL,"
+                                   " lease_owner = NULL, lease_expires = NULL, outbox = 0 WHERE id = ?"
+                                   f" AND state IN ('{SCHEDULED}', '{QUEUED}', '{RUNNING}') RETURNING {SELECT}"),
+                           (time.time(), dumps(EXPIRED), job_id)).fetchone()
+        return None if row is None else row_to_job(row)
 
     def waiting_counts(self) -> list[tuple[str, str, int]]:
         """(handler, reason, count) of the jobs their gate holds back (rate_limit, max_running)."""

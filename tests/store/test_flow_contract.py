@@ -161,10 +161,44 @@ def test_an_expired_job_is_never_started_and_ends_expired(store):
 
     def judge(j, lease: Lease):
         return lifecycle.judge_worker_claim(j, lease.owner, lease.expires, False, lambda w: False, 3, 30.0, time.time())
-    assert store.claim_for_worker(cpu.id, "w1", judge)[0] == "skip"
+    answer, ended = store.claim_for_worker(cpu.id, "w1", judge)
+    assert (answer, ended.state, ended.error["kind"]) == ("lost", CANCELLED, "expired"), "ended at the claim"
     expired = {j.id: j for j in store.expire_due()}
-    assert set(expired) == {soon.id, cpu.id}
+    assert set(expired) == {soon.id}
     for j in (store.get(soon.id), store.get(cpu.id)):
         assert j.state == CANCELLED and j.error["kind"] == "expired"
     assert store.get(later.id).state == RUNNING
     assert store.expire_due() == []
+
+
+def test_a_late_reservation_asks_its_bucket_again(store):
+    """A job that reserved a start but is taken more than one interval late (every slot busy) does not start
+    beside a fresh job in the same interval: it goes through the bucket again."""
+    jobs = [job(gate=rate(0.3)) for _ in range(3)]
+    store.insert(jobs, OWNER)
+    assert len(store.take(OWNER, ("io",), 10)) == 1
+    time.sleep(0.3 * 3 + 0.1)       # both reservations are now more than an interval old
+    assert len(store.promote_due(("io",))) == 2
+    assert len(store.take(OWNER, ("io",), 10)) == 1, "one start per interval, however late"
+
+
+def test_an_idempotency_key_on_a_unique_repeat_answers_the_active_job(store):
+    first = job(unique_key="u")
+    store.insert([first], OWNER)
+    repeat = job(unique_key="u")
+    assert store.insert([repeat], OWNER, keys={0: ("idem-1", "fp")}) == {0: first.id}
+    assert store.insert([job(unique_key="u")], OWNER, keys={0: ("idem-1", "fp")}) == {0: first.id}, \
+        "the key points at the job that exists"
+
+
+def test_two_servers_admitting_in_opposite_bucket_orders_never_deadlock(request):
+    """PostgreSQL: one group commit may hold the flow row of one op while another op of it waits for another
+    row; two servers doing so in opposite orders must not deadlock (a short lock wait, then a deferral).  Run in
+    a process of its own with gevent's patching, as a server runs, so the two stores' transactions overlap."""
+    import subprocess
+    import sys
+    url = request.getfixturevalue("postgres").schema_url(f"flowlocks_{new_id()[:12]}")
+    probe = subprocess.run([sys.executable, "-m", "tests.store.flow_locks_probe", url], capture_output=True,
+                           text=True, timeout=120)
+    assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr[-3000:]
+    assert "answers" in probe.stdout

@@ -111,8 +111,26 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
     """The durable job table in PostgreSQL.  Call :meth:`open` once from a greenlet before use."""
 
     _MARK = "%s"
-    _LOCK = " FOR UPDATE"
     _SKIP = " FOR UPDATE SKIP LOCKED"
+    #: Milliseconds a take or claim waits for another server's transaction to let go of a flow row before it
+    #: defers its gated jobs a moment: far below deadlock_timeout, so a group commit holding flow rows of one
+    #: op and job rows of another never deadlocks with another server's.
+    FLOW_LOCK_WAIT_MS = 100
+
+    def _lock_flow(self, conn, keys: list[str]) -> dict[str, float] | None:
+        """The flow rows of ``keys``, made if missing and locked FOR UPDATE, in a savepoint with a short
+        lock_timeout; None (nothing changed) if another transaction held one that long."""
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{self.FLOW_LOCK_WAIT_MS}ms'")
+                conn.cursor().executemany("INSERT INTO flow (key, next_at) VALUES (%s, 0) ON CONFLICT (key) DO NOTHING",
+                                          [(k,) for k in keys])
+                rows = conn.execute("SELECT key, next_at FROM flow WHERE key = ANY(%s) ORDER BY key FOR UPDATE",
+                                    (keys,)).fetchall()
+                conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+            return dict(rows)
+        except psycopg.errors.LockNotAvailable:
+            return None
 
     def __init__(self, url: str, lease_seconds: float = 30.0, readers: int = 4, max_batch_ops: int = 5000):
         self.url = url
@@ -377,6 +395,12 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                             found = self._insert_unique(conn, rows[i], job.unique_key)
                             if found is not None:
                                 repeats[i] = found
+                                if i in keys:       # its Idempotency-Key answers the active job, as this call does
+                                    conn.execute("UPDATE idempotency SET job_id = %s WHERE key = %s",
+                                                 (found, keys[i][0]))
+                    if advance is not None and len(jobs) - 1 in repeats:    # the schedule's last job is that one
+                        conn.execute("UPDATE schedules SET last_job_id = %s WHERE name = %s",
+                                     (repeats[len(jobs) - 1], advance.name))
                     fresh = [r for i, r in rows.items() if i not in repeats
                              and jobs[i].unique_key is None]       # (the unique ones are in already)
                     counted = sum(1 for i in rows if i not in repeats)
@@ -462,7 +486,11 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
 
     def _change_or_read(self, sql: str, params: tuple, job_id: str, notify: str) -> tuple[Job | None, bool]:
         def op(conn):
-            row = conn.execute(sql, params).fetchone()
+            try:
+                with conn.transaction():    # a revive racing another server's insert of its unique_key: no change
+                    row = conn.execute(sql, params).fetchone()
+            except psycopg.errors.UniqueViolation:
+                row = None
             if row is not None:
                 job = row_to_job(row)
                 ended = self.linked(job) and job.terminal
@@ -617,8 +645,11 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                      job_id)).fetchone()
                 lost = row_to_job(row)
                 return "lost", lost, self._after_end(conn, lost, lost.state) if self.linked(lost) else None      # (other servers' long-polls learn it by polling)
-            if verdict.answer == "go" and job.state == QUEUED and job.expires_at is not None and job.expires_at <= now:
-                verdict = lifecycle.Verdict("skip")         # the next expiry sweep ends it
+            if verdict.answer == "go" and job.expires_at is not None and job.expires_at <= now:
+                ended = self._expire_one(conn, job_id)      # (an orphaned attempt too: its next start is too late)
+                if ended is None:
+                    return "skip", job, None
+                return "lost", ended, self._after_end(conn, ended, ended.state) if self.linked(ended) else None
             if verdict.answer == "go" and job.state == QUEUED and job.gate and not self._admit(conn, [job], now):
                 return "skip", job, None                    # it waits for its rate or a slot of its handler
             if verdict.answer == "go":

@@ -286,6 +286,7 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                 repeats[i] = found[1]
             if conflict is not None:     # (raising here would fail the whole group commit)
                 return repeats, conflict
+            keyed = {i: jobs[i].id for i in keys if i not in repeats}     # new keys -> the job each answers
             taken: dict[str, str] = {}
             for i, job in enumerate(jobs):  # one active job per unique_key (the unique index backs this up)
                 if job.unique_key is None or i in repeats:
@@ -294,13 +295,17 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                     f"SELECT id FROM jobs WHERE unique_key = ? AND state IN {ACTIVE_SQL}", (job.unique_key,)).fetchone()
                 if found is not None:
                     repeats[i] = found if isinstance(found, str) else found[0]
+                    if i in keyed:          # its Idempotency-Key answers the active job, as this call does
+                        keyed[i] = repeats[i]
                 else:
                     taken[job.unique_key] = job.id
+            if advance is not None and len(jobs) - 1 in repeats:     # the schedule's last job is that one
+                conn.execute("UPDATE schedules SET last_job_id = ? WHERE name = ?", (repeats[len(jobs) - 1], advance.name))
             fresh = [r for i, r in rows.items() if i not in repeats]
-            if keys:
+            if keyed:
                 conn.executemany("INSERT OR REPLACE INTO idempotency (key, fingerprint, job_id, created_at)"
                                  " VALUES (?, ?, ?, ?)",
-                                 [(key, fp, jobs[i].id, now) for i, (key, fp) in keys.items() if i not in repeats])
+                                 [(keys[i][0], keys[i][1], job_id, now) for i, job_id in keyed.items()])
             if batch_id is not None and fresh:
                 conn.execute("INSERT INTO batches (id, total, created_at) VALUES (?, ?, ?)", (batch_id, len(fresh), now))
             conn.executemany(schema.INSERT, fresh)
@@ -580,8 +585,11 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                      job_id)).fetchone()
                 lost = row_to_job(row)
                 return "lost", lost, self._after_end(conn, lost, lost.state) if self.linked(lost) else None
-            if verdict.answer == "go" and job.state == QUEUED and job.expires_at is not None and job.expires_at <= now:
-                verdict = lifecycle.Verdict("skip")         # the next expiry sweep ends it
+            if verdict.answer == "go" and job.expires_at is not None and job.expires_at <= now:
+                ended = self._expire_one(conn, job_id)      # (an orphaned attempt too: its next start is too late)
+                if ended is None:
+                    return "skip", job, None
+                return "lost", ended, self._after_end(conn, ended, ended.state) if self.linked(ended) else None
             if verdict.answer == "go" and job.state == QUEUED and job.gate and not self._admit(conn, [job], now):
                 return "skip", job, None                    # it waits for its rate or a slot of its handler
             if verdict.answer == "go":
