@@ -216,6 +216,9 @@ def parse_schedule(data: Any, registry, settings, source: str = "api") -> Schedu
     if not isinstance(name, str) or not NAME.match(name):
         raise InvalidSchedule("name", "required: 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
     template = {k: data[k] for k in TEMPLATE_FIELDS if k in data}
+    if isinstance(template.get("expires"), str):
+        raise InvalidSchedule("expires", "a schedule's jobs expire a number of seconds after their slot, not at one "
+                                         "time (every later slot would be expired)")
     try:
         parse_spec(template, registry, settings)
     except InvalidJobParams as exc:
