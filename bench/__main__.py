@@ -99,7 +99,7 @@ def greenjobs(run: Run, chosen, sizes, iterations, url, folder: Path, args) -> N
         server, replace, runner = {"use": "egg:waitress#main", "threads": 1100, "connection_limit": 2000,
                                    "backlog": 2048}, True, "waitress threads=1100"
     # W1b's http.get calls a local server on a random port: allow loopback's ports (a bare host means 80 and 443)
-    local = {"greenjobs.http.allowed_hosts": "127.0.0.1:*"}
+    local = {"greenjobs.http.allowed_hosts": "127.0.0.1:*", **dict(item.split("=", 1) for item in args.set)}
     plan = [("embedded", dict(local), [w for w in chosen if w not in ("W6", "W7")])]
     cpu_chosen = [w for w in chosen if w in ("W2", "W4")]
     if args.broker in ("rabbitmq", "both") and cpu_chosen:
@@ -257,6 +257,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", default=None, help=f"comma-separated of {','.join(PEERS)}, or 'none' "
                                                       "(default: all, none with --quick)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an [app:main] setting of the greenjobs servers measured, e.g. greenjobs.hub.guard=false"
+                             " (repeatable)")
     parser.add_argument("--json", default="", help="write results to this file")
     parser.add_argument("--broker", choices=("embedded", "rabbitmq", "both"), default="both",
                         help="greenjobs' cpu workloads (W2, W4 cpu) on the embedded broker, RabbitMQ, or both")

@@ -28,11 +28,13 @@ def handler(name: str, *, kind: str = "io", timeout: float | None = 60.0, max_re
     ``rate_limit="N/s|m|h"`` spaces the starts of its jobs across the cluster (a job may ask for a lower
     rate), per rendered ``rate_key`` (a template over the kwargs: ``"{host}"``, ``"{url.host}"``);
     ``max_running=N`` lets at most N run at once across the cluster (greenjobs.pool.flow).
+    ``kind="auto"``: an io handler that moves to the cpu worker processes the first time one of its jobs
+    blocks the event loop (an io handler does after ``greenjobs.hub.reroute_after`` blocks).
     """
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise ConfigurationError(f"handler name {name!r} must match {NAME_RE.pattern}")
-    if kind not in KINDS:
-        raise ConfigurationError(f"handler {name!r}: kind must be 'io' or 'cpu', not {kind!r}")
+    if kind not in (*KINDS, "auto"):
+        raise ConfigurationError(f"handler {name!r}: kind must be 'io', 'cpu' or 'auto', not {kind!r}")
 
     every, template, max_running = handler_rules(name, rate_limit, rate_key, max_running)
     if template is not None and every is None:
@@ -40,8 +42,9 @@ def handler(name: str, *, kind: str = "io", timeout: float | None = 60.0, max_re
 
     def mark(fn: Callable) -> Callable:
         doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
-        setattr(fn, MARK, Handler(name, fn, kind, timeout, max_retries, queue, tuple(retry_on), validate, doc,
-                                  rate_limit, every, template, max_running))
+        setattr(fn, MARK, Handler(name, fn, "io" if kind == "auto" else kind, timeout, max_retries, queue,
+                                  tuple(retry_on), validate, doc, rate_limit, every, template, max_running,
+                                  auto=kind == "auto"))
         return fn
 
     return mark

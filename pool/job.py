@@ -19,7 +19,7 @@ KINDS = ("io", "cpu")
 #: Separates the principal from the client's key in a stored unique_key.
 SCOPE = "\x1f"
 #: The lifecycle events, in the order one job meets them (listeners, the event stream, signals).
-EVENTS = ("submitted", "started", "progress", "retrying", SUCCEEDED, FAILED, CANCELLED)
+EVENTS = ("submitted", "started", "progress", "blocked", "retrying", SUCCEEDED, FAILED, CANCELLED)
 
 #: Allowed moves.  running -> queued is a lease given back (shutdown, owner death);
 #: running -> scheduled and failed -> queued are retries.
@@ -94,6 +94,8 @@ class Job:
     unique_key: str | None = None       # at most one active job per key (scoped by principal)
     gate: dict | None = None            # {bucket, every, max_running}: its flow rules (greenjobs.pool.flow)
     waiting: str | None = None          # "rate_limit" (run_at is its reserved start) or "max_running"
+    blocked: dict | None = None         # {count, longest_ms, total_ms}: how it blocked the event loop
+    rerouted: bool = False              # an io handler's job sent to the cpu workers (it kept blocking the hub)
 
     @property
     def terminal(self) -> bool:
@@ -140,6 +142,9 @@ class Job:
             else {"bucket": self.gate["bucket"], "per_second": round(1.0 / self.gate["every"], 6)},
             "max_running": None if self.gate is None else self.gate.get("max_running"),
             "waiting": self.why_waiting(),
+            "blocked": self.blocked,
+            "ran_in": "worker" if self.kind == "cpu" else "hub",
+            "rerouted": self.rerouted,
         }
 
     def why_waiting(self) -> dict | None:

@@ -7,6 +7,7 @@ server and the CPU workers both load it, and ``pool`` imports no other greenjobs
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,99}$")
 MARK = "__greenjobs_handler__"      #: the attribute @handler sets on a function
+INTERNAL = "greenjobs."             #: names of the server's own handlers (webhook deliveries): never listed
 #: Module names of earlier releases (before the ``greenjobs.*`` import names), still accepted in ini files.
 RENAMED = {"handlers.builtin": "greenjobs.handlers.builtin"}
 
@@ -44,6 +46,8 @@ class Handler:
     rate_every: float | None = None     # the same as seconds between starts
     rate_key: str | None = None         # a template over the kwargs: one rate bucket per rendered key
     max_running: int | None = None      # at most this many running at once in the cluster
+    auto: bool = False                  # kind="auto": an io handler rerouted to the cpu workers at its first block
+    rerouted: str | None = None         # why this io handler now runs in the cpu workers (greenjobs.pool.io.hubguard)
 
     @functools.cached_property
     def signature(self) -> inspect.Signature | None:
@@ -71,7 +75,8 @@ class Handler:
 
     def describe(self) -> dict:
         """The handler's public fields, as GET /handlers lists them."""
-        return {"name": self.name, "kind": self.kind, "timeout": self.timeout,
+        return {"name": self.name, "kind": self.kind, "declared_kind": "auto" if self.auto else
+                ("io" if self.rerouted is not None else self.kind), "rerouted": self.rerouted, "timeout": self.timeout,
                 "max_retries": self.max_retries, "queue": self.queue if self.kind == "cpu" else None,
                 "rate_limit": self.rate_limit, "rate_key": self.rate_key, "max_running": self.max_running,
                 "doc": self.doc}
@@ -126,12 +131,20 @@ class Registry:
         """The handler named ``name``, or None (a job stored by a server that had a handler this one lacks)."""
         return self._handlers.get(name)
 
+    def reroute(self, name: str, reason: str, queue: str) -> Handler:
+        """From now on run io handler ``name``'s new jobs in the cpu worker processes (consuming ``queue``)."""
+        handler = dataclasses.replace(self._handlers[name], kind="cpu", queue=queue, rerouted=reason)
+        self._handlers[name] = handler
+        return handler
+
     def names(self) -> list[str]:
-        """The registered handler names, sorted."""
-        return sorted(self._handlers)
+        """The names a client may submit, sorted (the server's own ``greenjobs.*`` handlers are not listed)."""
+        return sorted(n for n in self._handlers if not n.startswith(INTERNAL))
 
     def __contains__(self, name: str) -> bool:
         return name in self._handlers
 
     def __iter__(self):
-        return iter(sorted(self._handlers.values(), key=lambda h: h.name))
+        """The handlers a client may submit, by name (not the server's own ``greenjobs.*`` ones)."""
+        return iter(sorted((h for h in self._handlers.values() if not h.name.startswith(INTERNAL)),
+                           key=lambda h: h.name))

@@ -20,8 +20,9 @@ from greenjobs.pool import workflows
 from greenjobs.pool.cluster import ClusterWatch, Membership
 from greenjobs.pool.cpu.dispatcher import CpuDispatcher
 from greenjobs.pool.cpu.supervisor import HostLock, Supervisor
-from greenjobs.pool.errors import BadCursor, JobFinished, JobNotFound, ShuttingDown
+from greenjobs.pool.errors import BadCursor, ConfigurationError, JobFinished, JobNotFound, ShuttingDown
 from greenjobs.pool.io.executor import GreenletExecutor
+from greenjobs.pool.io.hubguard import HubGuard
 from greenjobs.pool.job import CANCELLED, FAILED, RUNNING, SCHEDULED, TERMINAL, Job
 from greenjobs.pool.lifecycle import CANCELLED_BY_REQUEST, Backoff
 from greenjobs.pool.listeners import Listener, Listeners, Sink
@@ -77,6 +78,11 @@ class Runtime:
     def __init__(self, settings, registry, ini: str | None = None, role: str = "server"):
         self.settings = settings
         self.registry = registry
+        for handler in registry:        # every submission of it would be refused for a field the client never sent
+            if handler.timeout is not None and handler.timeout > settings.job_max_timeout:
+                raise ConfigurationError(f"handler {handler.name!r} has a default timeout of {handler.timeout} s, above"
+                                         f" greenjobs.job.max_timeout = {settings.job_max_timeout} s: lower it in"
+                                         " @handler(timeout=...) or raise the setting")
         self.owner = owner_id()
         self.store = store_for(settings.store_url, lease_seconds=settings.store_lease_seconds,
                                synchronous=settings.store_synchronous)     # opened by start()
@@ -103,6 +109,7 @@ class Runtime:
         self.started_at = time.time()
         self.members = Membership(self, role)
         self.scheduler = Scheduler(self)
+        self.hub = HubGuard(self)
         self.shared_events = SharedEvents(self.events, self.store, settings.cluster_poll, self.members.await_others) \
             if settings.events_shared else None
         self.accepting = False
@@ -132,6 +139,7 @@ class Runtime:
             log.error("could not store the ini's schedules (%s)", exc)
         self.accepting = True
         self.scheduler.start()
+        self.hub.start()
         # Thousands of jobs in flight are tens of thousands of young objects (jobs, greenlets, events);
         # with the default threshold (700) the cyclic collector runs every few jobs and rescans them.
         # Objects made at start-up (modules, app) are frozen out of its scans.
@@ -163,6 +171,7 @@ class Runtime:
             return
         self.accepting = False
         grace = self.settings.shutdown_grace if grace is None else grace
+        self.hub.stop()
         self.scheduler.stop()
         self.maintenance.stop()
         self.cluster.stop()
@@ -174,7 +183,7 @@ class Runtime:
             self.host_lock.release()
         self.cpu.stop()
         try:
-            requeued = self.store.requeue(interrupted, self.owner)
+            requeued = self.store.requeue(interrupted, self.owner, started=True)   # interrupted starts count
             released = self.store.release(self.owner)
             log.info("shutdown: %d running jobs requeued, %d queued jobs released", requeued, released)
             self.members.leave()
@@ -294,7 +303,7 @@ class Runtime:
             try:
                 return result.get(timeout=timeout) or self.get(job.id), True
             except gevent.Timeout:
-                return job, True
+                return self.get(job.id), True       # as stored (a cpu job's state lives there, not in ``job``)
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """The job once it is terminal, or as it is after ``timeout`` seconds."""

@@ -129,7 +129,7 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
     return Job(id=new_id(), handler=handler.name, kind=handler.kind, state=QUEUED, args=args, kwargs=kwargs,
                priority=priority, timeout=float(timeout), max_retries=max_retries,
                run_at=run_at, callback_url=callback_url, expires_at=expires_at, unique_key=unique_key,
-               gate=gate(handler, data, kwargs, where))
+               gate=gate(handler, data, kwargs, where), rerouted=handler.rerouted is not None)
 
 
 def _parse_time(value: Any, field: str) -> float:

@@ -121,6 +121,11 @@ class CpuDispatcher:
             raise QueueUnavailable("the CPU job broker is not reachable right now; retry shortly "
                                    f"({self.settings.broker_url.split('@')[-1]})")
 
+    def can_run(self) -> bool:
+        """Whether this server sends cpu jobs to workers it supervises, over a connected broker (so an io handler
+        may be rerouted to them)."""
+        return bool(self.connected and self.supervisor is not None)
+
     def admit(self, count: int) -> None:
         """Raise Overloaded (429) when ``count`` more cpu jobs would pass greenjobs.workers.max_pending waiting
         in the ledger (every server's: counted there at most every BACKLOG_EVERY seconds, and here in between)."""
@@ -376,27 +381,46 @@ class CpuDispatcher:
         return self.sink.record(job, worker, outcome) is not None
 
     def _expire(self, job_id: str) -> None:
-        """A cpu job ran past its timeout: record it, then kill its worker process (hard limit)."""
-        entry = self._running.pop(job_id, None)
+        """A cpu job ran past its timeout: record it, then kill its worker process (hard limit).  The job stays
+        running here until the store took the record: a store failure tries again in a second, so the limit
+        holds however long the store fails."""
+        entry = self._running.get(job_id)
         if entry is None:
             return
         job, worker, _ = entry
-        if not self._conclude(job, worker, outcomes.timed_out(job.timeout, "; its worker was killed")):
-            return                  # the result won the race: nothing to stop
-        self._stop_worker(worker, job)
+        try:
+            recorded = self._conclude(job, worker, outcomes.timed_out(job.timeout, "; its worker was killed"))
+        except Exception as exc:
+            log.warning("cpu job %s: could not record its timeout (%s); trying again in 1 s", job_id, exc)
+            again = gevent.get_hub().loop.timer(1.0)
+            again.start(lambda: gevent.spawn(self._expire, job_id))
+            if self._running.get(job_id) is entry:
+                self._running[job_id] = (job, worker, again)
+            return
+        self._forget(job_id, entry)
+        if recorded:                # (else the result won the race: nothing to stop)
+            self._stop_worker(worker, job)
 
     def cancel(self, job_id: str) -> Job | None:
-        """Cancel a cpu job running on a worker: record it, then kill the worker.  None if not running here."""
-        entry = self._running.pop(job_id, None)
+        """Cancel a cpu job running on a worker: record it, then kill the worker.  None if not running here.
+        A store failure raises with the job still running here under its time limit."""
+        entry = self._running.get(job_id)
         if entry is None:
             return None
-        job, worker, timer = entry
-        if timer is not None:
-            timer.close()
-        if not self._conclude(job, worker, outcomes.cancelled()):
+        job, worker, _ = entry
+        recorded = self._conclude(job, worker, outcomes.cancelled())
+        self._forget(job_id, entry)
+        if not recorded:
             return None
         self._stop_worker(worker, job)
         return job
+
+    def _forget(self, job_id: str, entry) -> None:
+        """Drop a running entry (and its timer) once its outcome is recorded, unless another replaced it."""
+        if self._running.get(job_id) is entry:
+            del self._running[job_id]
+            if entry[2] is not None:
+                entry[2].close()
 
     def abandon(self, job_id: str, attempt: int, why: str, stop: bool) -> None:
         """Forget the claim this server granted for attempt ``attempt`` of a job whose record another server

@@ -37,6 +37,10 @@ from greenjobs.pool.owners import owner_id
 # named, not __name__: run as ``-m greenjobs.pool.cpu.worker`` it would be "__main__", outside the greenjobs logger
 log = logging.getLogger("greenjobs.pool.cpu.worker")
 CLAIM_TIMEOUT = 30.0
+#: Seconds past its timeout a job may run in a worker before the worker itself ends it (the server's timer
+#: usually has by then; on another host it may not be able to stop the worker).
+TIMEOUT_GRACE = 1.0
+TIMED_OUT = "timed_out"     # (an outcome message state only _run and _handle use between themselves)
 
 
 def load_config(ini: str):
@@ -192,6 +196,8 @@ class Worker:
         outcome = self._run(job, answer.get("timeout"))
         log.debug("job %s ran", job.id)
         result = {"type": "result", "job": job.id, "worker": self.id, "attempt": job.attempts, **outcome}
+        if outcome.get("state") == TIMED_OUT:
+            self._time_out(job, result, message)         # does not return
         try:
             if self._broken:
                 raise ConnectionError("the broker connection failed while the job ran")
@@ -226,9 +232,14 @@ class Worker:
                 deactivate(token)
 
         thread = threading.Thread(target=copy_context().run, args=(target,), name=f"job-{job.id}", daemon=True)
+        started = time.monotonic()
         thread.start()
         while thread.is_alive():
             thread.join(0.05)        # returns as soon as the job ends
+            if timeout and time.monotonic() - started > timeout + TIMEOUT_GRACE and thread.is_alive():
+                # the server may not be able to stop us (a worker on another host): enforce it here
+                message = outcomes.to_message(outcomes.timed_out(timeout, "; the worker stopped it"))
+                return {**message, "state": TIMED_OUT}
             if self._broken:
                 continue             # the connection is gone: let the job finish, report it on the next one
             try:
@@ -250,6 +261,23 @@ class Worker:
         value = box.get("result")
         return outcomes.to_message(outcomes.succeeded(value, self.settings.job_max_result_bytes), value)
 
+
+    def _time_out(self, job: Job, result: dict, message) -> None:
+        """The job ran past its timeout here: report ``timeout`` (unless a server already ended it, the report
+        is its outcome), ack its message, and leave, because a thread cannot be stopped; a fresh worker takes
+        this one's place."""
+        result["state"] = "failed"
+        try:
+            if not self._broken:
+                self._publish(result)
+                message.ack()
+        except Exception as exc:             # the broker is gone: the server's own timer ends the job
+            log.warning("worker %s: could not report the timeout of job %s (%s)", self.id, job.id, exc)
+        log.warning("worker %s: job %s ran past its timeout of %s s; leaving so it stops (a fresh worker takes this"
+                    " one's place)", self.id, job.id, job.timeout)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(EXIT_STOPPED)
 
     def _leave_to_stop(self, job: Job) -> None:
         """A server asked us to stop this attempt (cancelled or timed out, and we are not its child to kill):

@@ -15,6 +15,7 @@ from outside the job greenlet and then kill it, so a handler that swallows ``gev
 from __future__ import annotations
 
 import logging
+import time
 
 import gevent
 from gevent import Greenlet
@@ -41,7 +42,7 @@ class _Run:
     """One attempt in this pool (stored running, leased to us): its greenlet, timeout timer and (once settled)
     outcome."""
 
-    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "done")
+    __slots__ = ("job", "handler", "greenlet", "timer", "outcome", "done", "started")
 
     def __init__(self, job: Job, handler):
         self.job = job
@@ -50,6 +51,11 @@ class _Run:
         self.timer = None
         self.outcome: Outcome | None = None
         self.done = Event()
+        self.started = time.monotonic()
+
+    def late(self) -> bool:
+        """Whether the attempt is past its timeout: its timer could not fire because the handler held the hub."""
+        return bool(self.job.timeout) and time.monotonic() - self.started > self.job.timeout
 
 
 class GreenletExecutor:
@@ -175,21 +181,28 @@ class GreenletExecutor:
             run.timer = gevent.get_hub().loop.timer(job.timeout)
             run.timer.start(self._expire, run)
         token = activate(JobContext(job, self.settings, self.sink.progress))
+        run.started = time.monotonic()
         try:
             result = run.handler.fn(*job.args, **job.kwargs)
         except JobInterrupt:
             return                           # settled by whoever interrupted us
         except (Exception, gevent.Timeout) as exc:   # a handler's own gevent.Timeout is an ordinary failure
-            self._end(run, outcomes.from_exception(exc, run.handler))
+            self._end(run, self._late(run) if run.late() else outcomes.from_exception(exc, run.handler))
         except BaseException as exc:         # GreenletExit from a stray kill, KeyboardInterrupt, SystemExit
             if run.outcome is None:
                 self._end(run, outcomes.failed("interrupted", f"{type(exc).__name__}: {exc}"))
             if not isinstance(exc, gevent.GreenletExit):
                 raise
         else:
-            self._end(run, outcomes.succeeded(result, self.settings.job_max_result_bytes))
+            # past its deadline (its timer never fired: the handler held the hub), the result does not count
+            self._end(run, self._late(run) if run.late() else outcomes.succeeded(result, self.settings.job_max_result_bytes))
         finally:
             deactivate(token)
+
+    @staticmethod
+    def _late(run: _Run) -> Outcome:
+        return outcomes.timed_out(run.job.timeout, f"; it blocked the event loop for {time.monotonic() - run.started:.1f} s,"
+                                                   " so its timeout could not stop it (see 'Blocking the event loop')")
 
     def _expire(self, run: _Run) -> None:
         # Runs in the hub (a timer callback): hand the work to a greenlet.

@@ -49,6 +49,8 @@ class JobEvent:
         extra = None
         if name == "progress":
             extra = ("progress", job.progress)
+        elif name == "blocked":
+            extra = ("blocked", job.blocked)
         elif name in ("retrying", "failed", "cancelled") and job.error:
             extra = ("error", {"kind": job.error.get("kind"), "message": job.error.get("message")})
         self._job = (job.kind, job.attempts, job.batch_id, extra, job.run_at if name == "retrying" else None)

@@ -97,6 +97,19 @@ class Collector:
         for handler, state, n in active:
             jobs.add_metric([handler, state], n)
         yield jobs
+        hub = rt.hub.stats()
+        blocked = CounterMetricFamily("greenjobs_hub_blocked_seconds", "seconds the event loop was blocked, by who "
+                                      "held it: a handler's job, request:<route> or runtime", labels=["handler"])
+        blocks = CounterMetricFamily("greenjobs_hub_blocks", "times the event loop was blocked longer than "
+                                     "greenjobs.hub.max_blocking, by who held it", labels=["handler"])
+        for label in sorted(hub["seconds"]):
+            blocked.add_metric([label], hub["seconds"][label])
+            blocks.add_metric([label], hub["counts"][label])
+        yield blocked
+        yield blocks
+        lag = HistogramMetricFamily("greenjobs_hub_lag_seconds", "how late the hub's guard tick ran (its lag)")
+        lag.add_metric([], hub["lag"].cumulative(), hub["lag"].total)
+        yield lag
         held = GaugeMetricFamily("greenjobs_jobs_waiting", "jobs their flow control holds back (in the store), by "
                                  "handler and reason: rate_limit or max_running", labels=["handler", "reason"])
         for handler, reason, n in waiting:

@@ -32,13 +32,14 @@ _ns = Namespace()
 job_submitted = _ns.signal("submitted", doc="a job was stored (sender: its handler name)")
 job_started = _ns.signal("started", doc="an attempt started")
 job_progress = _ns.signal("progress", doc="a running job reported progress")
+job_blocked = _ns.signal("blocked", doc="a job blocked the event loop (job.blocked: count, longest_ms, total_ms)")
 job_retrying = _ns.signal("retrying", doc="an attempt failed and the job is scheduled again")
 job_succeeded = _ns.signal("succeeded", doc="the job succeeded")
 job_failed = _ns.signal("failed", doc="the job failed for good")
 job_cancelled = _ns.signal("cancelled", doc="the job was cancelled")
 
-BY_NAME = {s.name: s for s in (job_submitted, job_started, job_progress, job_retrying, job_succeeded, job_failed,
-                                job_cancelled)}
+BY_NAME = {s.name: s for s in (job_submitted, job_started, job_progress, job_blocked, job_retrying, job_succeeded,
+                                job_failed, job_cancelled)}
 assert tuple(BY_NAME) == EVENTS, "one signal per lifecycle event (greenjobs.pool.job.EVENTS)"
 
 

@@ -194,6 +194,11 @@ class JobStore(ABC):
         error; fenced like ``finish``."""
 
     @abstractmethod
+    def record_blocked(self, job_id: str, blocked: dict) -> None:
+        """Record how a job blocked the event loop (``{count, longest_ms, total_ms}``), whatever its state; not
+        durable (fire and forget)."""
+
+    @abstractmethod
     def set_progress(self, job_id: str, progress: dict) -> None:
         """Record progress without waiting (coalesced: only the latest value per job is written)."""
 
@@ -216,8 +221,9 @@ class JobStore(ABC):
         """Unlease ``owner``'s queued jobs (shutdown) so any runner may adopt them."""
 
     @abstractmethod
-    def requeue(self, jobs: Iterable[Job], owner: str) -> int:
-        """Give ``owner``'s running jobs back (running -> queued, unleased), undoing the interrupted attempt."""
+    def requeue(self, jobs: Iterable[Job], owner: str, started: bool = False) -> int:
+        """Give ``owner``'s running jobs back (running -> queued, unleased).  An attempt that never started (a take
+        whose answer came too late) is undone; ``started`` (a shutdown interrupted them): it stays counted."""
 
     @abstractmethod
     def adopt(self, owner: str, dead_owners: list[str], kinds: tuple[str, ...]) -> list[Job]:

@@ -150,13 +150,23 @@ class FlowTable:
 
     def release_waiting(self) -> list[Job]:
         """Release jobs waiting for their handler's concurrency where there is room now (ends this ledger did not
-        see happen in a transaction of its own: a lost worker, an expired lease); returns them."""
+        see happen in a transaction of its own: a lost worker, an expired lease); returns them.  A read first:
+        no write (and no notification to the other servers) on a tick when nothing waits."""
+        if not self._any(f"SELECT 1 FROM jobs WHERE waiting = '{MAX_RUNNING}' AND state = '{SCHEDULED}' LIMIT 1"):
+            return []
         return self._write_step(self._release_room, notify="queued")
+
+    def _any(self, sql: str, params: tuple = ()) -> bool:
+        return self._db.read(lambda conn: conn.execute(self._q(sql), params).fetchone()) is not None
 
     def expire_due(self, limit: int = 1000) -> list[Job]:
         """End (cancelled, error kind ``expired``) the scheduled and queued jobs whose ``expires_at`` passed, with
-        what that moves downstream in their workflows; returns them (the moved steps go to ``on_steps_moved``)."""
+        what that moves downstream in their workflows; returns them (the moved steps go to ``on_steps_moved``).
+        A read first: no write (and no notification) on a tick when nothing expired."""
         now = time.time()
+        if not self._any(f"SELECT 1 FROM jobs WHERE expires_at <= ? AND state IN ('{SCHEDULED}', '{QUEUED}') LIMIT 1",
+                         (now,)):
+            return []
 
         def op(conn):
             expired = [row_to_job(r) for r in conn.execute(self._q(_EXPIRE.replace("{skip}", self._SKIP)),

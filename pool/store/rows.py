@@ -16,13 +16,13 @@ from greenjobs.pool.job import ACTIVE, TERMINAL, Job
 COLUMNS = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
            "attempts", "result", "error", "errors", "progress", "batch_id", "created_at", "started_at",
            "finished_at", "callback_url", "callback", "schedule_name", "schedule_fire_at", "workflow_id",
-           "deps_left", "expires_at", "unique_key", "gate", "waiting")
+           "deps_left", "expires_at", "unique_key", "gate", "waiting", "blocked", "rerouted")
 SELECT = ", ".join(COLUMNS)
 #: The columns a new job is inserted with (the rest start NULL or at their default).
 INSERTED = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
             "attempts", "batch_id", "lease_owner", "lease_expires", "outbox", "created_at", "started_at",
             "callback_url", "schedule_name", "schedule_fire_at", "workflow_id", "deps_left", "step_input",
-            "expires_at", "unique_key", "gate")
+            "expires_at", "unique_key", "gate", "rerouted")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def row_to_job(row) -> Job:
     """A row of ``COLUMNS`` as a Job (JSON columns decoded)."""
     (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
      result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback,
-     schedule_name, schedule_fire_at, workflow_id, deps_left, expires_at, unique_key, gate, waiting) = row
+     schedule_name, schedule_fire_at, workflow_id, deps_left, expires_at, unique_key, gate, waiting, blocked,
+     rerouted) = row
     return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
                kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
                attempts=attempts, result=loads(result), error=loads(error), errors=loads(errors) or [],
@@ -89,7 +90,7 @@ def row_to_job(row) -> Job:
                finished_at=finished_at, callback_url=callback_url, callback=loads(callback),
                schedule=None if schedule_name is None else {"name": schedule_name, "fire_at": schedule_fire_at},
                workflow_id=workflow_id, deps_left=deps_left, expires_at=expires_at, unique_key=unique_key,
-               gate=loads(gate), waiting=waiting)
+               gate=loads(gate), waiting=waiting, blocked=loads(blocked), rerouted=bool(rerouted))
 
 
 def insert_row(j: Job, owner: str, expires: float) -> tuple:
@@ -101,4 +102,4 @@ def insert_row(j: Job, owner: str, expires: float) -> tuple:
             j.started_at, j.callback_url, j.schedule["name"] if j.schedule else None,
             j.schedule["fire_at"] if j.schedule else None, j.workflow_id, j.deps_left,
             None if j.step_input is None else dumps(j.step_input), j.expires_at, j.unique_key,
-            None if j.gate is None else dumps(j.gate))
+            None if j.gate is None else dumps(j.gate), int(j.rerouted))

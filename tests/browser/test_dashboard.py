@@ -485,3 +485,20 @@ def test_a_job_page_says_why_the_job_waits_and_follows_it_when_it_starts(make_se
     assert all(srv.wait(j["id"], 10)["state"] == "succeeded" for j in busy)
     assert_not_reloaded(browser)
     assert_clean_console(browser)
+
+
+def test_the_handlers_page_shows_a_rerouted_handler(make_server, browser, screenshot):
+    srv = job_server(make_server, **{"greenjobs.workers.cpu": 1,
+                                     "greenjobs.handlers": "greenjobs.handlers.builtin tests.browser.browser_handlers"
+                                                           " tests.hub_handlers tests.flow_handlers"})
+    srv.wait(srv.submit("hub.auto", kwargs={"seconds": 0.3})["id"], 30)      # kind auto: rerouted at its first block
+    open_dashboard(browser, srv, "#/handlers")
+    row = "#handlers-table tr[data-handler='hub.auto']"
+    wait(browser, lambda d: js(d, f"const r = document.querySelector(\"{row}\"); return r && r.dataset.kind") == "cpu",
+         message="the rerouted handler")
+    assert "rerouted" in text(browser, f"{row} .runs-in") and "worker processes" in text(browser, f"{row} .runs-in")
+    assert "blocked the event loop" in text(browser, row)
+    assert "5/s" in text(browser, "#handlers-table tr[data-handler='flow.limited']")
+    screenshot("handlers")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)

@@ -127,7 +127,7 @@ def test_shutdown_requeues_running_jobs_for_the_next_start(make_runtime, tmp_pat
     rt2 = make_runtime()
     assert rt2.io.running(job.id)
     rt2.store.flush()
-    assert rt2.store.get(job.id).attempts == 1
+    assert rt2.store.get(job.id).attempts == 2, "the interrupted start is counted, then the new one"
 
 
 def test_registry_for_tests_loads():

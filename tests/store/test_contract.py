@@ -863,6 +863,18 @@ def test_requeue_gives_running_jobs_back_and_undoes_the_attempt(store):
     assert store.get(r1.id).attempts == 1
 
 
+def test_requeue_of_interrupted_starts_keeps_them_counted(store):
+    """A shutdown's give-back (``started``): the interrupted start stays in ``attempts``, as the README says."""
+    r = job()
+    store.insert([r], "me")
+    assert store.claim(r, "me").get() is True
+    assert store.requeue([r], "me", started=True) == 1
+    got = store.get(r.id)
+    assert (got.state, got.attempts) == (QUEUED, 1)
+    [again] = store.take("B", ("io",), 10)
+    assert again.attempts == 2
+
+
 def test_adopt_gives_back_dead_and_expired_jobs_but_not_unheld_or_live_ones(make_store):
     s = make_store("adopt", lease_seconds=0.5)
     d_queued, d_running, d_scheduled, d_done = job(), job(), job(state=SCHEDULED, run_at=time.time() + 60), job()

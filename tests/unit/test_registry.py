@@ -60,7 +60,7 @@ def test_handler_names_are_validated(bad):
 
 
 def test_kind_is_validated():
-    with pytest.raises(ConfigurationError, match="kind must be 'io' or 'cpu'"):
+    with pytest.raises(ConfigurationError, match="kind must be 'io', 'cpu' or 'auto'"):
         handler("x", kind="gpu")
 
 

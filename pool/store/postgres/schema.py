@@ -110,6 +110,9 @@ MIGRATIONS: dict[int, str] = {
        " CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs (waiting, handler, priority DESC, seq)"
        " WHERE waiting IS NOT NULL;"
        " CREATE TABLE IF NOT EXISTS flow (key text PRIMARY KEY, next_at double precision NOT NULL DEFAULT 0);",
+    # the hub guard: how a job blocked the event loop, and whether its io handler was rerouted to the workers
+    8: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS blocked text,"
+       " ADD COLUMN IF NOT EXISTS rerouted integer NOT NULL DEFAULT 0;",
 }
 CURRENT = max(MIGRATIONS)
 

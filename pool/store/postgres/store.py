@@ -43,7 +43,7 @@ INSERT = f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join(['%s'] * 
 #: The type of each of ``INSERTED``, for inserting many rows as one statement (``json_rows``).
 _TYPES = {"priority": "int", "timeout": "float8", "max_retries": "int", "run_at": "float8", "attempts": "int",
           "lease_expires": "float8", "outbox": "int", "created_at": "float8", "started_at": "float8",
-          "schedule_fire_at": "float8", "deps_left": "int", "expires_at": "float8"}
+          "schedule_fire_at": "float8", "deps_left": "int", "expires_at": "float8", "rerouted": "int"}
 INSERT_MANY = (f"INSERT INTO jobs ({', '.join(INSERTED)}) SELECT {', '.join(INSERTED)} FROM "
                + json_rows(", ".join(f"{c} {_TYPES.get(c, 'text')}" for c in INSERTED), ordered=True))
 
@@ -480,6 +480,10 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
         job.run_at, job.error, job.errors = run_at, error, errors
         return True
 
+    def record_blocked(self, job_id: str, blocked: dict) -> None:
+        self._db.submit(lambda conn: conn.execute("UPDATE jobs SET blocked = %s WHERE id = %s",
+                                                  (dumps(blocked), job_id)))
+
     def set_progress(self, job_id: str, progress: dict) -> None:
         self._progress[job_id] = dumps(progress)
         self._db.poke()
@@ -531,12 +535,13 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
             f"UPDATE jobs SET lease_owner = NULL, lease_expires = NULL WHERE lease_owner = %s AND state = '{QUEUED}'",
             (owner,)).rowcount, notify="queued")
 
-    def requeue(self, jobs: Iterable[Job], owner: str) -> int:
+    def requeue(self, jobs: Iterable[Job], owner: str, started: bool = False) -> int:
         ids = [j.id for j in jobs]
         if not ids:
             return 0
         return self._db.write(lambda conn: conn.execute(
-            f"UPDATE jobs SET state = '{QUEUED}', attempts = GREATEST(attempts - 1, 0), lease_owner = NULL,"
+            f"UPDATE jobs SET state = '{QUEUED}', attempts = GREATEST(attempts - {0 if started else 1}, 0),"
+            " lease_owner = NULL,"
             f" lease_expires = NULL, started_at = NULL WHERE id = ANY(%s) AND state IN {FROM['give_back']}"
             " AND lease_owner = %s", (ids, owner)).rowcount, notify="queued")
 

@@ -103,6 +103,8 @@ MIGRATIONS: dict[int, str] = {
        " CREATE INDEX IF NOT EXISTS jobs_gated_running ON jobs(handler) WHERE state = 'running' AND gate IS NOT NULL;"
        " CREATE INDEX IF NOT EXISTS jobs_waiting ON jobs(waiting, handler, priority DESC, seq) WHERE waiting IS NOT NULL;"
        " CREATE TABLE IF NOT EXISTS flow (key TEXT PRIMARY KEY, next_at REAL NOT NULL DEFAULT 0)",
+    # the hub guard: how a job blocked the event loop, and whether its io handler was rerouted to the workers
+    9: "ALTER TABLE jobs ADD COLUMN blocked TEXT; ALTER TABLE jobs ADD COLUMN rerouted INTEGER NOT NULL DEFAULT 0",
 }
 CURRENT = max((1, *MIGRATIONS))
 

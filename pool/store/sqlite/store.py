@@ -460,13 +460,15 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
             return deleted
         return self._db.write(op)
 
-    def requeue(self, jobs: Iterable[Job], owner: str) -> int:
-        """Give running jobs back (running -> queued, unleased), undoing the interrupted attempt."""
+    def requeue(self, jobs: Iterable[Job], owner: str, started: bool = False) -> int:
+        """Give running jobs back (running -> queued, unleased); an attempt that never started is undone, one that
+        did (``started``: a shutdown interrupted it) stays counted."""
         ids = [(j.id, owner) for j in jobs]
+        undo = 0 if started else 1
 
         def op(conn):
             return conn.executemany(
-                f"UPDATE jobs SET state = '{QUEUED}', attempts = max(attempts - 1, 0), lease_owner = NULL,"
+                f"UPDATE jobs SET state = '{QUEUED}', attempts = max(attempts - {undo}, 0), lease_owner = NULL,"
                 f" lease_expires = NULL, started_at = NULL WHERE id = ? AND state IN {FROM['give_back']}"
                 " AND lease_owner = ?",
                 ids).rowcount
@@ -613,6 +615,10 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
             f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL, outbox = 1"
             f" WHERE state = '{RUNNING}' AND kind IN {PUBLISHED_SQL}"
             f" AND (lease_expires < ? OR lease_owner IN ({marks})) RETURNING {SELECT}", (time.time(), *dead))
+
+    def record_blocked(self, job_id: str, blocked: dict) -> None:
+        self._db.submit(lambda conn: conn.execute("UPDATE jobs SET blocked = ? WHERE id = ?",
+                                                  (dumps(blocked), job_id)))
 
     def set_progress(self, job_id: str, progress: dict) -> None:
         """Record progress without waiting: coalesced, only the latest value per job is written."""

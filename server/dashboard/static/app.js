@@ -1288,6 +1288,47 @@
     }
   }
 
+  /** What can be submitted: where each handler runs (an io handler rerouted to the workers says why), its
+   * defaults and flow control, and how many jobs its limits hold back now.  Re-read every 2 s. */
+  class HandlersPage extends PolledPage {
+    build() {
+      this.body = h("tbody");
+      const table = h("table", {class: "table handlers", id: "handlers-table"},
+        h("thead", null, h("tr", null, ["handler", "runs in", "timeout", "retries", "rate limit", "max running",
+                                        "waiting", "about"].map((c) => h("th", null, c)))), this.body);
+      put(clear(this.root), [
+        pageHeader("Handlers", "What can be submitted, where it runs and what limits it. Refreshed every 2 s."),
+        card(null, h("div", {class: "table-wrap"}, table))]);
+    }
+
+    async refresh() {
+      let data;
+      try {
+        data = await api.get("/handlers");
+      } catch (error) {
+        if (!this.stopped) clear(this.body).append(h("tr", null, h("td", {colspan: 8, class: "error"}, error.message)));
+        return;
+      }
+      if (this.stopped) return;
+      clear(this.body);
+      for (const handler of data.handlers || []) {
+        const waiting = Object.entries(handler.waiting || {}).map(([reason, n]) => `${n} for ${reason}`).join(", ");
+        const runsIn = handler.kind === "cpu" ? "worker processes" : "the event loop";
+        this.body.append(h("tr", {"data-handler": String(handler.name), "data-kind": String(handler.kind)},
+          h("td", null, h("a", {href: hashWith("#/jobs", {handler: handler.name}), class: "mono"}, String(handler.name))),
+          h("td", {class: "runs-in"}, handler.rerouted
+            ? [h("span", {class: "badge rerouted", title: String(handler.rerouted)}, "rerouted"), " ", runsIn]
+            : `${runsIn}${handler.declared_kind === "auto" ? " (auto)" : ""}`),
+          h("td", null, handler.timeout === null ? "—" : fmtDuration(handler.timeout)),
+          h("td", null, String(handler.max_retries)),
+          h("td", null, handler.rate_limit ? `${handler.rate_limit}${handler.rate_key ? " per " + handler.rate_key : ""}` : "—"),
+          h("td", null, handler.max_running === null || handler.max_running === undefined ? "—" : String(handler.max_running)),
+          h("td", {class: "waiting"}, waiting || "—"),
+          h("td", {class: "muted"}, handler.rerouted ? `rerouted: ${handler.rerouted}` : String(handler.doc || ""))));
+      }
+    }
+  }
+
   class SchedulePage extends PolledPage {
     constructor(root, name) {
       super(root);
@@ -1367,17 +1408,18 @@
     if (path[0] === "jobs" && path.length > 1) page = new JobPage(root, path.slice(1).join("/"));
     else if (path[0] === "schedules" && path.length > 1) page = new SchedulePage(root, path.slice(1).join("/"));
     else if (path[0] === "schedules") page = new SchedulesPage(root);
+    else if (path[0] === "handlers") page = new HandlersPage(root);
     else if (path[0] === "jobs") page = new JobsPage(root, params, false);
     else if (path[0] === "failed") page = new JobsPage(root, params, true);
     else page = new OverviewPage(root);
     current = page;
-    const name = ["jobs", "failed", "schedules"].includes(path[0]) ? path[0] : "overview";
+    const name = ["jobs", "failed", "schedules", "handlers"].includes(path[0]) ? path[0] : "overview";
     for (const link of document.querySelectorAll("nav a[data-page]")) {
       link.classList.toggle("active", link.dataset.page === name);
       if (link.dataset.page === name) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
     }
     const titles = {overview: "Overview", failed: "Failed jobs", jobs: path.length > 1 ? "Job" : "Jobs",
-                    schedules: path.length > 1 ? "Schedule" : "Schedules"};
+                    schedules: path.length > 1 ? "Schedule" : "Schedules", handlers: "Handlers"};
     document.title = `${titles[name]} · greenjobs`;
     Promise.resolve(page.start()).catch((error) => {
       if (current === page) put(clear(root), card(null, h("p", {class: "error"}, error.message)));
