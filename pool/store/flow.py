@@ -180,6 +180,19 @@ class FlowTable:
         self._announce(moved)
         return expired
 
+    def _flow_claim(self, conn, job: Job, now: float) -> tuple | None:
+        """Inside a worker's claim that its judge let go: None if the job may start, else the claim's answer -
+        ("lost", job, moved) when it expired (an orphaned attempt too: its next start would be too late), or
+        ("skip", job, None) when its gate makes it wait (its rate, a slot of its handler)."""
+        if job.expires_at is not None and job.expires_at <= now:
+            ended = self._expire_one(conn, job.id)
+            if ended is None:
+                return "skip", job, None
+            return "lost", ended, self._after_end(conn, ended, ended.state) if self.linked(ended) else None
+        if job.state == QUEUED and job.gate and not self._admit(conn, [job], now):
+            return "skip", job, None
+        return None
+
     def _expire_one(self, conn, job_id: str) -> Job | None:
         """Inside a transaction: end an active job that may not start any more (cancelled, error kind expired)."""
         row = conn.execute(self._q(f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, error = ?, waiting = NULL,"

@@ -587,13 +587,9 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                      job_id)).fetchone()
                 lost = row_to_job(row)
                 return "lost", lost, self._after_end(conn, lost, lost.state) if self.linked(lost) else None
-            if verdict.answer == "go" and job.expires_at is not None and job.expires_at <= now:
-                ended = self._expire_one(conn, job_id)      # (an orphaned attempt too: its next start is too late)
-                if ended is None:
-                    return "skip", job, None
-                return "lost", ended, self._after_end(conn, ended, ended.state) if self.linked(ended) else None
-            if verdict.answer == "go" and job.state == QUEUED and job.gate and not self._admit(conn, [job], now):
-                return "skip", job, None                    # it waits for its rate or a slot of its handler
+            held = self._flow_claim(conn, job, now) if verdict.answer == "go" else None
+            if held is not None:                            # expired, or its gate holds it back
+                return held
             if verdict.answer == "go":
                 row = conn.execute(
                     f"UPDATE jobs SET state = '{RUNNING}', attempts = attempts + 1, started_at = ?, lease_owner = ?,"
