@@ -114,8 +114,11 @@ class Registry:
                     raise ConfigurationError(message) from exc
                 self.import_errors[modname] = message
                 continue
-            for value in vars(module).values():
-                mark = getattr(value, "__dict__", {}).get(MARK) if callable(value) else None
+            for value in list(vars(module).values()):
+                try:
+                    mark = getattr(value, "__dict__", {}).get(MARK) if callable(value) else None
+                except Exception:       # a proxy that resolves on access (flask's current_app, g) outside its context
+                    continue
                 if isinstance(mark, Handler):
                     self.add(mark)
         return self

@@ -75,7 +75,7 @@ class Progress(Listener):
 class Runtime:
     """Everything that runs jobs in this process."""
 
-    def __init__(self, settings, registry, ini: str | None = None, role: str = "server"):
+    def __init__(self, settings, registry, ini: str | None = None, role: str = "server", middleware=None):
         self.settings = settings
         self.registry = registry
         for handler in registry:        # every submission of it would be refused for a field the client never sent
@@ -98,7 +98,7 @@ class Runtime:
         self.sink = sink = Sink(self.store, self.listeners, Backoff(settings.retry_base, settings.retry_max),
                                 self.progress.report)
         self.io = GreenletExecutor("io", self.store, registry, settings, self.owner, size=settings.pool_size,
-                                   max_pending=settings.pool_max_pending, sink=sink)
+                                   max_pending=settings.pool_max_pending, sink=sink, middleware=middleware)
         # cpu jobs never run here: they go to worker processes over the broker
         self.supervisor = Supervisor(ini, settings.workers_cpu, grace=settings.shutdown_grace) \
             if ini and settings.workers_cpu > 0 else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any, Callable, Iterable, Mapping
 
 from greenjobs.pool import schedules
@@ -208,6 +208,11 @@ def default_cpu_count() -> int:
 TABLE = (
     Setting("greenjobs.handlers", as_words, ("greenjobs.handlers.builtin",),
             "modules whose @handler functions are registered"),
+    Setting("greenjobs.setup", as_words, (),
+            "functions (module:name) called once per process that runs jobs, with the settings, before the handler"
+            " modules load (greenjobs.pool.hooks); they may return middleware"),
+    Setting("greenjobs.middleware", as_words, (),
+            "objects or classes (module:name) with before_job(job) / after_job(job, error), around every attempt"),
     Setting("greenjobs.http.allowed_hosts", as_hosts, ("127.0.0.1", "localhost"),
             "hosts that http.get and webhooks may call: host (ports 80 and 443), host:port or host:*"),
     Setting("greenjobs.pool.size", as_int(1, 100_000), 1000, "I/O jobs running at once, as greenlets"),
@@ -303,6 +308,9 @@ def load(tables: Iterable[Iterable[Setting]], raw: Mapping[str, Any], here: str,
         path = settings.broker_url[len("embedded:///"):]
         settings.broker_url = "embedded:///" + (path if os.path.isabs(path) else os.path.join(here, path))
     settings.here = here
+    # [app:main]'s own keys, for the application's handlers (current_job.settings.app["shop.price_api"])
+    settings.app = MappingProxyType({k: v for k, v in raw.items() if isinstance(k, str) and not k.startswith(PREFIX)
+                                     and not k.startswith("pyramid.") and k not in ("use", "here", "__file__")})
     settings.schedule_declarations, problems = schedules.from_ini(settings.schedules, raw)
     if problems and strict:
         raise ConfigurationError("invalid schedules in the ini file:\n  " + "\n  ".join(problems))

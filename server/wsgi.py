@@ -10,7 +10,7 @@ import os
 from pyramid.config import Configurator
 from pyramid.response import Response
 
-from greenjobs.pool.registry import Registry
+from greenjobs.pool.hooks import load_handlers
 from greenjobs.pool.observe import signals
 from greenjobs.pool.runtime import Runtime
 from greenjobs.server import settings as settings_module
@@ -23,14 +23,14 @@ def make_app(global_config, **raw_settings):
     """Build the WSGI app and start its runtime; raises ConfigurationError naming every bad key."""
     here = global_config.get("here") or os.getcwd()
     settings = settings_module.load(raw_settings, here)
-    registry = Registry().load(settings.handlers)
+    registry, middleware = load_handlers(settings)
     signals.connect_listed(settings.signals)
     with Configurator(settings=raw_settings) as config:
         config.registry.greenjobs_settings = settings
         config.registry.greenjobs_handlers = registry
         config.registry.greenjobs_global_config = global_config   # greenjobs.server.security reads the bind address
         config.include(includeme)
-        runtime = Runtime(settings, registry, ini=global_config.get("__file__"))
+        runtime = Runtime(settings, registry, ini=global_config.get("__file__"), middleware=middleware)
         config.registry.greenjobs_runtime = runtime
         config.add_subscriber(lambda event: runtime.shutdown(event.grace), ServerStopping)
         config.include("greenjobs.server.metrics")        # needs the runtime

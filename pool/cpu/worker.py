@@ -44,11 +44,12 @@ TIMED_OUT = "timed_out"     # (an outcome message state only _run and _handle us
 
 
 def load_config(ini: str):
-    """Settings and handler registry from the ini's [app:main], without Pyramid; logging set up from it."""
+    """Settings, handler registry and middleware from the ini's [app:main], without Pyramid (the setup hooks run
+    here, once per worker process); logging set up from it."""
     import plaster
 
     import greenjobs.pool.settings
-    from greenjobs.pool.registry import Registry
+    from greenjobs.pool.hooks import load_handlers
     ini = os.path.abspath(ini)
     loader = plaster.get_loader(ini, protocols=["wsgi"])
     try:
@@ -57,18 +58,19 @@ def load_config(ini: str):
         logging.basicConfig(level=logging.INFO)
     raw = loader.get_settings("app:main")
     settings = greenjobs.pool.settings.load((), raw, os.path.dirname(ini), strict=False)
-    registry = Registry().load(settings.handlers, strict=False)
+    registry, middleware = load_handlers(settings, strict=False)
     for message in registry.import_errors.values():
         log.error("%s; jobs of its handlers will fail with this error", message)
-    return settings, registry
+    return settings, registry, middleware
 
 
 class Worker:
     """One consumer of cpu jobs."""
 
-    def __init__(self, settings, registry):
+    def __init__(self, settings, registry, middleware=None):
         self.settings = settings
         self.registry = registry
+        self.middleware = middleware
         self.id = owner_id()
         self.stopping = False
         self._jobs: collections.deque = collections.deque()   # (body, message) delivered, not yet handled
@@ -224,7 +226,10 @@ class Worker:
         def target():
             token = activate(JobContext(job, self.settings, report))
             try:
-                box["result"] = handler.fn(*job.args, **job.kwargs)
+                if self.middleware:
+                    box["result"] = self.middleware.call(job, handler.fn, job.args, job.kwargs)
+                else:
+                    box["result"] = handler.fn(*job.args, **job.kwargs)
             except BaseException as exc:   # noqa: B902 - reported to the server, never swallowed silently
                 box["exc"] = exc
                 box["tb"] = traceback.format_exc(limit=20)
@@ -322,8 +327,8 @@ def run_one(ini: str, supervised: bool = False, parent: int | None = None) -> in
         if os.getppid() != parent:
             log.warning("worker: its supervisor (pid %s) is gone before it started; leaving", parent)
             return 0
-    settings, registry = load_config(ini)
-    worker = Worker(settings, registry)
+    settings, registry, middleware = load_config(ini)
+    worker = Worker(settings, registry, middleware)
     if supervised:
         worker.parent = parent
 
@@ -347,7 +352,7 @@ def main(argv=None) -> int:
     if args.one:
         return run_one(args.ini, supervised=args.supervised, parent=args.parent)
     from greenjobs.pool.cpu.supervisor import Supervisor
-    settings, _ = load_config(args.ini)
+    settings, _, _ = load_config(args.ini)
     count = args.processes or settings.workers_cpu or (os.cpu_count() or 1)
     supervisor = Supervisor(args.ini, count)
     signal.signal(signal.SIGTERM, lambda *a: supervisor.request_stop())

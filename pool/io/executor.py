@@ -62,7 +62,8 @@ class GreenletExecutor:
     """Runs the jobs of one kind as greenlets; reports starts, progress and outcomes to ``sink``
     (greenjobs.pool.listeners.Sink)."""
 
-    def __init__(self, kind: str, store, registry, settings, owner: str, size: int, max_pending: int, sink):
+    def __init__(self, kind: str, store, registry, settings, owner: str, size: int, max_pending: int, sink,
+                 middleware=None):
         self.kind = kind
         self.store = store
         self.registry = registry
@@ -71,6 +72,7 @@ class GreenletExecutor:
         self.size = size
         self.max_pending = max_pending
         self.sink = sink
+        self.middleware = middleware      # greenjobs.pool.hooks.Middleware, or None/empty: nothing around jobs
         self._busy = 0                      # running + reserved slots
         #: queued jobs of our kind nobody holds, as last counted in the ledger plus what we stored since
         #: (all servers' backlog: the 429 limit and whether a new job may jump ahead go by it)
@@ -183,7 +185,10 @@ class GreenletExecutor:
         token = activate(JobContext(job, self.settings, self.sink.progress))
         run.started = time.monotonic()
         try:
-            result = run.handler.fn(*job.args, **job.kwargs)
+            if self.middleware:
+                result = self.middleware.call(job, run.handler.fn, job.args, job.kwargs)
+            else:
+                result = run.handler.fn(*job.args, **job.kwargs)
         except JobInterrupt:
             return                           # settled by whoever interrupted us
         except (Exception, gevent.Timeout) as exc:   # a handler's own gevent.Timeout is an ordinary failure

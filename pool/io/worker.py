@@ -29,9 +29,9 @@ def run(ini: str) -> int:
 
     log = logging.getLogger("greenjobs.pool.io.worker")
     try:
-        settings, registry = load_config(ini)
+        settings, registry, middleware = load_config(ini)
         signals.connect_listed(settings.signals)
-        runtime = Runtime(settings, registry, ini=None, role="io-worker").start()
+        runtime = Runtime(settings, registry, ini=None, role="io-worker", middleware=middleware).start()
     except (ConfigurationError, StoreUnavailable) as exc:
         print(f"greenjobs-worker: {exc}")
         return 2

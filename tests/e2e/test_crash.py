@@ -142,10 +142,12 @@ def test_sigterm_gives_running_jobs_the_grace_then_requeues_the_rest(make_server
     log = srv.log()
     # jobs that can end within the grace do end
     assert [rows[i][0] for i in short] == ["succeeded"] * 3, ([rows[i] for i in short], log)
-    # the others are not waited for: they are handed back, unleased, with the interrupted attempt undone
+    # the others are not waited for: they are handed back, unleased; an interrupted start stays counted (the
+    # README: attempts counts every start), the 3 that never started have none
     assert [rows[i][0] for i in long] == ["queued"] * 10, ([rows[i] for i in long], log)
     assert all(rows[i][2] is None for i in long), "no lease may be left to the stopped process"
-    assert all(rows[i][1] == 0 for i in long), "an interrupted attempt is given back"
+    attempts = sorted(rows[i][1] for i in long)
+    assert set(attempts) <= {0, 1} and attempts.count(1) >= 7, [rows[i] for i in long]
 
 
 def test_after_sigterm_the_next_start_finishes_every_job(make_server, restart):
