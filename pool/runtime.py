@@ -176,7 +176,7 @@ class Runtime:
         self.maintenance.stop()
         self.cluster.stop()
         supervising = self.host_lock is not None and self.host_lock.held
-        stopping_workers = gevent.spawn(self.supervisor.stop) if supervising else None
+        stopping_workers = gevent.spawn(self.supervisor.stop, grace) if supervising else None
         interrupted = self.io.shutdown(grace)
         if stopping_workers is not None:
             stopping_workers.join()

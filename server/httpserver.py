@@ -4,6 +4,7 @@ size limit, TCP_NODELAY, and a graceful stop on SIGTERM/SIGINT.  Imported only a
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 
@@ -193,6 +194,19 @@ def fit_connections(wanted: int, open_files: int | None) -> int:
     return fitted
 
 
+#: Seconds jobs and requests get when ``pserve --reload`` restarts the server (hupper waits 1 s, then kills).
+RELOAD_GRACE = 0.3
+
+
+def reloading() -> bool:
+    """Whether this server runs under ``pserve --reload``'s reloader (hupper)."""
+    try:
+        import hupper
+    except ImportError:
+        return False
+    return hupper.is_active()
+
+
 def serve_forever(app, options) -> None:
     """Serve ``app`` until SIGTERM/SIGINT, then stop accepting and give in-flight requests ``stop_timeout`` s."""
     max_connections = fit_connections(options.max_connections, raise_open_files_limit(options.max_connections + 1024))
@@ -210,15 +224,19 @@ def serve_forever(app, options) -> None:
         if stopping:
             return
         stopping.append(signum)
-        log.info("signal %s: stopping (in-flight requests get %s s)", signum, options.stop_timeout)
+        # under ``pserve --reload`` (hupper), the reloader kills us 1 s after its SIGTERM: hand jobs back at once
+        grace = RELOAD_GRACE if reloading() else None
+        timeout = min(options.stop_timeout, RELOAD_GRACE) if grace is not None else options.stop_timeout
+        log.info("signal %s: stopping (in-flight requests get %s s%s)", signum, timeout,
+                 "; reloading: running jobs are handed back" if grace is not None else "")
         try:
             # Stop accepting first, so the port is free; jobs get their grace while requests finish.
             server.close()
             server.close_idle()
             registry = getattr(app, "registry", None)
             if registry is not None:
-                registry.notify(ServerStopping())
-            server.stop(timeout=options.stop_timeout)
+                registry.notify(ServerStopping(grace))
+            server.stop(timeout=timeout)
         finally:
             stopped.set()
 
@@ -229,3 +247,7 @@ def serve_forever(app, options) -> None:
     server.serve_forever()
     if stopping:
         stopped.wait()      # serve_forever returns as soon as the listener closes; the stop is not done yet
+        if reloading():     # all is handed back and the store closed: exit before hupper's 1 s runs out
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os._exit(0)

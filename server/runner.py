@@ -24,13 +24,50 @@ TABLE = (
 )
 
 
+def with_command_line(global_conf: dict, kw: dict, section: str = "server:main") -> tuple[dict, list[str]]:
+    """The server settings with ``pserve config.ini var=value`` applied, and the keys such a variable tried, in
+    vain, to set.
+
+    PasteDeploy interpolates ``port = %(http_port)s`` with the ini's own [DEFAULT] (6543), not with the
+    command line's ``http_port=7000``, and drops a section key that a command-line variable names
+    (``port=7000``).  So the section is read again as written: a ``%(var)s`` value is interpolated with the
+    command line's variables, and a key written in the section that the command line also names is reported."""
+    import configparser
+    path = global_conf.get("__file__")
+    parser = configparser.RawConfigParser()
+    parser.optionxform = str
+    if not path or not parser.read(path) or not parser.has_section(section):
+        return kw, []
+    written = {k: v for k, v in parser.items(section, raw=True)
+               if k not in parser.defaults() and (k in kw or k in {s.key for s in TABLE})}
+    values, shadowed = dict(kw), []
+    given = {k for k in global_conf if k not in parser.defaults() and k not in ("here", "__file__")}
+    for key, raw in written.items():
+        if key in given and f"%({key})s" not in raw:
+            shadowed.append(key)        # ``port=7000``, with ``port = 6543`` (or ``%(http_port)s``) written
+        if "%(" in raw:
+            try:
+                values[key] = raw % {**parser.defaults(), **global_conf}
+            except (KeyError, ValueError, TypeError):
+                pass                    # left as PasteDeploy made it
+        else:
+            values[key] = raw
+    return values, sorted(shadowed)
+
+
 def gevent_server_factory(global_conf, **kw):
     """paste.server_factory: validate the server settings, patch, return ``serve(app)``."""
+    kw, shadowed = with_command_line(global_conf, kw)
     unknown = sorted(set(kw) - {s.key for s in TABLE})
     try:
         if unknown:
             raise ConfigurationError(f"[server:main]: unknown setting(s) {', '.join(unknown)}; "
                                      f"known: {', '.join(s.key for s in TABLE)}")
+        if shadowed:
+            key = shadowed[0]
+            raise ConfigurationError(f"{key}={global_conf[key]} on the command line does not change [server:main]"
+                                     f" {key} (the ini sets it): use the ini's variable instead, e.g. "
+                                     f"`pserve config.ini http_port=NNNN` for the port")
         options = parse([TABLE], kw)
     except ConfigurationError as exc:
         raise SystemExit(f"greenjobs: {exc}") from None

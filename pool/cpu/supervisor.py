@@ -93,13 +93,13 @@ class Supervisor:
         """Safe in a signal handler: only sets the stop event, so run_forever stops the workers."""
         self._stop.set()
 
-    def stop(self) -> None:
-        """SIGTERM every worker (each finishes its job), SIGKILL what is left after ``grace``."""
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every worker (each finishes its job), SIGKILL what is left after ``grace`` (default: its own)."""
         self._stop.set()
         procs = [p for p in self.procs.values() if p.poll() is None]
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
+        deadline = time.monotonic() + (self.grace if grace is None else grace)
         for proc in procs:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))

@@ -154,8 +154,9 @@ class Worker:
         except socket.timeout:
             pass
         self.conn.heartbeat_check()
-        if self.parent is not None and os.getppid() != self.parent:
-            log.warning("worker %s: its supervisor (pid %s) is gone; leaving", self.id, self.parent)
+        if self.parent is not None and os.getppid() != self.parent and not self.stopping:
+            log.warning("worker %s: its supervisor (pid %s) is gone; leaving after its current job", self.id,
+                        self.parent)
             self.stopping = True
 
     def _publish(self, body: dict, reply: bool = False) -> None:

@@ -135,7 +135,9 @@ class HubMonitor:
         while self._running:
             _sleep(self.interval / 2)
             since = self._last
-            if self._open is not None or time.monotonic() - since < self.max_blocking:
+            # the hub was free at ``since`` and its next tick was due ``interval`` later: only past that plus
+            # max_blocking is a block of at least max_blocking certain
+            if self._open is not None or time.monotonic() - since < self.max_blocking + self.interval:
                 continue
             frame = sys._current_frames().get(self._main)
             if frame is None:
