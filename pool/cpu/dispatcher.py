@@ -344,6 +344,9 @@ class CpuDispatcher:
             if previous is not None and previous[2] is not None:
                 previous[2].close()
         if verdict == "go":
+            if job.timeout is None:     # enqueued in an application's transaction: the handler's default
+                handler = self.registry.find(job.handler)
+                job.timeout = (handler.timeout if handler is not None else None) or self.settings.job_max_timeout
             timer = gevent.get_hub().loop.timer(job.timeout) if job.timeout else None
             if timer is not None:
                 timer.start(lambda: gevent.spawn(self._expire, job.id))

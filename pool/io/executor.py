@@ -179,6 +179,8 @@ class GreenletExecutor:
             self._end(run, outcomes.unknown_handler(f"handler {job.handler!r} is not registered here; "
                                                     f"known: {', '.join(self.registry.names())}"))
             return
+        if job.timeout is None:      # enqueued in an application's transaction (greenjobs_client.transactional)
+            job.timeout = run.handler.timeout or self.settings.job_max_timeout
         if job.timeout:
             run.timer = gevent.get_hub().loop.timer(job.timeout)
             run.timer.start(self._expire, run)
