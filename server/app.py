@@ -18,8 +18,13 @@ def main(global_config, **raw_settings):
     """paste.app_factory: a bad setting stops start-up with one line per bad key, not a traceback."""
     ensure_patched()
     from greenjobs.pool.errors import ConfigurationError, StoreUnavailable
+    from greenjobs.server.lifecycle import stop_with_the_process
     from greenjobs.server.wsgi import make_app
     try:
-        return make_app(global_config, **raw_settings)
+        app = make_app(global_config, **raw_settings)
     except (ConfigurationError, StoreUnavailable) as exc:   # a bad setting, a ledger that cannot open
         raise SystemExit(f"greenjobs: {exc}") from None
+    runtime = app.registry.greenjobs_runtime
+    if runtime.accepting:       # (not under Pyramid's tools) - and whatever runner serves it, it stops with it
+        stop_with_the_process(runtime)
+    return app

@@ -71,8 +71,10 @@ def gevent_server_factory(global_conf, **kw):
         options = parse([TABLE], kw)
     except ConfigurationError as exc:
         raise SystemExit(f"greenjobs: {exc}") from None
+    from greenjobs.server import lifecycle
     from greenjobs.server.app import ensure_patched
     ensure_patched()
+    lifecycle.OUR_RUNNER = True             # our runner sends ServerStopping on SIGTERM itself
 
     def serve(app) -> None:
         from greenjobs.server.httpserver import serve_forever

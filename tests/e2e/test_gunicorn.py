@@ -134,3 +134,19 @@ def test_another_process_takes_over_the_cpu_workers_when_their_supervisor_dies(g
     job = g.submit("cpu.pbkdf2", kwargs={"iterations": 1000})
     assert g.get(f"/jobs/{job['id']}?wait=60").json()["state"] == "succeeded"
     assert "takes over if that one stops" in g.log()
+
+
+def test_sigterm_under_gunicorn_hands_running_jobs_back(gunicorn, tmp_path):
+    """gunicorn never tells the app it stops: greenjobs shuts down as its worker process exits, so a running
+    job is handed back to the ledger at once (not left running until a lease expires)."""
+    g = gunicorn({**E2E_HANDLERS, **QUICK_STOP, "greenjobs.workers.cpu": 0})
+    job = g.submit("e2e.pid", kwargs={"pause": 60})
+    wait_until(lambda: g.get(f"/jobs/{job['id']}").json()["state"] == "running", 30, message="running")
+    g.stop()
+    assert g.proc.returncode == 0, g.log()[-3000:]
+    import sqlite3
+    with sqlite3.connect(tmp_path / "gunicorn" / "var" / "greenjobs.sqlite") as conn:
+        state, owner, attempts = conn.execute("SELECT state, lease_owner, attempts FROM jobs WHERE id = ?",
+                                              (job["id"],)).fetchone()
+    assert (state, owner, attempts) == ("queued", None, 1), (state, owner, attempts, g.log()[-3000:])
+    assert "shutting the job runtime down" in g.log()
