@@ -6,24 +6,33 @@ progress and a program can pass its own callbacks.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from greenjobs_client.client import Client
-from greenjobs_client.errors import WaitTimeout
+from greenjobs_client.errors import InvalidRequest, WaitTimeout
 from greenjobs_client.handles import Batch
 
 #: Bytes of JSON per batch request: under the server's default greenjobs.api.max_body (1 MiB).
 MAX_CHUNK_BYTES = 768 * 1024
 
 
-def read_jsonl(lines: Iterable[str]) -> list[dict[str, Any]]:
+class JsonlJobs(list):
+    """The job objects of a JSON Lines file, with the line each came from (``line_of[i]``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.line_of: list[int] = []
+
+
+def read_jsonl(lines: Iterable[str]) -> JsonlJobs:
     """One job object per line (``{"handler": ..., "kwargs": {...}, "priority": ...}``); blank lines skipped.
 
     Raises ValueError naming the first bad line, before anything is submitted.
     """
-    specs = []
+    specs = JsonlJobs()
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -35,6 +44,7 @@ def read_jsonl(lines: Iterable[str]) -> list[dict[str, Any]]:
             raise ValueError(f"line {number}: must be a JSON object with a \"handler\" string, "
                              f"e.g. {{\"handler\": \"echo\", \"kwargs\": {{\"n\": 1}}}}")
         specs.append(spec)
+        specs.line_of.append(number)
     return specs
 
 
@@ -58,11 +68,28 @@ def submit_all(client: Client, specs: list[dict[str, Any]], max_jobs: int = 1000
     """Submit every spec in batches of at most ``max_jobs``, calling ``on_submitted(count so far)`` after each."""
     batches, done = [], 0
     for chunk in chunks(specs, max_jobs):
-        batches.append(client.submit_many(chunk))
+        try:
+            batches.append(client.submit_many(chunk))
+        except InvalidRequest as exc:        # ``jobs[7].handler`` of this chunk: which line of the file
+            raise RejectedItem(exc, done, specs) from None
         done += len(chunk)
         if on_submitted:
             on_submitted(done)
     return batches
+
+
+class RejectedItem(Exception):
+    """A batch was refused because of one of its jobs: ``line`` is that job's line in the file (or None)."""
+
+    def __init__(self, error: InvalidRequest, offset: int, specs):
+        self.error = error
+        self.line = None
+        match = re.match(r"jobs\[(\d+)\]", error.field or "")
+        line_of = getattr(specs, "line_of", None)
+        if match and line_of is not None and offset + int(match.group(1)) < len(line_of):
+            self.line = line_of[offset + int(match.group(1))]
+        where = f"line {self.line}: " if self.line is not None else ""
+        super().__init__(f"{where}{error.detail} (field {error.field}); nothing from that batch on was submitted")
 
 
 def totals(answers: Iterable[dict[str, Any]]) -> dict[str, int]:

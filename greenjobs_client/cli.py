@@ -5,7 +5,7 @@ submission print tables; errors go to stderr. Exit codes, which scripts can rely
 
     0  success
     1  a job failed or was cancelled (any one of them, for ``wait`` and bulk submissions)
-    2  usage error, or the server rejected the request (unknown handler or job, a bad field, 409)
+    2  usage error, or the server rejected the request (unknown handler or job, a bad field, 409, 401/403)
     3  the server could not be reached, or failed (5xx, or 429/503 through every retry)
     4  a wait ran out of time; the jobs are left running
   130  interrupted (Ctrl-C); submitted jobs keep running
@@ -99,7 +99,10 @@ def cmd_submit_bulk(client: Client, args) -> int:
     counts: dict[str, int] = {}
     code = OK
     with BulkProgress(len(specs)) as progress:
-        batches = bulk.submit_all(client, specs, args.chunk, progress.submitted)
+        try:
+            batches = bulk.submit_all(client, specs, args.chunk, progress.submitted)
+        except bulk.RejectedItem as exc:
+            raise UsageError(f"{args.from_file}: {exc}") from None
         submit_seconds = time.monotonic() - started
         if args.no_wait:
             counts = bulk.totals(batch.counts() for batch in batches)
@@ -110,9 +113,62 @@ def cmd_submit_bulk(client: Client, args) -> int:
             except WaitTimeout as exc:
                 counts, code = exc.last["counts"], TIMED_OUT
     summary(len(specs), len(batches), counts, submit_seconds, time.monotonic() - started, waited=not args.no_wait)
-    if code == OK and (counts.get("failed") or counts.get("cancelled")):
-        code = JOB_FAILED
+    ids = [batch.id for batch in batches]
+    print(f"batches: {' '.join(ids)}", file=sys.stderr)
+    if args.no_wait:
+        print(f"follow them with: greenjobs batch {' '.join(ids)} --wait", file=sys.stderr)
+    if counts.get("failed") or counts.get("cancelled"):
+        failed = [job["id"] for job in client.jobs(state="failed", limit=1000) if job.get("batch") in set(ids)]
+        if failed:
+            print(f"failed jobs: {' '.join(failed[:100])}{' ...' if len(failed) > 100 else ''}", file=sys.stderr)
+        if code == OK:
+            code = JOB_FAILED
     return code
+
+
+def cmd_batch(client: Client, args) -> int:
+    """``greenjobs batch ID...``: each batch's counts as JSON; --wait follows them to their end (exit 1 if a job
+    failed or was cancelled)."""
+    from greenjobs_client import bulk
+    batches = [client.batch(batch_id) for batch_id in args.ids]
+    if args.wait:
+        try:
+            counts = bulk.follow(batches, args.wait_timeout)
+        except WaitTimeout as exc:
+            _print_job({"counts": exc.last["counts"]})
+            print(f"greenjobs: {exc}", file=sys.stderr)
+            return TIMED_OUT
+        _print_job({"batches": args.ids, "counts": counts})
+        return JOB_FAILED if counts.get("failed") or counts.get("cancelled") else OK
+    for batch in batches:
+        _print_job(batch.counts())
+    return OK
+
+
+def cmd_handlers(client: Client, args) -> int:
+    """``greenjobs handlers``: what the server can run, a line each (--json: the server's objects)."""
+    handlers = client.handlers()
+    for h in handlers:
+        if args.json:
+            _print_job(h)
+            continue
+        limits = ", ".join(part for part in (f"rate {h['rate_limit']}" if h.get("rate_limit") else "",
+                                             f"max_running {h['max_running']}" if h.get("max_running") else "",
+                                             f"rerouted: {h['rerouted']}" if h.get("rerouted") else "") if part)
+        print(f"{h['name']:<28} {h['kind']:<4} timeout {h.get('timeout')}  retries {h.get('max_retries')}"
+              f"{'  ' + limits if limits else ''}  {h.get('doc') or ''}".rstrip())
+    return OK
+
+
+def cmd_health(client: Client, args) -> int:
+    """``greenjobs health``: the server's /health as JSON; exit 3 when it is not ok."""
+    try:
+        health = client.health()
+    except RequestFailed as exc:            # 503: its body still says why
+        _print_job(exc.problem or {"status": exc.status, "detail": exc.detail})
+        return SERVER
+    _print_job(health)
+    return OK if health.get("status") == "ok" else SERVER
 
 
 def cmd_status(client: Client, args) -> int:
@@ -153,14 +209,21 @@ def cmd_retry(client: Client, args) -> int:
 
 
 def cmd_ls(client: Client, args) -> int:
-    """``greenjobs ls``: recent jobs as a table, or one line of JSON each with --json."""
-    jobs = client.jobs(state=args.state, handler=args.handler, limit=args.limit)
+    """``greenjobs ls``: recent jobs as a table, or one line of JSON each with --json; a page at a time
+    (``--after`` the cursor the last page printed), or ``--all``."""
+    if args.all:
+        jobs = list(client.jobs(state=args.state, handler=args.handler, limit=None))
+        following = None
+    else:
+        jobs, following = client.page(state=args.state, handler=args.handler, limit=args.limit, after=args.after)
     if args.json:
         for job in jobs:
             _print_job(job)
-        return OK
-    from greenjobs_client.progress import job_table
-    job_table(jobs)
+    else:
+        from greenjobs_client.progress import job_table
+        job_table(jobs)
+    if following:
+        print(f"more: greenjobs ls --after {following}", file=sys.stderr)
     return OK
 
 
@@ -240,8 +303,10 @@ def _connection_flags(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--url", default=default,
                         help="server URL (default: $GREENJOBS_URL, else http://127.0.0.1:6543)")
     parser.add_argument("--token", default=default, help="bearer token (default: $GREENJOBS_TOKEN)")
-    parser.add_argument("--timeout", type=float, default=argparse.SUPPRESS if suppress else 10.0,
-                        help="seconds to connect and to get each answer (default 10)")
+    parser.add_argument("--http-timeout", "--timeout", dest="timeout", type=float,
+                        default=argparse.SUPPRESS if suppress else 10.0,
+                        help="seconds to connect and to get each answer from the server (default 10; not the "
+                             "job's --job-timeout nor a wait's --wait-timeout)")
 
 
 def _subcommand(subparsers, name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -283,6 +348,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-wait", action="store_true", help="with --from: stop once every job is submitted")
     sub.add_argument("--wait-timeout", type=float, help="seconds to wait at most (default: no limit)")
 
+    sub = command("batch", cmd_batch, "print batches' counts (as submit --from --no-wait left them); --wait follows"
+                                      " them to their end")
+    sub.add_argument("ids", nargs="+", metavar="ID")
+    sub.add_argument("--wait", action="store_true", help="wait for every job; exit 1 if one failed or was cancelled")
+    sub.add_argument("--wait-timeout", type=float, help="seconds to wait at most (default: no limit)")
+
+    sub = command("handlers", cmd_handlers, "list the handlers the server can run, with their limits")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    command("health", cmd_health, "print the server's health; exit 3 unless it is ok")
+
     sub = command("status", cmd_status, "print a job")
     sub.add_argument("id", metavar="ID")
 
@@ -299,7 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("ls", cmd_ls, "list jobs, newest first")
     sub.add_argument("--state", choices=STATES)
     sub.add_argument("--handler")
-    sub.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    sub.add_argument("--limit", type=int, default=50, help="a page of at most this many (default 50)")
+    sub.add_argument("--after", help="the page after this cursor (printed after a full page)")
+    sub.add_argument("--all", action="store_true", help="every matching job, page after page")
     sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
 
     sub = command("workflow", cmd_workflow, "print a workflow: its state, result and steps")
@@ -369,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidRequest, NotFound, Conflict) as exc:
         print(f"greenjobs: {exc}", file=sys.stderr)
         return USAGE
+    except RequestFailed as exc:
+        print(f"greenjobs: {exc}", file=sys.stderr)
+        return USAGE if exc.status in (401, 403) else SERVER     # rejected: a token missing or without the right
     except (ConnectionFailed, RequestFailed) as exc:
         print(f"greenjobs: {exc}", file=sys.stderr)
         return SERVER

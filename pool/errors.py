@@ -16,8 +16,8 @@ class ConfigurationError(GreenjobsError):
 class HandlerNotFound(GreenjobsError):
     """A job names a handler that is not registered."""
 
-    def __init__(self, name: str, known: list[str]):
-        self.name, self.known = name, known
+    def __init__(self, name: str, known: list[str], field: str = "handler"):
+        self.name, self.known, self.field = name, known, field
         super().__init__(f"unknown handler {name!r}; known handlers: {', '.join(known) or '(none)'}")
 
 

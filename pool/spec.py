@@ -5,7 +5,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from greenjobs.pool.errors import InvalidJobParams
+from greenjobs.pool.errors import HandlerNotFound, InvalidJobParams
 from greenjobs.pool.flow import gate, parse_expires
 from greenjobs.pool.job import QUEUED, Job, new_id
 from greenjobs.pool.urls import check_allowed, check_url
@@ -64,7 +64,10 @@ def parse_spec(data: Any, registry, settings, where: str = "") -> Job:
         raise InvalidJobParams(f"{where}handler", "required, the name of a registered handler (see GET /handlers)")
     if name.startswith(RESERVED):
         raise InvalidJobParams(f"{where}handler", f"handlers named {RESERVED}* are internal and cannot be submitted")
-    handler = registry.get(name)    # HandlerNotFound lists the known ones
+    try:
+        handler = registry.get(name)    # HandlerNotFound lists the known ones
+    except HandlerNotFound as exc:
+        raise HandlerNotFound(exc.name, exc.known, f"{where}handler") from None
 
     args = data.get("args", [])
     if not isinstance(args, list):

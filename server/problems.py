@@ -80,6 +80,7 @@ def greenjobs_error_view(exc: errors.GreenjobsError, request):
         headers["Retry-After"] = str(retry_after)
     if isinstance(exc, errors.HandlerNotFound):
         extra["known_handlers"] = exc.known
+        extra["field"] = exc.field          # jobs[3].handler in a batch
     if isinstance(exc, errors.InvalidJobParams):
         extra["field"] = exc.field
     if status == 500:

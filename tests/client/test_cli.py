@@ -146,3 +146,52 @@ def test_a_bad_line_stops_bulk_submission_before_anything_is_sent(server, client
     out = run("submit", "--from", str(path), url=server.url)
     assert out.returncode == 2 and "line 2" in out.stderr
     assert jobs_with(client, "echo", marker) == []
+
+
+def test_bulk_submit_names_its_batches_and_failed_jobs_and_batch_follows_them(server, client, marker, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(job) + "\n" for job in (
+        [{"handler": "echo", "kwargs": {"marker": marker}}] * 5 + [{"handler": "fail", "kwargs": {"message": marker}}])))
+    out = run("submit", "--from", str(path), "--no-wait", "--chunk", "3", url=server.url)
+    assert out.returncode in (0, 1), out.stderr         # 1 if the failing job had already failed
+    batch_ids = next(line for line in out.stderr.splitlines() if line.startswith("batches: ")).split()[1:]
+    assert len(batch_ids) == 2 and "greenjobs batch" in out.stderr
+    followed = run("batch", *batch_ids, "--wait", url=server.url)
+    assert followed.returncode == 1, followed.stderr        # the failing job
+    [answer] = lines(followed.stdout)
+    assert answer["counts"]["succeeded"] == 5 and answer["counts"]["failed"] == 1
+    waited = run("submit", "--from", str(path), "--chunk", "3", url=server.url)
+    assert waited.returncode == 1 and "failed jobs: " in waited.stderr
+    failed_id = waited.stderr.split("failed jobs: ")[1].split()[0]
+    assert client.get(failed_id)["handler"] == "fail"
+
+
+def test_an_unknown_handler_in_a_jsonl_file_is_traced_to_its_line(server, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps(job) + "\n" for job in
+                            [{"handler": "echo"}, {"handler": "echo"}, {"handler": "no.such"}, {"handler": "echo"}]))
+    out = run("submit", "--from", str(path), "--chunk", "2", url=server.url)
+    assert out.returncode == 2 and "line 3: unknown handler 'no.such'" in out.stderr, out.stderr
+
+
+def test_handlers_health_and_ls_pages(server, client, marker):
+    out = run("handlers", url=server.url)
+    assert out.returncode == 0 and "echo" in out.stdout and "greenjobs.webhook" not in out.stdout
+    assert any(h["name"] == "echo" for h in lines(run("handlers", "--json", url=server.url).stdout))
+    health = run("health", url=server.url)
+    assert health.returncode == 0 and lines(health.stdout)[0]["status"] == "ok"
+    for n in range(3):
+        client.submit("echo", marker=marker, n=n).wait(30)
+    first = run("ls", "--limit", "2", "--json", url=server.url)
+    assert first.returncode == 0 and len(lines(first.stdout)) == 2
+    cursor = first.stderr.split("greenjobs ls --after ")[1].split()[0]
+    second = run("ls", "--limit", "2", "--json", "--after", cursor, url=server.url)
+    assert {j["id"] for j in lines(second.stdout)}.isdisjoint({j["id"] for j in lines(first.stdout)})
+    assert len(lines(run("ls", "--all", "--json", url=server.url).stdout)) >= 3
+    assert run("ls", "--http-timeout", "5", url=server.url).returncode == 0
+
+
+def test_a_rejected_token_exits_2(make_server):
+    srv = make_server(app={"greenjobs.auth.tokens": "s3cret-admin-token-0123456789:admin"}, name="auth")
+    out = run("status", "x", url=srv.url, env={"GREENJOBS_TOKEN": "wrong-token-0123456789abcdef"})
+    assert out.returncode == 2 and "401" in out.stderr, (out.returncode, out.stderr)
