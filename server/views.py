@@ -205,10 +205,14 @@ def get_batch(request):
 def list_handlers(request):
     """GET /handlers: the registered handlers, their kind, defaults, flow control (with how many jobs it holds
     back now: ``waiting``) and doc."""
+    store = _runtime(request).store
     waiting: dict[str, dict[str, int]] = {}
-    for name, reason, n in _runtime(request).store.waiting_counts():
+    for name, reason, n in store.waiting_counts():
         waiting.setdefault(name, {})[reason] = n
-    return {"handlers": [{**h.describe(), "waiting": waiting.get(h.name, {})}
+    active: dict[str, dict[str, int]] = {}
+    for name, state, n in store.active_counts():
+        active.setdefault(name, {})[state] = n
+    return {"handlers": [{**h.describe(), "active": active.get(h.name, {}), "waiting": waiting.get(h.name, {})}
                          for h in request.registry.greenjobs_handlers]}
 
 

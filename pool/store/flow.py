@@ -31,6 +31,8 @@ _PARK = (f"UPDATE jobs SET state = '{SCHEDULED}', run_at = NULL, waiting = '{MAX
          f" lease_expires = NULL, outbox = 0 WHERE id = ? AND state = '{QUEUED}'")
 _DEFER = (f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, lease_owner = NULL, lease_expires = NULL, outbox = 0"
           f" WHERE id = ? AND state = '{QUEUED}'")
+#: Seconds two starts of one rate bucket may come closer than its interval (clocks and timers are not exact).
+SPACING_SLACK = 0.002
 #: Seconds (times 1-2, at random) a job waits when another server's transaction holds its flow rows.
 CONTENDED = 0.05
 _RELEASE = (f"UPDATE jobs SET state = '{QUEUED}', waiting = NULL,"
@@ -57,8 +59,9 @@ class FlowTable:
         another transaction holds one (PostgreSQL: see its store; SQLite's one writer never contends)."""
         conn.cursor().executemany(self._q("INSERT INTO flow (key, next_at) VALUES (?, 0) ON CONFLICT (key) DO NOTHING"),
                                   [(k,) for k in keys])
-        return dict(conn.execute(self._q(f"SELECT key, next_at FROM flow WHERE key IN ({','.join('?' * len(keys))})"
-                                         " ORDER BY key"), keys).fetchall())
+        return {key: [next_at, last] for key, next_at, last in conn.execute(self._q(
+            f"SELECT key, next_at, last_start FROM flow WHERE key IN ({','.join('?' * len(keys))}) ORDER BY key"),
+            keys).fetchall()}
 
     def _admit(self, conn, jobs: list[Job], now: float) -> list[Job]:
         """Inside the transaction that would start ``jobs`` (queued, gated): the ones that may start now.  The
@@ -67,9 +70,9 @@ class FlowTable:
         transaction: a moment, CONTENDED seconds, to be admitted again)."""
         rated = sorted({j.gate["bucket"] for j in jobs if j.gate.get("every")})
         capped = sorted({j.handler for j in jobs if j.gate.get("max_running")})
-        next_at = self._lock_flow(conn, rated + [f"~{h}" for h in capped])
+        rows = self._lock_flow(conn, rated + [f"~{h}" for h in capped])     # key -> [next_at, last start]
         now = time.time()           # (after the lock: the decision's own time, not the caller's)
-        if next_at is None:
+        if rows is None:
             later = now + CONTENDED * (1 + random.random())
             for job in jobs:        # (a reservation it holds stays: waiting is left as it is)
                 conn.execute(self._q(_DEFER), (later, job.id))
@@ -87,27 +90,38 @@ class FlowTable:
             # promoted at the start time it reserved: that start is its own, if it comes within its interval (a
             # reservation taken later than that, e.g. while every slot was busy, asks the bucket again)
             reserved = job.waiting == RATE_LIMIT and job.run_at is not None and now < job.run_at + (every or 0)
-            if every and not reserved and next_at[bucket] > now:
-                slot = next_at[bucket]
-                next_at[bucket] = slot + every
-                changed.add(bucket)
-                conn.execute(self._q(_WAIT_RATE), (slot, job.id))
-                job.state, job.run_at, job.waiting = SCHEDULED, slot, RATE_LIMIT
-                self._note_slot(slot)
-                continue
+            if every:
+                # and never two starts of a bucket closer than its interval: a start that came late (a loaded
+                # server, a full pool) pushes the next one back, rather than the two bunching in one window
+                upcoming, last = rows[bucket]
+                turn = last + every - SPACING_SLACK
+                slot = None
+                if reserved and now < turn:
+                    slot = last + every
+                elif not reserved and (upcoming > now or now < turn):
+                    slot = max(upcoming, last + every)
+                    rows[bucket][0] = slot + every
+                    changed.add(bucket)
+                if slot is not None:
+                    conn.execute(self._q(_WAIT_RATE), (slot, job.id))
+                    job.state, job.run_at, job.waiting = SCHEDULED, slot, RATE_LIMIT
+                    self._note_slot(slot)
+                    continue
             if cap and running.get(job.handler, 0) >= cap:
                 conn.execute(self._q(_PARK), (job.id,))
                 job.state, job.run_at, job.waiting = SCHEDULED, None, MAX_RUNNING
                 continue
-            if every and not reserved:
-                next_at[bucket] = max(now, next_at[bucket]) + every
+            if every:
+                if not reserved:
+                    rows[bucket][0] = max(now, rows[bucket][0]) + every
+                rows[bucket][1] = now
                 changed.add(bucket)
             if cap:
                 running[job.handler] = running.get(job.handler, 0) + 1
             start.append(job)
         if changed:
-            conn.cursor().executemany(self._q("UPDATE flow SET next_at = ? WHERE key = ?"),
-                                      [(next_at[b], b) for b in sorted(changed)])
+            conn.cursor().executemany(self._q("UPDATE flow SET next_at = ?, last_start = ? WHERE key = ?"),
+                                      [(rows[b][0], rows[b][1], b) for b in sorted(changed)])
         return start
 
     def _note_slot(self, slot: float) -> None:

@@ -502,3 +502,20 @@ def test_the_handlers_page_shows_a_rerouted_handler(make_server, browser, screen
     screenshot("handlers")
     assert_not_reloaded(browser)
     assert_clean_console(browser)
+
+
+def test_the_servers_page_and_a_runtime_column(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    done = srv.wait(srv.submit("sleep", kwargs={"seconds": 0.3})["id"], 30)
+    open_dashboard(browser, srv, "#/servers")
+    wait(browser, lambda d: js(d, "return document.querySelectorAll('#servers-table tr[data-alive=true]').length") == 1,
+         message="this server, alive")
+    assert f"{srv.proc.pid}" in text(browser, "#servers-table") and "(this one)" in text(browser, "#servers-table")
+    assert "1 alive" in text(browser, "#servers-totals")
+    screenshot("servers")
+    go(browser, "#/jobs")
+    cell = f"#jobs-table tr[data-job='{done['id']}'] td.runtime"
+    wait(browser, lambda d: text(d, cell) not in (None, "—"), message="the job's runtime")
+    assert text(browser, cell).endswith("ms") or text(browser, cell).endswith("s")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)

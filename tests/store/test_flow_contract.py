@@ -202,3 +202,22 @@ def test_two_servers_admitting_in_opposite_bucket_orders_never_deadlock(request)
                            text=True, timeout=120)
     assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr[-3000:]
     assert "answers" in probe.stdout
+
+
+def test_a_late_start_pushes_the_next_start_of_its_bucket_back(store):
+    """Starts of a bucket are never closer than its interval: a reserved job taken late (a loaded server) moves
+    the next reservation back instead of both starting within one interval."""
+    jobs = [job(gate=rate(0.5)) for _ in range(3)]
+    store.insert(jobs, OWNER)
+    assert len(store.take(OWNER, ("io",), 10)) == 1
+    first, second = sorted(store.get_many([j.id for j in jobs[1:]]), key=lambda j: j.run_at)
+    time.sleep(max(0.0, first.run_at + 0.4 - time.time()))          # the first reservation, 0.4 s late
+    assert [j.id for j in store.promote_due(("io",))] == [first.id]
+    [late] = store.take(OWNER, ("io",), 10)
+    started = time.time()
+    time.sleep(max(0.0, second.run_at + 0.01 - time.time()))        # the second one's reserved time
+    assert [j.id for j in store.promote_due(("io",))] == [second.id]
+    assert store.take(OWNER, ("io",), 10) == [], "not 0.1 s after the late one"
+    pushed = store.get(second.id)
+    assert pushed.state == SCHEDULED and pushed.waiting == "rate_limit"
+    assert pushed.run_at == pytest.approx(started + 0.5, abs=0.05)

@@ -113,6 +113,8 @@ MIGRATIONS: dict[int, str] = {
     # the hub guard: how a job blocked the event loop, and whether its io handler was rerouted to the workers
     8: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS blocked text,"
        " ADD COLUMN IF NOT EXISTS rerouted integer NOT NULL DEFAULT 0;",
+    # a rate bucket's last actual start: no two starts closer than its interval, however late one came
+    9: "ALTER TABLE flow ADD COLUMN IF NOT EXISTS last_start double precision NOT NULL DEFAULT 0;",
 }
 CURRENT = max(MIGRATIONS)
 

@@ -125,10 +125,10 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                 conn.execute(f"SET LOCAL lock_timeout = '{self.FLOW_LOCK_WAIT_MS}ms'")
                 conn.cursor().executemany("INSERT INTO flow (key, next_at) VALUES (%s, 0) ON CONFLICT (key) DO NOTHING",
                                           [(k,) for k in keys])
-                rows = conn.execute("SELECT key, next_at FROM flow WHERE key = ANY(%s) ORDER BY key FOR UPDATE",
-                                    (keys,)).fetchall()
+                rows = conn.execute("SELECT key, next_at, last_start FROM flow WHERE key = ANY(%s) ORDER BY key"
+                                    " FOR UPDATE", (keys,)).fetchall()
                 conn.execute("SET LOCAL lock_timeout TO DEFAULT")
-            return dict(rows)
+            return {key: [next_at, last] for key, next_at, last in rows}
         except psycopg.errors.LockNotAvailable:
             return None
 

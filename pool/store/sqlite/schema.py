@@ -105,6 +105,8 @@ MIGRATIONS: dict[int, str] = {
        " CREATE TABLE IF NOT EXISTS flow (key TEXT PRIMARY KEY, next_at REAL NOT NULL DEFAULT 0)",
     # the hub guard: how a job blocked the event loop, and whether its io handler was rerouted to the workers
     9: "ALTER TABLE jobs ADD COLUMN blocked TEXT; ALTER TABLE jobs ADD COLUMN rerouted INTEGER NOT NULL DEFAULT 0",
+    # a rate bucket's last actual start: no two starts closer than its interval, however late one came
+    10: "ALTER TABLE flow ADD COLUMN last_start REAL NOT NULL DEFAULT 0",
 }
 CURRENT = max((1, *MIGRATIONS))
 

@@ -761,7 +761,7 @@
         ? [h("th", {class: "check"}, this.selectAll = h("input", {type: "checkbox", id: "select-all",
               "aria-label": "select every job on this page", onchange: (e) => this.toggleAll(e.target.checked)})),
            "job", "handler", "state", "attempts", "error", "finished"]
-        : ["job", "handler", "state", "attempts", "progress", "created", "finished"];
+        : ["job", "handler", "state", "attempts", "progress", "created", "finished", "runtime"];
       const table = h("table", {class: "table jobs", id: "jobs-table"},
         h("thead", null, h("tr", null, columns.map((c) => (c instanceof Node ? c : h("th", null, c))))), this.body);
       const key = this.base + "|" + this.params.state + "|" + this.params.handler + "|" + this.params.limit;
@@ -799,7 +799,7 @@
         data = await api.get("/jobs?" + query);
       } catch (error) {
         if (this.stopped) return;
-        clear(this.body).append(h("tr", null, h("td", {colspan: 7, class: "error"}, error.message)));
+        clear(this.body).append(h("tr", null, h("td", {colspan: 8, class: "error"}, error.message)));
         return;
       }
       if (this.stopped) return;
@@ -812,7 +812,7 @@
     }
 
     empty() {
-      this.body.append(h("tr", {class: "empty"}, h("td", {colspan: 7, class: "muted"},
+      this.body.append(h("tr", {class: "empty"}, h("td", {colspan: 8, class: "muted"},
         this.failed ? "No failed jobs." : "No jobs match.")));
     }
 
@@ -852,6 +852,9 @@
                                               : h("span", {class: "muted"}, "—")));
         cells.push(h("td", null, timeCell(job.created_at)));
         cells.push(h("td", null, timeCell(job.finished_at)));
+        const runtime = job.started_at && job.finished_at ? (new Date(job.finished_at) - new Date(job.started_at)) / 1000
+                      : null;
+        cells.push(h("td", {class: "num runtime"}, runtime === null ? "—" : fmtDuration(runtime)));
       }
       clear(row.tr);
       put(row.tr, cells);
@@ -872,6 +875,7 @@
           if (event.progress !== undefined) row.job.progress = event.progress;
           if (event.error !== undefined) row.job.error = event.error;
           if (event.event === "submitted" || event.event === "retrying") row.job.finished_at = null;
+          if (event.event === "started") row.job.started_at = event.at;
           if (["succeeded", "failed", "cancelled"].includes(event.event)) row.job.finished_at = event.at;
           changed.add(row);
         } else if (this.accepts(event)) {
@@ -1294,8 +1298,8 @@
     build() {
       this.body = h("tbody");
       const table = h("table", {class: "table handlers", id: "handlers-table"},
-        h("thead", null, h("tr", null, ["handler", "runs in", "timeout", "retries", "rate limit", "max running",
-                                        "waiting", "about"].map((c) => h("th", null, c)))), this.body);
+        h("thead", null, h("tr", null, ["handler", "runs in", "active", "timeout", "retries", "rate limit",
+                                        "max running", "waiting", "about"].map((c) => h("th", null, c)))), this.body);
       put(clear(this.root), [
         pageHeader("Handlers", "What can be submitted, where it runs and what limits it. Refreshed every 2 s."),
         card(null, h("div", {class: "table-wrap"}, table))]);
@@ -1314,17 +1318,60 @@
       for (const handler of data.handlers || []) {
         const waiting = Object.entries(handler.waiting || {}).map(([reason, n]) => `${n} for ${reason}`).join(", ");
         const runsIn = handler.kind === "cpu" ? "worker processes" : "the event loop";
+        const active = Object.entries(handler.active || {}).map(([state, n]) => `${n} ${state}`).join(", ");
         this.body.append(h("tr", {"data-handler": String(handler.name), "data-kind": String(handler.kind)},
           h("td", null, h("a", {href: hashWith("#/jobs", {handler: handler.name}), class: "mono"}, String(handler.name))),
           h("td", {class: "runs-in"}, handler.rerouted
             ? [h("span", {class: "badge rerouted", title: String(handler.rerouted)}, "rerouted"), " ", runsIn]
             : `${runsIn}${handler.declared_kind === "auto" ? " (auto)" : ""}`),
+          h("td", {class: "active"}, active || "—"),
           h("td", null, handler.timeout === null ? "—" : fmtDuration(handler.timeout)),
           h("td", null, String(handler.max_retries)),
           h("td", null, handler.rate_limit ? `${handler.rate_limit}${handler.rate_key ? " per " + handler.rate_key : ""}` : "—"),
           h("td", null, handler.max_running === null || handler.max_running === undefined ? "—" : String(handler.max_running)),
           h("td", {class: "waiting"}, waiting || "—"),
           h("td", {class: "muted"}, handler.rerouted ? `rerouted: ${handler.rerouted}` : String(handler.doc || ""))));
+      }
+    }
+  }
+
+  /** Flower's Workers view, for a cluster: every server and io worker on the ledger (host, pid, role, its
+   * pool's load, the cpu worker processes it supervises, open event streams), alive or lost.  Re-read every 2 s. */
+  class ServersPage extends PolledPage {
+    build() {
+      this.body = h("tbody");
+      this.totals = h("p", {class: "muted", id: "servers-totals"});
+      const table = h("table", {class: "table servers", id: "servers-table"},
+        h("thead", null, h("tr", null, ["server", "host", "pid", "role", "io running", "cpu workers", "streams",
+                                        "started", "heartbeat", "state"].map((c) => h("th", null, c)))), this.body);
+      put(clear(this.root), [
+        pageHeader("Servers", "Every server and io worker sharing this ledger. Refreshed every 2 s."),
+        card(null, [this.totals, h("div", {class: "table-wrap"}, table)])]);
+    }
+
+    async refresh() {
+      let data;
+      try {
+        data = await api.get("/servers");
+      } catch (error) {
+        if (!this.stopped) clear(this.body).append(h("tr", null, h("td", {colspan: 10, class: "error"}, error.message)));
+        return;
+      }
+      if (this.stopped) return;
+      clear(this.body);
+      const servers = data.servers || [];
+      const alive = servers.filter((s) => s.alive);
+      const sum = (key) => alive.reduce((n, s) => n + (Number(s[key]) || 0), 0);
+      this.totals.textContent = `${alive.length} alive, ${servers.length - alive.length} lost · io ` +
+        `${sum("pool_busy")} running of ${sum("pool_size")} slots · ${sum("cpu_workers")} cpu worker processes`;
+      for (const s of servers) {
+        this.body.append(h("tr", {"data-owner": String(s.owner), "data-alive": String(!!s.alive)},
+          h("td", {class: "mono"}, String(s.owner).split(":").slice(-1)[0] + (s.me ? " (this one)" : "")),
+          h("td", null, String(s.host)), h("td", {class: "num"}, String(s.pid)), h("td", null, String(s.role)),
+          h("td", {class: "num"}, `${s.pool_busy} / ${s.pool_size}`), h("td", {class: "num"}, String(s.cpu_workers)),
+          h("td", {class: "num"}, String(s.streams ?? 0)), h("td", null, timeCell(new Date(s.started_at * 1000).toISOString())),
+          h("td", {class: "muted"}, `${Number(s.heartbeat_age).toFixed(1)} s ago`),
+          h("td", null, h("span", {class: "badge " + (s.alive ? "ok" : "bad")}, s.alive ? "alive" : "lost"))));
       }
     }
   }
@@ -1409,17 +1456,18 @@
     else if (path[0] === "schedules" && path.length > 1) page = new SchedulePage(root, path.slice(1).join("/"));
     else if (path[0] === "schedules") page = new SchedulesPage(root);
     else if (path[0] === "handlers") page = new HandlersPage(root);
+    else if (path[0] === "servers") page = new ServersPage(root);
     else if (path[0] === "jobs") page = new JobsPage(root, params, false);
     else if (path[0] === "failed") page = new JobsPage(root, params, true);
     else page = new OverviewPage(root);
     current = page;
-    const name = ["jobs", "failed", "schedules", "handlers"].includes(path[0]) ? path[0] : "overview";
+    const name = ["jobs", "failed", "schedules", "handlers", "servers"].includes(path[0]) ? path[0] : "overview";
     for (const link of document.querySelectorAll("nav a[data-page]")) {
       link.classList.toggle("active", link.dataset.page === name);
       if (link.dataset.page === name) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
     }
     const titles = {overview: "Overview", failed: "Failed jobs", jobs: path.length > 1 ? "Job" : "Jobs",
-                    schedules: path.length > 1 ? "Schedule" : "Schedules", handlers: "Handlers"};
+                    schedules: path.length > 1 ? "Schedule" : "Schedules", handlers: "Handlers", servers: "Servers"};
     document.title = `${titles[name]} · greenjobs`;
     Promise.resolve(page.start()).catch((error) => {
       if (current === page) put(clear(root), card(null, h("p", {class: "error"}, error.message)));
