@@ -56,6 +56,15 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def runner(owner: str | None) -> dict | None:
+    """A lease owner id (``host:pid:start:random``, greenjobs.pool.owners) as ``{id, host, pid}``, or None."""
+    if not owner:
+        return None
+    parts = owner.split(":")
+    pid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+    return {"id": owner, "host": parts[0], "pid": pid}
+
+
 def error_info(kind: str, message: str, traceback: str | None = None) -> dict[str, Any]:
     """The JSON shape of a job error: ``kind`` is machine-readable (timeout, exception, ...)."""
     return {"kind": kind, "message": message, "traceback": traceback}
@@ -96,6 +105,7 @@ class Job:
     waiting: str | None = None          # "rate_limit" (run_at is its reserved start) or "max_running"
     blocked: dict | None = None         # {count, longest_ms, total_ms}: how it blocked the event loop
     rerouted: bool = False              # an io handler's job sent to the cpu workers (it kept blocking the hub)
+    ran_by: str | None = None           # the runner (server or cpu worker owner id) of its last ended attempt
 
     @property
     def terminal(self) -> bool:
@@ -145,6 +155,7 @@ class Job:
             "blocked": self.blocked,
             "ran_in": "worker" if self.kind == "cpu" else "hub",
             "rerouted": self.rerouted,
+            "ran_by": runner(self.ran_by),
         }
 
     def why_waiting(self) -> dict | None:

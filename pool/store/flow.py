@@ -210,7 +210,8 @@ class FlowTable:
     def _expire_one(self, conn, job_id: str) -> Job | None:
         """Inside a transaction: end an active job that may not start any more (cancelled, error kind expired)."""
         row = conn.execute(self._q(f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, error = ?, waiting = NULL,"
-                                   " lease_owner = NULL, lease_expires = NULL, outbox = 0 WHERE id = ?"
+                                   " ran_by = COALESCE(lease_owner, ran_by), lease_owner = NULL, lease_expires = NULL,"
+                                   " outbox = 0 WHERE id = ?"
                                    f" AND state IN ('{SCHEDULED}', '{QUEUED}', '{RUNNING}') RETURNING {SELECT}"),
                            (time.time(), dumps(EXPIRED), job_id)).fetchone()
         return None if row is None else row_to_job(row)

@@ -16,7 +16,7 @@ from greenjobs.pool.job import ACTIVE, TERMINAL, Job
 COLUMNS = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
            "attempts", "result", "error", "errors", "progress", "batch_id", "created_at", "started_at",
            "finished_at", "callback_url", "callback", "schedule_name", "schedule_fire_at", "workflow_id",
-           "deps_left", "expires_at", "unique_key", "gate", "waiting", "blocked", "rerouted")
+           "deps_left", "expires_at", "unique_key", "gate", "waiting", "blocked", "rerouted", "ran_by")
 SELECT = ", ".join(COLUMNS)
 #: The columns a new job is inserted with (the rest start NULL or at their default).
 INSERTED = ("id", "handler", "kind", "state", "priority", "args", "kwargs", "timeout", "max_retries", "run_at",
@@ -82,7 +82,7 @@ def row_to_job(row) -> Job:
     (id_, handler, kind, state, priority, args, kwargs, timeout, max_retries, run_at, attempts,
      result, error, errors, progress, batch_id, created_at, started_at, finished_at, callback_url, callback,
      schedule_name, schedule_fire_at, workflow_id, deps_left, expires_at, unique_key, gate, waiting, blocked,
-     rerouted) = row
+     rerouted, ran_by) = row
     return Job(id=id_, handler=handler, kind=kind, state=state, priority=priority, args=json.loads(args),
                kwargs=json.loads(kwargs), timeout=timeout, max_retries=max_retries, run_at=run_at,
                attempts=attempts, result=loads(result), error=loads(error), errors=loads(errors) or [],
@@ -90,7 +90,7 @@ def row_to_job(row) -> Job:
                finished_at=finished_at, callback_url=callback_url, callback=loads(callback),
                schedule=None if schedule_name is None else {"name": schedule_name, "fire_at": schedule_fire_at},
                workflow_id=workflow_id, deps_left=deps_left, expires_at=expires_at, unique_key=unique_key,
-               gate=loads(gate), waiting=waiting, blocked=loads(blocked), rerouted=bool(rerouted))
+               gate=loads(gate), waiting=waiting, blocked=loads(blocked), rerouted=bool(rerouted), ran_by=ran_by)
 
 
 def insert_row(j: Job, owner: str, expires: float) -> tuple:

@@ -34,7 +34,7 @@ _CANCEL_WAITING = (f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, err
                    f" lease_expires = NULL WHERE id = ? AND state = '{SCHEDULED}' AND deps_left > 0 RETURNING {SELECT}")
 #: running (this attempt, leased to the runner) -> an end state, as the stores' batched FINISH does it
 _FINISH_STEP = ("UPDATE jobs SET state = ?, result = ?, error = ?, errors = ?, finished_at = ?,"
-                " progress = COALESCE(?, progress), lease_owner = NULL, lease_expires = NULL"
+                " progress = COALESCE(?, progress), ran_by = lease_owner, lease_owner = NULL, lease_expires = NULL"
                 f" WHERE id = ? AND state IN {FROM['finish']} AND lease_owner = ? AND attempts = ?")
 
 

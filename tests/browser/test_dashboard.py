@@ -517,5 +517,8 @@ def test_the_servers_page_and_a_runtime_column(make_server, browser, screenshot)
     cell = f"#jobs-table tr[data-job='{done['id']}'] td.runtime"
     wait(browser, lambda d: text(d, cell) not in (None, "—"), message="the job's runtime")
     assert text(browser, cell).endswith("ms") or text(browser, cell).endswith("s")
+    go(browser, f"#/jobs/{done['id']}")
+    wait(browser, lambda d: text(d, "#job-ran-by") is not None, message="who ran it")
+    assert f"pid {srv.proc.pid} · a server" in text(browser, "#job-ran-by")
     assert_not_reloaded(browser)
     assert_clean_console(browser)

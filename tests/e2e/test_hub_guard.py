@@ -41,6 +41,7 @@ def test_an_io_handler_that_keeps_blocking_is_rerouted_to_the_workers(make_serve
     for _ in range(3):
         done = srv.wait(srv.submit("hub.sleep", kwargs={"seconds": 0.3}, timeout=5)["id"], 30)
         assert done["state"] == "succeeded" and done["ran_in"] == "hub" and done["result"] == srv.proc.pid
+        assert done["ran_by"]["pid"] == srv.proc.pid
     wait_until(lambda: handler(srv, "hub.sleep")["kind"] == "cpu", 10, message="rerouted")
     rerouted = handler(srv, "hub.sleep")
     assert rerouted["declared_kind"] == "io" and "blocked the event loop 3 time(s)" in rerouted["rerouted"]
@@ -51,6 +52,7 @@ def test_an_io_handler_that_keeps_blocking_is_rerouted_to_the_workers(make_serve
     assert done["state"] == "succeeded", done
     assert (done["kind"], done["ran_in"], done["rerouted"]) == ("cpu", "worker", True)
     assert done["result"] != srv.proc.pid, "it ran in a worker process"
+    assert done["ran_by"]["pid"] == done["result"], "the job says which worker ran it"
     print(f"\n[hub] rerouted io handler: a 1.5 s unpatched sleep ran in a worker; worst /health {worst * 1000:.0f} ms")
 
 

@@ -221,3 +221,22 @@ def test_a_late_start_pushes_the_next_start_of_its_bucket_back(store):
     pushed = store.get(second.id)
     assert pushed.state == SCHEDULED and pushed.waiting == "rate_limit"
     assert pushed.run_at == pytest.approx(started + 0.5, abs=0.05)
+
+
+def test_the_runner_of_an_ended_attempt_is_kept(store):
+    """``ran_by``: the lease owner of the attempt that ended (finished, retried, cancelled while running)."""
+    done, retried, cancelled = job(), job(), job()
+    store.insert([done, retried, cancelled], OWNER)
+    taken = {j.id: j for j in store.take("host-a:123:1:x", ("io",), 10)}
+    assert store.finish(taken[done.id], "host-a:123:1:x", SUCCEEDED, "1", None)
+    assert store.retry(taken[retried.id], "host-a:123:1:x", time.time() + 60,
+                       {"kind": "exception", "message": "x", "traceback": None})
+    store.cancel(cancelled.id, lifecycle.CANCELLED_BY_REQUEST)
+    for job_id in (done.id, retried.id, cancelled.id):
+        got = store.get(job_id)
+        assert got.ran_by == "host-a:123:1:x", (job_id, got.state, got.ran_by)
+        assert got.public()["ran_by"] == {"id": "host-a:123:1:x", "host": "host-a", "pid": 123}
+    never = job()
+    store.insert([never], OWNER)
+    store.cancel(never.id, lifecycle.CANCELLED_BY_REQUEST)
+    assert store.get(never.id).ran_by is None, "never ran: nobody"

@@ -115,6 +115,8 @@ MIGRATIONS: dict[int, str] = {
        " ADD COLUMN IF NOT EXISTS rerouted integer NOT NULL DEFAULT 0;",
     # a rate bucket's last actual start: no two starts closer than its interval, however late one came
     9: "ALTER TABLE flow ADD COLUMN IF NOT EXISTS last_start double precision NOT NULL DEFAULT 0;",
+    # which server or cpu worker ran a job's last ended attempt (its lease owner, kept when the lease ends)
+    10: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS ran_by text;",
 }
 CURRENT = max(MIGRATIONS)
 

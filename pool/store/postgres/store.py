@@ -60,7 +60,8 @@ CLAIM = Swap(
 #: (state, result, error, errors, finished_at, progress, id, owner, attempt)
 FINISH = Swap(
     "UPDATE jobs SET state = v.state, result = v.result, error = v.error, errors = v.errors,"
-    " finished_at = v.finished_at, progress = COALESCE(v.progress, jobs.progress), lease_owner = NULL,"
+    " finished_at = v.finished_at, progress = COALESCE(v.progress, jobs.progress), ran_by = jobs.lease_owner,"
+    " lease_owner = NULL,"
     " lease_expires = NULL FROM " + json_rows("state text, result text, error text, errors text, finished_at float8,"
                                               " progress text, id text, owner text, attempt int")
     + f" WHERE jobs.id = v.id AND jobs.state IN {FROM['finish']} AND jobs.lease_owner = v.owner"
@@ -68,7 +69,7 @@ FINISH = Swap(
 #: running (this attempt, leased to the runner) -> scheduled for a retry: (run_at, error, errors, id, owner, attempt)
 RETRY = Swap(
     f"UPDATE jobs SET state = '{SCHEDULED}', run_at = v.run_at, error = v.error, errors = v.errors,"
-    " lease_owner = NULL, lease_expires = NULL"
+    " ran_by = jobs.lease_owner, lease_owner = NULL, lease_expires = NULL"
     f" FROM {json_rows('run_at float8, error text, errors text, id text, owner text, attempt int')}"
     f" WHERE jobs.id = v.id AND jobs.state IN {FROM['retry']} AND jobs.lease_owner = v.owner"
     " AND jobs.attempts = v.attempt RETURNING jobs.id", key=3)
@@ -466,7 +467,7 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
         elif not self._db.swap(FINISH, args + (job.id, owner, job.attempts)).get():
             return False
         job.transition(state)
-        job.finished_at, job.errors = now, errors
+        job.finished_at, job.errors, job.ran_by = now, errors, owner
         job.result = None if result_json is None else json.loads(result_json)
         job.error = error
         return True
@@ -511,7 +512,8 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
 
     def cancel(self, job_id: str, error: dict) -> tuple[Job | None, bool]:
         return self._change_or_read(
-            f"UPDATE jobs SET state = '{CANCELLED}', finished_at = %s, lease_owner = NULL, lease_expires = NULL,"
+            f"UPDATE jobs SET state = '{CANCELLED}', finished_at = %s, ran_by = COALESCE(lease_owner, ran_by),"
+            " lease_owner = NULL, lease_expires = NULL,"
             f" error = %s WHERE id = %s AND state IN {FROM['cancel']} RETURNING {SELECT}",
             (time.time(), dumps(error), job_id), job_id, "cancelled")
 
@@ -557,6 +559,8 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
 
     def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         now = time.time()
+        if not self._any(f"SELECT 1 FROM jobs WHERE state = '{SCHEDULED}' AND run_at <= ? LIMIT 1", (now,)):
+            return []           # (a read: an idle tick writes nothing, and tells the other servers nothing)
         return self._write_returning(
             f"WITH due AS MATERIALIZED (SELECT seq FROM jobs WHERE state IN {FROM['promote']} AND run_at <= %s"
             " AND kind = ANY(%s) ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED)"
@@ -644,7 +648,8 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
             verdict = judge(job, Lease(*row[-2:]))
             if verdict.answer == "lost":
                 row = conn.execute(
-                    "UPDATE jobs SET state = %s, error = %s, errors = %s, finished_at = %s, lease_owner = NULL,"
+                    "UPDATE jobs SET state = %s, error = %s, errors = %s, finished_at = %s, ran_by = lease_owner,"
+                    " lease_owner = NULL,"
                     f" lease_expires = NULL, outbox = 0 WHERE id = %s RETURNING {SELECT}",
                     (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()

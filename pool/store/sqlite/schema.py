@@ -107,6 +107,8 @@ MIGRATIONS: dict[int, str] = {
     9: "ALTER TABLE jobs ADD COLUMN blocked TEXT; ALTER TABLE jobs ADD COLUMN rerouted INTEGER NOT NULL DEFAULT 0",
     # a rate bucket's last actual start: no two starts closer than its interval, however late one came
     10: "ALTER TABLE flow ADD COLUMN last_start REAL NOT NULL DEFAULT 0",
+    # which server or cpu worker ran a job's last ended attempt (its lease owner, kept when the lease ends)
+    11: "ALTER TABLE jobs ADD COLUMN ran_by TEXT",
 }
 CURRENT = max((1, *MIGRATIONS))
 

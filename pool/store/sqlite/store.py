@@ -379,12 +379,12 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
                 return False
         elif not self._db.swap(
                 "UPDATE jobs SET state = ?, result = ?, error = ?, errors = ?, finished_at = ?,"
-                " progress = COALESCE(?, progress), lease_owner = NULL, lease_expires = NULL"
+                " progress = COALESCE(?, progress), ran_by = lease_owner, lease_owner = NULL, lease_expires = NULL"
                 f" WHERE id = ? AND state IN {FROM['finish']} AND lease_owner = ? AND attempts = ?",
                 args + (job.id, owner, job.attempts)).get():
             return False
         job.transition(state)
-        job.finished_at, job.errors = now, errors
+        job.finished_at, job.errors, job.ran_by = now, errors, owner
         job.result = None if result_json is None else json.loads(result_json)
         job.error = error
         return True
@@ -396,7 +396,8 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
 
         def op(conn):
             return conn.execute(
-                f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, error = ?, errors = ?, lease_owner = NULL,"
+                f"UPDATE jobs SET state = '{SCHEDULED}', run_at = ?, error = ?, errors = ?, ran_by = lease_owner,"
+                " lease_owner = NULL,"
                 f" lease_expires = NULL WHERE id = ? AND state IN {FROM['retry']} AND lease_owner = ? AND attempts = ?",
                 (run_at, dumps(error), dumps(errors), job.id, owner, job.attempts)).rowcount == 1
         if not self._db.write(op):
@@ -415,7 +416,8 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
 
         def op(conn):
             row = conn.execute(
-                f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, lease_owner = NULL, lease_expires = NULL,"
+                f"UPDATE jobs SET state = '{CANCELLED}', finished_at = ?, ran_by = COALESCE(lease_owner, ran_by),"
+                " lease_owner = NULL, lease_expires = NULL,"
                 f" error = ? WHERE id = ? AND state IN {FROM['cancel']} RETURNING {SELECT}",
                 (now, dumps(error), job_id)).fetchone()
             if row is not None:
@@ -503,6 +505,8 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
     def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         """scheduled -> queued for jobs whose ``run_at`` has come: io jobs unleased, cpu jobs in the outbox."""
         now = time.time()
+        if not self._any(f"SELECT 1 FROM jobs WHERE state = '{SCHEDULED}' AND run_at <= ? LIMIT 1", (now,)):
+            return []           # (a read: an idle tick writes nothing, and tells the other servers nothing)
         kind_marks = ",".join("?" * len(kinds))
         return self._write_returning(
             f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL,"
@@ -581,7 +585,8 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
             verdict = judge(job, Lease(*row[-2:]))
             if verdict.answer == "lost":
                 row = conn.execute(
-                    "UPDATE jobs SET state = ?, error = ?, errors = ?, finished_at = ?, lease_owner = NULL,"
+                    "UPDATE jobs SET state = ?, error = ?, errors = ?, finished_at = ?, ran_by = lease_owner,"
+                    " lease_owner = NULL,"
                     f" lease_expires = NULL, outbox = 0 WHERE id = ? RETURNING {SELECT}",
                     (lifecycle.WORKER_LOST[1], dumps(verdict.error), dumps(job.errors + [verdict.error]), now,
                      job_id)).fetchone()

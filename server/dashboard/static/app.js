@@ -1067,7 +1067,10 @@
         row("created", timeCell(job.created_at)),
         row("started", timeCell(job.started_at)),
         row("finished", timeCell(job.finished_at)),
-        row("duration", fmtDuration(duration)));
+        row("duration", fmtDuration(duration)),
+        row("ran by", job.ran_by ? h("span", {id: "job-ran-by", title: String(job.ran_by.id)},
+          `${job.ran_by.host} pid ${job.ran_by.pid ?? "?"} · ${job.ran_in === "worker" ? "a cpu worker" : "a server"}`)
+          : "—"));
 
       const args = card("Arguments", h("div", {class: "stack"},
         h("div", null, h("h3", null, "args"), jsonView(job.args ?? [])),
