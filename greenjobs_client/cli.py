@@ -215,7 +215,8 @@ def cmd_ls(client: Client, args) -> int:
         jobs = list(client.jobs(state=args.state, handler=args.handler, limit=None))
         following = None
     else:
-        jobs, following = client.page(state=args.state, handler=args.handler, limit=args.limit, after=args.after)
+        jobs, following = client.page(state=args.state, handler=args.handler, limit=args.limit, after=args.after,
+                                      search=args.search)
     if args.json:
         for job in jobs:
             _print_job(job)
@@ -377,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--handler")
     sub.add_argument("--limit", type=int, default=50, help="a page of at most this many (default 50)")
     sub.add_argument("--after", help="the page after this cursor (printed after a full page)")
+    sub.add_argument("--search", help="only jobs whose args or kwargs contain this text (e.g. an order id)")
     sub.add_argument("--all", action="store_true", help="every matching job, page after page")
     sub.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
 

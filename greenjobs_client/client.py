@@ -166,10 +166,11 @@ class Client:
         return self._get_job(job_id)
 
     def page(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of jobs, newest first, and the cursor of the next page (None after the last)."""
+             after: str | None = None, search: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of jobs, newest first (``search``: text in their args or kwargs), and the cursor of the next
+        page (None after the last)."""
         page = self._transport.request("GET", "/jobs", query={"state": state, "handler": handler, "limit": limit,
-                                                              "after": after})[1]
+                                                              "after": after, "q": search})[1]
         return page["jobs"], page.get("next") if len(page["jobs"]) >= limit else None
 
     def jobs(self, state: str | None = None, handler: str | None = None, page_size: int = 100,

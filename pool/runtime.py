@@ -281,7 +281,7 @@ class Runtime:
         return job
 
     def list(self, state: str | None, handler: str | None, limit: int, after: str | None,
-             schedule: str | None = None) -> tuple[list[Job], int | None]:
+             schedule: str | None = None, text: str | None = None) -> tuple[list[Job], int | None]:
         """A page of jobs, newest first, and the cursor of its last job.  ``after`` is a cursor from an
         earlier page (or, as earlier versions sent, a job id); BadCursor if it is neither."""
         cursor = None
@@ -290,7 +290,7 @@ class Runtime:
             cursor = int(after) if numeric else self.store.cursor_of(after)
             if cursor is None:
                 raise BadCursor("?after= must be the `next` value of the previous page")
-        return self.store.list(state=state, handler=handler, limit=limit, after=cursor, schedule=schedule)
+        return self.store.list(state=state, handler=handler, limit=limit, after=cursor, schedule=schedule, text=text)
 
     def submit_and_wait(self, job: Job, keys: dict | None, timeout: float) -> tuple[Job, bool]:
         """Submit one job and wait up to ``timeout`` s for its end, in one call (``POST /jobs?wait=``).

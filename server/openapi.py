@@ -81,6 +81,8 @@ DOCUMENT = {
                 {"name": "handler", "in": "query", "schema": {"type": "string"}},
                 {"name": "schedule", "in": "query", "schema": {"type": "string"},
                  "description": "only the jobs this schedule made (its slots and its run-now jobs)"},
+                {"name": "q", "in": "query", "schema": {"type": "string", "maxLength": 200},
+                 "description": "only jobs whose args or kwargs (as JSON) contain this text, case-sensitive"},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                 {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{0,18}$"},
                  "description": "the `next` value of the previous page"}],

@@ -179,7 +179,8 @@ def retry_job(request):
 
 @view_config(route_name="jobs", request_method="GET", renderer="json", permission="read")
 def list_jobs(request):
-    """GET /jobs: newest first, filtered by ?state=, ?handler= and ?schedule=, paged with ?limit= and ?after=."""
+    """GET /jobs: newest first, filtered by ?state=, ?handler=, ?schedule= and ?q= (text in the args or kwargs,
+    as JSON), paged with ?limit= and ?after=."""
     state = request.GET.get("state")
     if state is not None and state not in STATES:
         raise Problem(400, "Invalid query parameter", f"?state= must be one of {', '.join(STATES)} (got {state!r})")
@@ -187,7 +188,10 @@ def list_jobs(request):
     handler = request.GET.get("handler") or None
     schedule = request.GET.get("schedule") or None
     after = request.GET.get("after") or None
-    jobs, last = _runtime(request).list(state, handler, limit, after, schedule)
+    text = request.GET.get("q") or None
+    if text is not None and len(text) > 200:
+        raise Problem(400, "Invalid query parameter", "?q= searches for at most 200 characters")
+    jobs, last = _runtime(request).list(state, handler, limit, after, schedule, text)
     return {"jobs": [job.public() for job in jobs], "next": str(last) if len(jobs) == limit else None}
 
 

@@ -87,9 +87,11 @@ class JobStore(ABC):
 
     @abstractmethod
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: int | None = None, schedule: str | None = None) -> tuple[list[Job], int | None]:
-        """Newest first, filtered (``schedule``: the jobs of that schedule); returns (jobs, the cursor of the
-        last one).  ``after`` is such a cursor, which stays valid when its job is deleted meanwhile."""
+             after: int | None = None, schedule: str | None = None,
+             text: str | None = None) -> tuple[list[Job], int | None]:
+        """Newest first, filtered (``schedule``: the jobs of that schedule; ``text``: jobs whose args or kwargs
+        JSON holds it, case-sensitive: a scan, newest first, until ``limit`` match); returns (jobs, the cursor of
+        the last one).  ``after`` is such a cursor, which stays valid when its job is deleted meanwhile."""
 
     @abstractmethod
     def cursor_of(self, job_id: str) -> int | None:

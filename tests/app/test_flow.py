@@ -129,3 +129,11 @@ def test_max_running_caps_what_runs_at_once_and_the_rest_wait_without_a_slot(app
     spans = [(iso_to_epoch(e["started_at"]), iso_to_epoch(e["finished_at"])) for e in ended]
     most = max(sum(1 for s, f in spans if s <= t < f) for t, _ in spans)
     assert most == 2, spans
+
+
+def test_jobs_can_be_searched_by_their_arguments(app):
+    wanted = submit(app, "flow.echo", kwargs={"x": "order-5521"})
+    submit(app, "flow.echo", kwargs={"x": "order-9"})
+    found = app.get("/jobs?q=order-5521").json["jobs"]
+    assert [j["id"] for j in found] == [wanted["id"]]
+    assert app.get("/jobs?q=" + "x" * 201, status=400).json["detail"].startswith("?q= searches")

@@ -517,6 +517,11 @@ def test_the_servers_page_and_a_runtime_column(make_server, browser, screenshot)
     cell = f"#jobs-table tr[data-job='{done['id']}'] td.runtime"
     wait(browser, lambda d: text(d, cell) not in (None, "—"), message="the job's runtime")
     assert text(browser, cell).endswith("ms") or text(browser, cell).endswith("s")
+    other = srv.wait(srv.submit("echo", kwargs={"order": "needle-4711"})["id"], 30)
+    go(browser, "#/jobs?q=needle-4711")
+    wait(browser, lambda d: js(d, "return [...document.querySelectorAll('#jobs-table tr[data-job]')].map(r => "
+                                  "r.dataset.job)") == [other["id"]], message="the search's one job")
+    assert js(browser, "return document.getElementById('filter-q').value") == "needle-4711"
     go(browser, f"#/jobs/{done['id']}")
     wait(browser, lambda d: text(d, "#job-ran-by") is not None, message="who ran it")
     assert f"pid {srv.proc.pid} · a server" in text(browser, "#job-ran-by")

@@ -195,3 +195,10 @@ def test_a_rejected_token_exits_2(make_server):
     srv = make_server(app={"greenjobs.auth.tokens": "s3cret-admin-token-0123456789:admin"}, name="auth")
     out = run("status", "x", url=srv.url, env={"GREENJOBS_TOKEN": "wrong-token-0123456789abcdef"})
     assert out.returncode == 2 and "401" in out.stderr, (out.returncode, out.stderr)
+
+
+def test_ls_search_finds_a_job_by_its_arguments(server, client, marker):
+    job = client.submit("echo", marker=marker, order="ord-77431")
+    job.wait(30)
+    out = run("ls", "--search", "ord-77431", "--json", url=server.url)
+    assert out.returncode == 0 and [j["id"] for j in lines(out.stdout)] == [job.id]

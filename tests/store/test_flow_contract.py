@@ -240,3 +240,14 @@ def test_the_runner_of_an_ended_attempt_is_kept(store):
     store.insert([never], OWNER)
     store.cancel(never.id, lifecycle.CANCELLED_BY_REQUEST)
     assert store.get(never.id).ran_by is None, "never ran: nobody"
+
+
+def test_list_finds_jobs_by_text_in_their_arguments(store):
+    a = job(kwargs={"order": "A-1042", "note": "gift"})
+    b = job(args=["A-1043"])
+    c = job(kwargs={"order": "B-7"})
+    store.insert([a, b, c], OWNER)
+    assert [j.id for j in store.list(text="A-104")[0]] == [b.id, a.id]
+    assert [j.id for j in store.list(text="gift", limit=5)[0]] == [a.id]
+    assert store.list(text="a-104")[0] == [], "case-sensitive on both ledgers"
+    assert [j.id for j in store.list(text='"B-7"')[0]] == [c.id], "as JSON: quotes match too"

@@ -255,7 +255,8 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
         return jobs[0] if jobs else None
 
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: int | None = None, schedule: str | None = None) -> tuple[list[Job], int | None]:
+             after: int | None = None, schedule: str | None = None,
+             text: str | None = None) -> tuple[list[Job], int | None]:
         """Newest first, and the cursor (the sequence number) of the last one."""
         where, params = [], []
         for column, value in (("state = %s", state), ("handler = %s", handler), ("schedule_name = %s", schedule),
@@ -263,6 +264,9 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
             if value is not None and value != "":
                 where.append(column)
                 params.append(value)
+        if text:
+            where.append("(strpos(args, %s) > 0 OR strpos(kwargs, %s) > 0)")
+            params += [text, text]
         sql = f"SELECT {SELECT}, seq FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         rows = self._db.read(lambda conn: conn.execute(sql + " ORDER BY seq DESC LIMIT %s", (*params, limit)).fetchall())
         return [row_to_job(r[:-1]) for r in rows], (rows[-1][-1] if rows else None)

@@ -108,7 +108,8 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
         return self._db.read(self._get, job_id)
 
     def list(self, state: str | None = None, handler: str | None = None, limit: int = 50,
-             after: int | None = None, schedule: str | None = None) -> tuple[list[Job], int | None]:
+             after: int | None = None, schedule: str | None = None,
+             text: str | None = None) -> tuple[list[Job], int | None]:
         """Newest first, and the cursor of the last one: ``after`` is that cursor (a sequence number,
         so a page boundary stays valid when its job is deleted meanwhile)."""
         def query(conn):
@@ -125,6 +126,9 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
             if after is not None:
                 where.append("seq < ?")
                 params.append(after)
+            if text:
+                where.append("(instr(args, ?) > 0 OR instr(kwargs, ?) > 0)")
+                params.extend([text, text])
             sql = f"SELECT {SELECT}, seq FROM jobs"
             if where:
                 sql += " WHERE " + " AND ".join(where)

@@ -730,6 +730,7 @@
         handler: params.get("handler") || "",
         limit: PAGE_SIZES.includes(Number(params.get("limit"))) ? params.get("limit") : "",
         after: params.get("after") || "",
+        q: (params.get("q") || "").slice(0, 200),
       };
       this.rows = new Map();         // job id -> {tr, job}
     }
@@ -754,7 +755,10 @@
                                     this.params.state, (e) => this.go({state: e.target.value})),
         select("handler", "Handler", handlerOptions, this.params.handler, (e) => this.go({handler: e.target.value})),
         select("limit", "Per page", PAGE_SIZES.map((n) => [String(n), String(n)]), String(this.limit),
-               (e) => this.go({limit: e.target.value === "50" ? "" : e.target.value})));
+               (e) => this.go({limit: e.target.value === "50" ? "" : e.target.value})),
+        h("label", {class: "field"}, h("span", null, "Arguments contain"),
+          h("input", {type: "search", name: "q", id: "filter-q", value: this.params.q, maxlength: 200,
+                      placeholder: "e.g. an order id", onchange: (e) => this.go({q: e.target.value.trim()})})));
       this.body = h("tbody");
       this.count = h("span", {class: "muted", id: "selected-count"});
       const columns = this.failed
@@ -764,7 +768,8 @@
         : ["job", "handler", "state", "attempts", "progress", "created", "finished", "runtime"];
       const table = h("table", {class: "table jobs", id: "jobs-table"},
         h("thead", null, h("tr", null, columns.map((c) => (c instanceof Node ? c : h("th", null, c))))), this.body);
-      const key = this.base + "|" + this.params.state + "|" + this.params.handler + "|" + this.params.limit;
+      const key = this.base + "|" + this.params.state + "|" + this.params.handler + "|" + this.params.limit + "|" +
+                  this.params.q;
       if (!this.params.after) pageStacks.delete(key);
       this.pager = pager(key, this.params, null, this.base);
       let actions = null;
@@ -794,6 +799,7 @@
       if (this.params.state) query.set("state", this.params.state);
       if (this.params.handler) query.set("handler", this.params.handler);
       if (this.params.after) query.set("after", this.params.after);
+      if (this.params.q) query.set("q", this.params.q);
       let data;
       try {
         data = await api.get("/jobs?" + query);
@@ -899,6 +905,7 @@
     /** Whether a job not on the page belongs at its top now: new, or just moved into the filtered state. */
     accepts(event) {
       if (this.params.after) return false;                       // only the first page grows
+      if (this.params.q) return false;                           // events carry no arguments: refresh finds them
       if (this.params.handler && event.handler !== this.params.handler) return false;
       if (!this.params.state) return event.event === "submitted";
       return event.event !== "progress" && event.state === this.params.state;
