@@ -77,11 +77,13 @@ def render_key(template: str, kwargs: dict) -> str:
 
 def handler_rules(name: str, rate_limit: Any, rate_key: Any, max_running: Any) -> tuple:
     """Check @handler's flow arguments at import: (seconds between starts or None, template or None, N or None)."""
-    try:
-        every = None if rate_limit is None else parse_rate(rate_limit)
-        template = None if rate_key is None else check_template(rate_key)
-    except ValueError as exc:
-        raise ConfigurationError(f"handler {name!r}: {'rate_limit' if rate_key is None else 'rate_key'} {exc}") from None
+    def checked(field, value, parse):
+        try:
+            return None if value is None else parse(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"handler {name!r}: {field} {exc}") from None
+    every = checked("rate_limit", rate_limit, parse_rate)
+    template = checked("rate_key", rate_key, check_template)
     if max_running is not None and (isinstance(max_running, bool) or not isinstance(max_running, int)
                                     or max_running < 1):
         raise ConfigurationError(f"handler {name!r}: max_running must be a positive integer")
@@ -90,19 +92,18 @@ def handler_rules(name: str, rate_limit: Any, rate_key: Any, max_running: Any) -
 
 def gate(handler, data: dict, kwargs: dict, where: str) -> dict | None:
     """The gate of a submitted job (``data``: its spec) under ``handler``'s rules, or None for an ungated job."""
+    def field(name, parse):
+        try:
+            return parse(data[name])
+        except ValueError as exc:
+            raise InvalidJobParams(f"{where}{name}", str(exc)) from None
     every = handler.rate_every
     if "rate_limit" in data:
-        try:
-            own = parse_rate(data["rate_limit"])
-        except ValueError as exc:
-            raise InvalidJobParams(f"{where}rate_limit", str(exc)) from None
+        own = field("rate_limit", parse_rate)
         every = own if every is None else max(every, own)        # the lower rate wins
     template = handler.rate_key
     if "rate_key" in data:
-        try:
-            template = check_template(data["rate_key"])
-        except ValueError as exc:
-            raise InvalidJobParams(f"{where}rate_key", str(exc)) from None
+        template = field("rate_key", check_template)
         if every is None:
             raise InvalidJobParams(f"{where}rate_key", "needs a rate_limit (on the job or its handler)")
     if every is None and handler.max_running is None:

@@ -41,6 +41,14 @@ def load_object(spec: str, setting: str) -> Any:
     return value
 
 
+def app_object(settings, key: str, adapter: str, example: str) -> Any:
+    """The object an ``[app:main]`` key names (``flask.app = myapp:app``), for a framework adapter's setup."""
+    spec = settings.app.get(key)
+    if not spec:
+        raise ConfigurationError(f"{adapter}: set {key} = {example} in [app:main]")
+    return load_object(spec, key)
+
+
 def set_up(settings) -> "Middleware":
     """Run the ini's setup hooks (once, in this process) and build its middleware; returns the middleware."""
     extra: list = []

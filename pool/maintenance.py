@@ -202,10 +202,14 @@ class Maintenance(Listener):
             self.rt.webhooks.send(job)
 
     def promote_due(self) -> None:
-        """Move scheduled jobs whose time has come to queued, and hand them to their executor."""
+        """Move scheduled jobs whose time has come to queued, and hand them to their executor.  One read when none
+        is due (an idle tick writes nothing, and on PostgreSQL tells the other servers nothing); after a promotion,
+        a wake-up for the next one if it is due sooner than a tick (rate-limited starts are spaced)."""
         self._next_due = math.inf
-        self.rt.dispatch(self.rt.store.promote_due(("io", "cpu")))
-        due = self.rt.store.next_due()      # the next one sooner than a tick (rate-limited starts are spaced)
+        due = self.rt.store.next_due()
+        if due is not None and due <= time.time():
+            self.rt.dispatch(self.rt.store.promote_due(("io", "cpu")))
+            due = self.rt.store.next_due()
         if due is not None and due - time.time() < self.tick:
             self.wake_at(due)
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-from greenjobs.pool.errors import ConfigurationError
-from greenjobs.pool.hooks import load_object
+from greenjobs.pool.hooks import app_object
 
 
 class AppContext:
@@ -35,11 +34,7 @@ class AppContext:
 
 def setup(settings):
     """Load the Flask app named by ``flask.app``; returns the middleware that pushes its context per job."""
-    spec = settings.app.get("flask.app")
-    if not spec:
-        raise ConfigurationError("greenjobs.handlers.frameworks.flask: set flask.app = myapp:app (or myapp:create_app)"
-                                 " in [app:main]")
-    app = load_object(spec, "flask.app")
+    app = app_object(settings, "flask.app", __name__, "myapp:app (or myapp:create_app)")
     if not hasattr(app, "app_context"):
         app = app()                              # a factory
     return AppContext(app)

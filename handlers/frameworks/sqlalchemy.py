@@ -9,7 +9,7 @@ rely on gevent's patched threading): each io job then has its own session.
 from __future__ import annotations
 
 from greenjobs.pool.errors import ConfigurationError
-from greenjobs.pool.hooks import load_object
+from greenjobs.pool.hooks import app_object
 
 
 class RemoveSession:
@@ -24,11 +24,8 @@ class RemoveSession:
 
 def setup(settings):
     """Find the scoped session named by ``sqlalchemy.session``; returns the middleware that removes it per job."""
-    spec = settings.app.get("sqlalchemy.session")
-    if not spec:
-        raise ConfigurationError("greenjobs.handlers.frameworks.sqlalchemy: set sqlalchemy.session = myapp.db:Session"
-                                 " (a scoped_session) in [app:main]")
-    session = load_object(spec, "sqlalchemy.session")
+    session = app_object(settings, "sqlalchemy.session", __name__, "myapp.db:Session (a scoped_session)")
     if not hasattr(session, "remove"):
-        raise ConfigurationError(f"sqlalchemy.session: {spec!r} is not a scoped_session (it has no remove())")
+        raise ConfigurationError(f"sqlalchemy.session: {settings.app['sqlalchemy.session']!r} is not a"
+                                 " scoped_session (it has no remove())")
     return RemoveSession(session)

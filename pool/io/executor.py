@@ -51,7 +51,7 @@ class _Run:
         self.timer = None
         self.outcome: Outcome | None = None
         self.done = Event()
-        self.started = time.monotonic()
+        self.started = 0.0              # monotonic time the handler was called (set by _body)
 
     def late(self) -> bool:
         """Whether the attempt is past its timeout: its timer could not fire because the handler held the hub."""

@@ -251,3 +251,17 @@ def test_list_finds_jobs_by_text_in_their_arguments(store):
     assert [j.id for j in store.list(text="gift", limit=5)[0]] == [a.id]
     assert store.list(text="a-104")[0] == [], "case-sensitive on both ledgers"
     assert [j.id for j in store.list(text='"B-7"')[0]] == [c.id], "as JSON: quotes match too"
+
+
+def test_how_a_job_blocked_the_event_loop_is_recorded_whatever_its_state(store):
+    """``record_blocked`` (the hub guard's write): fire and forget, on a running or an already ended job."""
+    running, ended = job(), job()
+    store.insert([running, ended], OWNER)
+    taken = {j.id: j for j in store.take(OWNER, ("io",), 10)}
+    assert store.finish(taken[ended.id], OWNER, SUCCEEDED, "1", None)
+    store.record_blocked(running.id, {"count": 1, "longest_ms": 150, "total_ms": 150})
+    store.record_blocked(ended.id, {"count": 2, "longest_ms": 900, "total_ms": 1200})
+    store.flush()
+    assert store.get(running.id).blocked == {"count": 1, "longest_ms": 150, "total_ms": 150}
+    assert store.get(ended.id).public()["blocked"] == {"count": 2, "longest_ms": 900, "total_ms": 1200}
+    assert store.get(ended.id).state == SUCCEEDED

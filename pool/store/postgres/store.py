@@ -563,8 +563,6 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
 
     def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         now = time.time()
-        if not self._any(f"SELECT 1 FROM jobs WHERE state = '{SCHEDULED}' AND run_at <= ? LIMIT 1", (now,)):
-            return []           # (a read: an idle tick writes nothing, and tells the other servers nothing)
         return self._write_returning(
             f"WITH due AS MATERIALIZED (SELECT seq FROM jobs WHERE state IN {FROM['promote']} AND run_at <= %s"
             " AND kind = ANY(%s) ORDER BY run_at LIMIT %s FOR UPDATE SKIP LOCKED)"

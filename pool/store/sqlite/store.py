@@ -509,8 +509,6 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
     def promote_due(self, kinds: tuple[str, ...], limit: int = 10000) -> list[Job]:
         """scheduled -> queued for jobs whose ``run_at`` has come: io jobs unleased, cpu jobs in the outbox."""
         now = time.time()
-        if not self._any(f"SELECT 1 FROM jobs WHERE state = '{SCHEDULED}' AND run_at <= ? LIMIT 1", (now,)):
-            return []           # (a read: an idle tick writes nothing, and tells the other servers nothing)
         kind_marks = ",".join("?" * len(kinds))
         return self._write_returning(
             f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, lease_expires = NULL,"
