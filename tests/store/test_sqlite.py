@@ -184,3 +184,23 @@ def test_the_committer_survives_a_failure_of_its_own_recovery(tmp_path, monkeypa
         assert s.get(j.id) is not None and s.healthy is True
     finally:
         s.close()
+
+
+def test_two_processes_opening_a_new_ledger_at_once_migrate_it_once(tmp_path):
+    """Two servers (gunicorn's workers) starting together on a fresh file: the second waits for the first's
+    migration and finds nothing left to do, instead of adding its columns again (duplicate column name)."""
+    import subprocess
+    import sys
+    path = tmp_path / "fresh.sqlite"
+    code = ("import sys, time, sqlite3; from greenjobs.pool.store.sqlite import schema;"
+            " conn = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None);"
+            " time.sleep(max(0.0, float(sys.argv[2]) - time.time()));"     # all read the version at one moment
+            " schema.migrate(conn); print(conn.execute('PRAGMA user_version').fetchone()[0])")
+    for _ in range(5):
+        path.unlink(missing_ok=True)
+        at = str(time.time() + 1.5)
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(path), at], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in outs]
+        assert {out.strip() for out, _ in outs} == {str(schema.CURRENT)}

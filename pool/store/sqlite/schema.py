@@ -123,6 +123,12 @@ def migrate(conn: sqlite3.Connection) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        # read again under the write lock: another process of this ledger (a second gunicorn worker starting at the
+        # same moment) may have migrated it while we waited, and its ALTERs must not run twice
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == CURRENT:
+            conn.execute("COMMIT")
+            return
         if version == 0:
             have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
             if have:                              # a ledger from before versions were kept
