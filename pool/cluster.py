@@ -16,23 +16,35 @@ can be missed (a lost connection, PgBouncer in transaction mode), a poll cannot.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from importlib import metadata
 
 import gevent
 from gevent.event import Event
 
 from greenjobs.pool.job import CANCELLED, RUNNING, TERMINAL
+from greenjobs.pool.observe import throughput
 from greenjobs.pool.owners import HOST
-from greenjobs.pool.store.rows import ServerRecord
+from greenjobs.pool.store.rows import SERVER_COLUMNS, ServerRecord
 
 log = logging.getLogger(__name__)
 
 #: Seconds after its last heartbeat a server's row is deleted (it is shown as lost until then).
 FORGET_AFTER = 3600.0
+#: Seconds a server's rates in /servers are averaged over.
+RATE_WINDOW = 10
+
+
+def _loads(text: str | None) -> dict:
+    """A JSON column of the servers table (an older server writes none)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _version() -> str:
@@ -61,14 +73,24 @@ class Membership:
         workers = rt.supervisor.alive() if rt.supervisor is not None else 0
         return ServerRecord(owner=rt.owner, host=HOST, pid=os.getpid(), role=self.role, version=self.version,
                             started_at=rt.started_at, heartbeat_at=now, pool_size=pool["size"],
-                            pool_busy=pool["busy"], cpu_workers=workers, streams=rt.events.subscribers)
+                            pool_busy=pool["busy"], cpu_workers=workers, streams=rt.events.subscribers,
+                            stats=json.dumps(self.stats(now), separators=(",", ":")))
+
+    def stats(self, now: float) -> dict:
+        """What this server adds to its row: its throughput of the last minutes, its cpu workers, and what it
+        did with the last request an admin left it."""
+        control = self.rt.worker_control
+        return {"throughput": self.rt.throughput.snapshot(now), "cpu": control.state(), "control": control.applied}
 
     def beat(self) -> None:
-        """Write our heartbeat (forgetting servers long gone) and read the table."""
+        """Write our heartbeat (forgetting servers long gone), read the table, act on a request left for us."""
         now = time.time()
         forget = now - max(FORGET_AFTER, 10 * self.rt.settings.store_lease_seconds)
         self.rt.store.beat(self.record(now), forget_before=forget)
         self.servers = self.rt.store.servers()
+        mine = next((s for s in self.servers if s.owner == self.rt.owner), None)
+        if mine is not None:
+            self.rt.worker_control.heard(mine.control)
         if self.rt.shared_events is not None:
             self.rt.shared_events.observe(self.view())
 
@@ -104,8 +126,35 @@ class Membership:
     def view(self) -> list[dict]:
         """Every server of the last read, with whether it is alive (a heartbeat within the lease) and which is us."""
         now, lease = time.time(), self.rt.settings.store_lease_seconds
-        return [{**asdict(s), "alive": s.heartbeat_at >= now - lease, "me": s.owner == self.rt.owner,
-                 "heartbeat_age": round(max(0.0, now - s.heartbeat_at), 3)} for s in self.servers]
+        fields = SERVER_COLUMNS[:-1]                    # not the stats JSON: describe() reads it
+        return [{**{name: getattr(s, name) for name in fields}, "alive": s.heartbeat_at >= now - lease,
+                 "me": s.owner == self.rt.owner, "heartbeat_age": round(max(0.0, now - s.heartbeat_at), 3)}
+                for s in self.servers]
+
+    def describe(self) -> list[dict]:
+        """GET /servers: :meth:`view`, and each server's jobs per second over the last RATE_WINDOW seconds, its cpu
+        workers and the last request an admin left it (with what it did about it)."""
+        now = time.time()
+        records = {s.owner: s for s in self.servers}
+        out = []
+        for row in self.view():
+            record = records[row["owner"]]
+            stats = self.stats(now) if row["me"] else _loads(record.stats)
+            rates = throughput.series([stats.get("throughput") or {}], now)["seconds"]
+            out.append({**row, "rate": {name: round(sum(rates[name][-RATE_WINDOW:]) / RATE_WINDOW, 3)
+                                        for name in throughput.NAMES},
+                        "cpu": stats.get("cpu") or {"supervised": False},
+                        "control": {"requested": _loads(record.control) or None, "applied": stats.get("control")}})
+        return out
+
+    def throughput(self) -> dict:
+        """The cluster's jobs per second (every alive server's, summed; ours as of now, the others' as of their
+        last heartbeat): the last minute second by second and the last minutes in buckets."""
+        now, lease = time.time(), self.rt.settings.store_lease_seconds
+        snaps = [self.rt.throughput.snapshot(now)]
+        snaps += [_loads(s.stats).get("throughput") or {} for s in self.servers
+                  if s.owner != self.rt.owner and s.heartbeat_at >= now - lease]
+        return {"servers": len(snaps), **throughput.series(snaps, now)}
 
     def counts(self) -> dict:
         """How many servers are alive and lost (for /health)."""

@@ -18,6 +18,7 @@ import gevent
 
 from greenjobs.pool import workflows
 from greenjobs.pool.cluster import ClusterWatch, Membership
+from greenjobs.pool.cpu.control import WorkerControl
 from greenjobs.pool.cpu.dispatcher import CpuDispatcher
 from greenjobs.pool.cpu.supervisor import HostLock, Supervisor
 from greenjobs.pool.errors import BadCursor, ConfigurationError, JobFinished, JobNotFound, ShuttingDown
@@ -30,6 +31,7 @@ from greenjobs.pool.maintenance import Maintenance
 from greenjobs.pool.observe.events import EventLog, SharedEvents
 from greenjobs.pool.observe.metrics import JobMetrics
 from greenjobs.pool.observe.signals import SignalSender
+from greenjobs.pool.observe.throughput import Throughput
 from greenjobs.pool.observe.webhooks import Webhooks
 from greenjobs.pool.owners import owner_id
 from greenjobs.pool.scheduler import Scheduler
@@ -90,6 +92,7 @@ class Runtime:
         self.waiters = self.listeners.add(Waiters())
         self.events = self.listeners.add(EventLog(settings.events_replay))
         self.metrics = self.listeners.add(JobMetrics())
+        self.throughput = self.listeners.add(Throughput())
         self.signals = self.listeners.add(SignalSender(settings.signals_backlog))
         self.webhooks = self.listeners.add(Webhooks(settings, self.store, self.owner, self._enqueue))
         self.progress = self.listeners.add(Progress(self))
@@ -103,6 +106,7 @@ class Runtime:
         self.supervisor = Supervisor(ini, settings.workers_cpu, grace=settings.shutdown_grace) \
             if ini and settings.workers_cpu > 0 else None
         self.host_lock = HostLock(ini) if self.supervisor is not None else None    # started by supervise()
+        self.worker_control = WorkerControl(self)
         self._told_holder = False
         self.cpu = CpuDispatcher(settings, self.store, registry, sink, supervisor=self.supervisor)
         self.cluster = ClusterWatch(self, settings.cluster_poll, settings.cluster_notify)

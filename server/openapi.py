@@ -125,6 +125,22 @@ DOCUMENT = {
                                  "schema": {"type": "object", "properties": {
                                      "servers": {"type": "array", "items": {"type": "object"}}}}}}},
                                  **_errors(401, 403)}}},
+        "/servers/{owner}/workers": {
+            "post": {"summary": "Resize (`{\"size\": N}`) or restart one at a time (`{\"restart\": true}`) the cpu "
+                                "workers of one server (its `owner` in GET /servers): this server acts at once (200), "
+                                "another at its next heartbeat (202; its row in GET /servers shows the outcome)",
+                     "parameters": [{"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}],
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "oneOf": [{"type": "object", "required": ["size"], "additionalProperties": False,
+                                    "properties": {"size": {"type": "integer", "minimum": 0, "maximum": 256}}},
+                                   {"type": "object", "required": ["restart"], "additionalProperties": False,
+                                    "properties": {"restart": {"const": True}}}]}}}},
+                     "responses": {"200": {"description": "applied"}, "202": {"description": "left for that server"},
+                                   **_errors(400, 401, 403, 404, 408, 409, 413, 415, 422)}},
+        },
+        "/throughput": {"get": {"summary": "Jobs submitted, succeeded and failed per second by every alive server, "
+                                           "summed: the last minute by second and the last 15 minutes by 10 s",
+                                "responses": {"200": {"description": "series"}, **_errors(401, 403)}}},
         "/workflows": {
             "post": {"summary": "Submit a chain, group or chord of steps (job specs or nested workflows); each step "
                                 "a job from the start, the later ones waiting for their dependencies",

@@ -9,6 +9,8 @@ ROUTES = (
     ("handlers", "/handlers"),
     ("health", "/health"),
     ("servers", "/servers"),
+    ("server_workers", "/servers/{owner}/workers"),
+    ("throughput", "/throughput"),
     ("workflows", "/workflows"),
     ("workflow", "/workflows/{id}"),
     ("schedules", "/schedules"),

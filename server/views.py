@@ -220,13 +220,6 @@ def list_handlers(request):
                          for h in request.registry.greenjobs_handlers]}
 
 
-@view_config(route_name="servers", request_method="GET", renderer="json", permission="read")
-def list_servers(request):
-    """GET /servers: every server and io worker sharing this ledger, from the servers table as of this
-    server's last heartbeat (at most a maintenance tick old); lost ones until they are forgotten."""
-    return {"servers": _runtime(request).members.view()}
-
-
 @view_config(route_name="health", request_method="GET", renderer="json", permission=NO_PERMISSION_REQUIRED)
 def health(request):
     """GET /health: 200 while the server accepts jobs and its store writes, else 503; pools, workers and store."""

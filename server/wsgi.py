@@ -109,6 +109,7 @@ def includeme(config) -> None:
     config.scan("greenjobs.server.views")
     config.scan("greenjobs.server.schedules")
     config.scan("greenjobs.server.workflows")
+    config.scan("greenjobs.server.cluster")
     config.scan("greenjobs.server.streams")
     config.scan("greenjobs.server.openapi")
     config.include("greenjobs.server.dashboard")

@@ -36,15 +36,66 @@ class Supervisor:
         self.restarts = 0
         self._killed: set[int] = set()                    # pids we killed on purpose (no backoff)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads: dict[int, threading.Thread] = {}   # slot -> its watcher
+        self._lock = threading.Lock()
+        self.restarting = False                           # a rolling restart is under way
 
     def start(self) -> "Supervisor":
         """Start one watcher thread per slot, each running and restarting its worker; returns self."""
-        for slot in range(self.count):
-            thread = threading.Thread(target=self._watch, args=(slot,), name=f"worker-{slot}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        with self._lock:
+            self._start_watchers()
         return self
+
+    def _start_watchers(self) -> None:
+        for slot in range(self.count):
+            thread = self._threads.get(slot)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._watch, args=(slot,), name=f"worker-{slot}", daemon=True)
+                self._threads[slot] = thread
+                thread.start()
+
+    def resize(self, count: int) -> None:
+        """Keep ``count`` workers from now on: new slots start at once; a removed slot's worker is sent SIGTERM,
+        finishes its job (SIGKILL after the grace, as at shutdown) and is not replaced."""
+        with self._lock:
+            retired = [self.procs.get(slot) for slot in range(count, self.count)]
+            self.count = count
+            self._start_watchers()
+        for proc in retired:
+            if proc is not None:
+                self._retire(proc)
+
+    def restart(self) -> None:
+        """Replace every worker, one at a time (the others keep working): each gets SIGTERM, finishes its job
+        (SIGKILL after the grace) and is replaced at once, before the next one is asked.  Blocks until done:
+        run it in its own thread or greenlet."""
+        self.restarting = True
+        try:
+            for slot in sorted(list(self.procs)):
+                proc = self.procs.get(slot)
+                if proc is None or proc.poll() is not None or slot >= self.count or self._stop.is_set():
+                    continue
+                self._killed.add(proc.pid)                # a planned replacement: no backoff
+                self._retire(proc)
+                deadline = time.monotonic() + 30.0        # its replacement running before the next one goes
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    new = self.procs.get(slot)
+                    if slot >= self.count or (new is not None and new is not proc and new.poll() is None):
+                        break
+                    self._stop.wait(0.05)
+        finally:
+            self.restarting = False
+
+    def _retire(self, proc: subprocess.Popen) -> None:
+        """SIGTERM ``proc`` and wait for it, SIGKILL after the grace."""
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(self.grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        except ProcessLookupError:
+            pass
 
     def _spawn(self) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "greenjobs.pool.cpu.worker", "--one", "--supervised",
@@ -54,10 +105,17 @@ class Supervisor:
         backoff = 0.5
         while not self._stop.is_set():
             started = time.monotonic()
-            proc = self._spawn()
-            self.procs[slot] = proc
+            with self._lock:                              # a resize reads procs under it: none spawns unseen
+                if slot >= self.count:
+                    break
+                proc = self._spawn()
+                self.procs[slot] = proc
             code = proc.wait()
             if self._stop.is_set():
+                break
+            if slot >= self.count:                        # resized away: not replaced
+                self.procs.pop(slot, None)
+                log.info("worker %s (pid %s) stopped: the pool was resized to %d", slot, proc.pid, self.count)
                 break
             self.restarts += 1
             if proc.pid in self._killed or code == EXIT_STOPPED:

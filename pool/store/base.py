@@ -133,8 +133,13 @@ class JobStore(ABC):
     # -- the servers table ----------------------------------------------------------------
     @abstractmethod
     def beat(self, server: ServerRecord, forget_before: float) -> None:
-        """Record ``server``'s heartbeat (insert or replace its row) and delete the rows of servers whose last
-        heartbeat is older than ``forget_before`` (epoch seconds), in one transaction."""
+        """Record ``server``'s heartbeat (insert its row or update it, keeping its ``control``) and delete the rows
+        of servers whose last heartbeat is older than ``forget_before`` (epoch seconds), in one transaction."""
+
+    @abstractmethod
+    def request_control(self, owner: str, request: str) -> bool:
+        """Leave ``request`` (JSON) in ``owner``'s row for it to act on at its next heartbeat, replacing an
+        earlier one; False if there is no such server."""
 
     @abstractmethod
     def servers(self) -> list[ServerRecord]:

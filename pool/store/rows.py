@@ -40,15 +40,19 @@ class ServerRecord:
     pool_busy: int
     cpu_workers: int        # worker processes it supervises
     streams: int = 0        # open GET /events streams (every server writes events to the ledger while any are)
+    stats: str | None = None    # JSON: its throughput of the last minutes and its cpu workers (pool.observe.throughput)
+    control: str | None = None  # JSON: the last request an admin made of it (resize or restart its cpu workers)
 
     def row(self) -> tuple:
-        """The record as a servers row, in SERVER_COLUMNS order."""
-        return astuple(self)
+        """The record as a servers row, in SERVER_COLUMNS order (``control`` is the admins', never a heartbeat's)."""
+        return astuple(self)[:len(SERVER_COLUMNS)]
 
 
-#: The servers table's columns, in ServerRecord's order.
+#: The servers table's columns a heartbeat writes, in ServerRecord's order.
 SERVER_COLUMNS = ("owner", "host", "pid", "role", "version", "started_at", "heartbeat_at", "pool_size", "pool_busy",
-                  "cpu_workers", "streams")
+                  "cpu_workers", "streams", "stats")
+#: The columns read back: a heartbeat's, and the request an admin left for the server.
+SERVER_READ = SERVER_COLUMNS + ("control",)
 
 
 def states(names) -> str:

@@ -34,6 +34,8 @@ EXPECTED = {
     ("batch", "GET"): ("read", 200),
     ("handlers", "GET"): ("read", 200),
     ("servers", "GET"): ("read", 200),
+    ("server_workers", "POST"): ("admin", 409),         # allowed, but this app's server supervises no cpu workers
+    ("throughput", "GET"): ("read", 200),
     ("workflows", "POST"): ("submit", 202),
     ("workflow", "GET"): ("read", 200),
     ("workflow", "DELETE"): ("admin", 200),
@@ -114,6 +116,8 @@ def request_for(app, route, method):
         body = {"name": f"s{new_id()}", "handler": "echo", "every": 60}
     elif (route, method) == ("schedule", "PATCH"):
         body = {"every": 30}
+    elif route == "server_workers":
+        return PATTERNS[route].replace("{owner}", app.app.registry.greenjobs_runtime.owner), {"size": 1}
     if "{name}" in PATTERNS[route]:          # a fresh schedule: DELETE and PATCH change theirs
         name = f"s{new_id()}"
         app.post("/schedules", json.dumps({"name": name, "handler": "echo", "every": 60}),

@@ -1311,10 +1311,10 @@ def test_held_lists_the_running_jobs_of_the_kinds_asked_leased_to_an_owner(store
     assert store.held("A", ("io",)) == []
 
 
-def server(owner, started, beat, busy=0, role="server"):
+def server(owner, started, beat, busy=0, role="server", stats=None):
     from greenjobs.pool.store.rows import ServerRecord
     return ServerRecord(owner=owner, host="h1", pid=4242, role=role, version="0.1.0", started_at=started,
-                        heartbeat_at=beat, pool_size=100, pool_busy=busy, cpu_workers=2)
+                        heartbeat_at=beat, pool_size=100, pool_busy=busy, cpu_workers=2, stats=stats)
 
 
 def test_the_servers_table_keeps_one_row_per_server_with_its_last_heartbeat(store):
@@ -1330,6 +1330,21 @@ def test_the_servers_table_keeps_one_row_per_server_with_its_last_heartbeat(stor
     store.leave("A")
     assert [s.owner for s in store.servers()] == ["B"]
     store.leave("nobody")                                                           # nothing to delete: no error
+
+
+def test_an_admins_request_stays_in_the_servers_row_through_its_heartbeats(store):
+    now = time.time()
+    store.beat(server("A", now, now, stats='{"cpu":{"target":2}}'), forget_before=now - 60)
+    assert store.servers()[0].stats == '{"cpu":{"target":2}}' and store.servers()[0].control is None
+    assert store.request_control("A", '{"id":"r1","size":3}') is True
+    assert store.request_control("nobody", '{"id":"r2","size":3}') is False       # no such server: nothing made
+    store.beat(server("A", now, now + 1, stats='{"cpu":{"target":3}}'), forget_before=now - 60)
+    (row,) = store.servers()
+    assert row.control == '{"id":"r1","size":3}' and row.stats == '{"cpu":{"target":3}}'   # a beat keeps it
+    assert store.request_control("A", '{"id":"r3","restart":true}') is True       # a later one replaces it
+    assert store.servers()[0].control == '{"id":"r3","restart":true}'
+    store.leave("A")
+    assert store.request_control("A", '{"id":"r4","size":1}') is False and store.servers() == []
 
 
 def test_a_heartbeat_forgets_servers_silent_since_before_its_cutoff(store):

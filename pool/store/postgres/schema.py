@@ -117,6 +117,8 @@ MIGRATIONS: dict[int, str] = {
     9: "ALTER TABLE flow ADD COLUMN IF NOT EXISTS last_start double precision NOT NULL DEFAULT 0;",
     # which server or cpu worker ran a job's last ended attempt (its lease owner, kept when the lease ends)
     10: "ALTER TABLE jobs ADD COLUMN IF NOT EXISTS ran_by text;",
+    # a server's throughput and cpu workers in its heartbeat, and an admin's request to resize or restart those
+    11: "ALTER TABLE servers ADD COLUMN IF NOT EXISTS stats text, ADD COLUMN IF NOT EXISTS control text;",
 }
 CURRENT = max(MIGRATIONS)
 

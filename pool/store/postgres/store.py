@@ -27,12 +27,12 @@ from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advanc
 from greenjobs.pool.store.workflows import WorkflowTable
 from greenjobs.pool.store.flow import FlowTable
 from greenjobs.pool.store.postgres.committer import Committer, Swap, json_rows
-from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
+from greenjobs.pool.store.rows import (SERVER_COLUMNS, SERVER_READ, ServerRecord, ACTIVE_SQL, FROM, INSERTED, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
                                        UNIQUE_FREE, dumps, insert_row, row_to_job)
 
 log = logging.getLogger(__name__)
-_SERVER_SELECT = ", ".join(SERVER_COLUMNS)
-_BEAT = (f"INSERT INTO servers ({_SERVER_SELECT}) VALUES ({', '.join(['%s'] * len(SERVER_COLUMNS))})"
+_SERVER_SELECT = ", ".join(SERVER_READ)
+_BEAT = (f"INSERT INTO servers ({', '.join(SERVER_COLUMNS)}) VALUES ({', '.join(['%s'] * len(SERVER_COLUMNS))})"
          " ON CONFLICT (owner) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in SERVER_COLUMNS[1:]))
 
 #: A maintenance tick analyzes the job table when this share of its rows changed since the last analyze
@@ -351,6 +351,10 @@ class PostgresStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
     def servers(self) -> list[ServerRecord]:
         return [ServerRecord(*r) for r in self._db.read(lambda conn: conn.execute(
             f"SELECT {_SERVER_SELECT} FROM servers ORDER BY started_at, owner").fetchall())]
+
+    def request_control(self, owner: str, request: str) -> bool:
+        return self._db.write(lambda conn: conn.execute("UPDATE servers SET control = %s WHERE owner = %s",
+                                                        (request, owner)).rowcount) == 1
 
     def leave(self, owner: str) -> None:
         self._db.write(lambda conn: conn.execute("DELETE FROM servers WHERE owner = %s", (owner,)))

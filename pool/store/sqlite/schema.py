@@ -109,6 +109,8 @@ MIGRATIONS: dict[int, str] = {
     10: "ALTER TABLE flow ADD COLUMN last_start REAL NOT NULL DEFAULT 0",
     # which server or cpu worker ran a job's last ended attempt (its lease owner, kept when the lease ends)
     11: "ALTER TABLE jobs ADD COLUMN ran_by TEXT",
+    # a server's throughput and cpu workers in its heartbeat, and an admin's request to resize or restart those
+    12: "ALTER TABLE servers ADD COLUMN stats TEXT; ALTER TABLE servers ADD COLUMN control TEXT",
 }
 CURRENT = max((1, *MIGRATIONS))
 

@@ -17,7 +17,7 @@ from greenjobs.pool import lifecycle
 from greenjobs.pool.errors import IdempotencyConflict, ScheduleRaced, StoreUnavailable
 from greenjobs.pool.job import CANCELLED, QUEUED, RUNNING, SCHEDULED, Job
 from greenjobs.pool.store.base import JobStore, Lease, Pending
-from greenjobs.pool.store.rows import (SERVER_COLUMNS, ServerRecord, ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
+from greenjobs.pool.store.rows import (SERVER_COLUMNS, SERVER_READ, ServerRecord, ACTIVE_SQL, FROM, PUBLISHED_SQL, SELECT, TERMINAL_SQL,
                                        UNIQUE_FREE, dumps, insert_row, row_to_job)
 from greenjobs.pool.schedules import Advance
 from greenjobs.pool.store.schedules import ADVANCE, RACED, ScheduleTable, advance_params
@@ -27,8 +27,9 @@ from greenjobs.pool.store.sqlite import schema
 from greenjobs.pool.store.sqlite.committer import GroupCommitter
 
 log = logging.getLogger(__name__)
-_SERVER_SELECT = ", ".join(SERVER_COLUMNS)
-_BEAT = f"INSERT OR REPLACE INTO servers ({_SERVER_SELECT}) VALUES ({', '.join('?' * len(SERVER_COLUMNS))})"
+_SERVER_SELECT = ", ".join(SERVER_READ)
+_BEAT = (f"INSERT INTO servers ({', '.join(SERVER_COLUMNS)}) VALUES ({', '.join('?' * len(SERVER_COLUMNS))})"
+         " ON CONFLICT (owner) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in SERVER_COLUMNS[1:]))
 
 
 class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
@@ -246,6 +247,10 @@ class SqliteStore(FlowTable, WorkflowTable, ScheduleTable, JobStore):
     def servers(self) -> list[ServerRecord]:
         return [ServerRecord(*r) for r in self._db.read(lambda conn: conn.execute(
             f"SELECT {_SERVER_SELECT} FROM servers ORDER BY started_at, owner").fetchall())]
+
+    def request_control(self, owner: str, request: str) -> bool:
+        return self._db.write(lambda conn: conn.execute("UPDATE servers SET control = ? WHERE owner = ?",
+                                                        (request, owner)).rowcount) == 1
 
     def leave(self, owner: str) -> None:
         self._db.write(lambda conn: conn.execute("DELETE FROM servers WHERE owner = ?", (owner,)))
