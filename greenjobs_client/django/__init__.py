@@ -15,6 +15,11 @@ surrounding transaction commits (at once in autocommit), and never if it rolls b
 never names a row that does not exist. The job is sent after the commit, so a process that dies
 in between loses it: give a key derived from the row (as above) and re-submit from a sweep if
 that matters; the server makes one job per key.
+
+When no job may be lost, add ``"greenjobs_client.django"`` to ``INSTALLED_APPS`` and use the
+outbox (``greenjobs_client.django.outbox.enqueue``): the job is a row written in your transaction
+and a relay sends it, again until the server has it. This module imports no model, so listing the
+package as an app is all it takes.
 """
 from __future__ import annotations
 
@@ -36,18 +41,27 @@ _client: Client | None = None
 _lock = threading.Lock()
 
 
+def config() -> dict[str, Any]:
+    """``settings.GREENJOBS`` (an empty dict when it is not set)."""
+    return dict(getattr(settings, "GREENJOBS", None) or {})
+
+
+def make_client(**overrides: Any) -> Client:
+    """A new client from ``settings.GREENJOBS`` (URL, TOKEN, TIMEOUT); ``overrides`` go to ``Client``."""
+    conf = config()
+    if not conf.get("URL"):
+        raise ImproperlyConfigured("set GREENJOBS = {\"URL\": \"http://127.0.0.1:6543\"} in your "
+                                   "Django settings to submit greenjobs jobs")
+    return Client(conf["URL"], token=conf.get("TOKEN"), timeout=float(conf.get("TIMEOUT", 10.0)), **overrides)
+
+
 def get_client() -> Client:
     """The process's client, made from ``settings.GREENJOBS`` on first use and shared by every thread."""
     global _client
     if _client is None:
         with _lock:
             if _client is None:
-                config = getattr(settings, "GREENJOBS", None) or {}
-                if not config.get("URL"):
-                    raise ImproperlyConfigured("set GREENJOBS = {\"URL\": \"http://127.0.0.1:6543\"} in your "
-                                               "Django settings to submit greenjobs jobs")
-                _client = Client(config["URL"], token=config.get("TOKEN"),
-                                 timeout=float(config.get("TIMEOUT", 10.0)))
+                _client = make_client()
     return _client
 
 
