@@ -33,6 +33,8 @@ def parse_request(body) -> dict:
         raise ValueError('send {"size": N} to keep N cpu workers, or {"restart": true} to replace every one')
     if "size" in body:
         size = body["size"]
+        if isinstance(size, float) and size.is_integer():     # 3.0 is an integer to JSON Schema (and OpenAPI)
+            size = int(size)
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_WORKERS:
             raise ValueError(f"size must be an integer from 0 to {MAX_WORKERS}")
         return {"size": size}
