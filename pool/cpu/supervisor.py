@@ -61,9 +61,9 @@ class Supervisor:
             retired = [self.procs.get(slot) for slot in range(count, self.count)]
             self.count = count
             self._start_watchers()
-        for proc in retired:
-            if proc is not None:
-                self._retire(proc)
+        for proc in retired:        # each in its own thread: the caller (a request, a heartbeat) must not wait
+            if proc is not None:    # for a job to finish
+                threading.Thread(target=self._retire, args=(proc,), name="worker-retire", daemon=True).start()
 
     def restart(self) -> None:
         """Replace every worker, one at a time (the others keep working): each gets SIGTERM, finishes its job
