@@ -3,12 +3,15 @@ restarting one server's cpu workers (admin)."""
 from __future__ import annotations
 
 import json
+import logging
 
 from pyramid.view import view_config
 
 from greenjobs.pool.cpu.control import ControlRefused, parse_request
 from greenjobs.server.body import read_json
 from greenjobs.server.problems import Problem
+
+log = logging.getLogger(__name__)
 
 
 def _runtime(request):
@@ -48,6 +51,12 @@ def control_workers(request):
             applied = control.apply(order)
         except ControlRefused as exc:
             raise Problem(409, "Cannot change these workers", str(exc)) from None
+        # kept in our row too, so every server's GET /servers shows the last request (applied already: the
+        # heartbeat that reads it back knows its id and leaves it)
+        try:
+            runtime.store.request_control(owner, json.dumps(order, separators=(",", ":")))
+        except Exception as exc:
+            log.warning("cpu workers: the request was applied but not noted in the servers table: %s", exc)
         return {"server": owner, "request": order, "applied": applied}
     target = next((s for s in runtime.members.describe() if s["owner"] == owner), None)
     if target is None:

@@ -200,6 +200,9 @@ DOCUMENT = {
                 {"name": "state", "in": "query", "schema": _comma_separated(STATES), "description": "comma-separated"},
                 {"name": "event", "in": "query", "schema": _comma_separated(EVENTS), "description": "comma-separated"},
                 {"name": "job", "in": "query", "schema": {"type": "string"}, "description": "comma-separated ids"},
+                {"name": "recent", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
+                 "description": "first replay the newest N matching events the server still holds (history on "
+                                "load), then a `replayed` event ({\"events\": n}); ignored when resuming"},
                 {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "pattern": "^[0-9]{0,20}$"},
                  "description": "resume after this event (within greenjobs.events.replay events); a `reset` "
                                 "event says when some were missed"}],

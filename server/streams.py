@@ -9,7 +9,8 @@ reads too slowly (a write took over a second) and so falls more than ``greenjobs
 seconds behind (its next event that old), or behind the ring, gets a final ``dropped`` event and is closed; one write
 holds at most MAX_WRITE bytes, and at most ``greenjobs.events.max_streams`` streams are open; one overrun while it kept up (a burst larger than the ring, e.g. a huge batch) gets a
 ``reset`` event and goes on.  A client reconnecting with Last-Event-ID gets what it missed, or a
-``reset`` first if some of that is gone.
+``reset`` first if some of that is gone.  ``?recent=N`` first replays the newest N events already
+in the ring (a page's history on load), then sends a ``replayed`` event.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ SLOW_WRITE = 1.0          # s: a client that takes longer to accept a write is a
 STALLED = 60.0            # s: a write that makes no progress this long drops the stream
 COALESCE = 0.05           # s: at most ~20 writes a second per stream; events in between go in one write
 GATHER = 0.005            # s: after a quiet spell, wait this long so a burst (one job's life) is one write
+RECENT_MAX = 1000         # events ``?recent=`` may ask for: a page's history on load, not an export
 
 
 def _words(request, name: str, allowed=None) -> frozenset[str]:
@@ -40,6 +42,15 @@ def _words(request, name: str, allowed=None) -> frozenset[str]:
     if len(values) > 100:
         raise Problem(400, "Invalid filter", f"at most 100 values for {name}")
     return values
+
+
+def _recent(request) -> int | None:
+    text = request.GET.get("recent")
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) > RECENT_MAX:
+        raise Problem(400, "Invalid recent", f"recent must be a whole number of events from 0 to {RECENT_MAX}")
+    return int(text)
 
 
 def _last_event_id(request) -> int | None:
@@ -59,6 +70,7 @@ def events(request):
     names = _words(request, "event", NAMES)
     jobs = _words(request, "job")
     last = _last_event_id(request)
+    recent = _recent(request)
     runtime = request.registry.greenjobs_runtime
     settings = request.registry.greenjobs_settings
     log, heartbeat, max_lag = runtime.events, settings.events_heartbeat, settings.events_max_lag
@@ -88,6 +100,12 @@ def events(request):
                 cursor = last if not gap else (new[0].id - 1 if new else log.last_id)
             elif last is not None:              # an id this server never issued: start from now
                 yield _control("reset", "Last-Event-ID is not one of this server's events; streaming from now")
+            if recent is not None:
+                # history on load (a resuming client has it already): the newest matching events before now,
+                # oldest first, then a ``replayed`` event, so a client can tell history from live events
+                replayed = _newest(log, cursor, wanted, recent) if last is None else []
+                yield b"".join(event.sse() for event in replayed) + (
+                    f"event: replayed\ndata: {json.dumps({'events': len(replayed)})}\n\n".encode())
             sent_at = time.monotonic()
             opened_at = time.time()             # a replay's events count as late from here, not from their time
             gathered = False                    # did we already wait for this write's events to gather?
@@ -157,6 +175,19 @@ def events(request):
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"      # tell nginx not to buffer the stream
     return response
+
+
+def _newest(log, upto: int, wanted, limit: int) -> list:
+    """The newest ``limit`` events of the ring with ids up to ``upto`` that ``wanted`` accepts, oldest first."""
+    out = []
+    if limit:
+        for event in reversed(log.since(0)[0]):
+            if event.id <= upto and wanted(event):
+                out.append(event)
+                if len(out) == limit:
+                    break
+    out.reverse()
+    return out
 
 
 def _control(name: str, message: str) -> bytes:

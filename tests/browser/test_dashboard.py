@@ -527,3 +527,102 @@ def test_the_servers_page_and_a_runtime_column(make_server, browser, screenshot)
     assert f"pid {srv.proc.pid} · a server" in text(browser, "#job-ran-by")
     assert_not_reloaded(browser)
     assert_clean_console(browser)
+
+
+def test_the_overview_has_history_on_load(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    answer = srv.post("/jobs/batch", {"jobs": [{"handler": "echo", "kwargs": {"n": n}} for n in range(30)]
+                                      + [{"handler": "fail", "kwargs": {"message": "no"}, "max_retries": 0}] * 3})
+    assert answer.status_code == 202, answer.text
+    ids = answer.json()["ids"]
+    for job_id in ids:
+        srv.wait(job_id, 30)
+    time.sleep(1.1)                    # the jobs' last second is a whole one before the page opens
+
+    def feed(d):
+        return js(d, "return [...document.querySelectorAll('.feed li a')].map(a => a.getAttribute('href').split('/').pop())")
+
+    def from_ledger(d):
+        return js(d, "return document.querySelectorAll('.feed li.from-ledger').length")
+
+    # no stream was open while they ran, so the server kept no events: the feed shows the ledger's newest jobs
+    open_dashboard(browser, srv)
+    wait(browser, lambda d: from_ledger(d) == 12, message="the newest jobs of the ledger")
+    assert set(feed(browser)) <= set(ids) and "newest jobs in the ledger" in text(browser, ".feed")
+    wait(browser, lambda d: js(d, "return Number(document.getElementById('history-chart').dataset.submitted)") == 33,
+         message="the 15-minute chart, from /throughput")
+    assert js(browser, "return Number(document.getElementById('history-chart').dataset.succeeded)") == 30
+    assert js(browser, "return Number(document.getElementById('history-chart').dataset.failed)") == 3
+    assert "33 submitted, 30 succeeded, 3 failed" in text(browser, "#history-note")
+    # the minute before the page opened is in the rates too (seeded from /throughput, not from live events)
+    seeded = js(browser, "return ['submitted', 'succeeded', 'failed'].map(n => "
+                         "greenjobsDashboard.rates.series(n).reduce((a, b) => a + b, 0))")
+    assert seeded == [33, 30, 3], seeded
+    assert float(text(browser, "#rate-submitted")) > 0
+
+    # with this page's stream open the server keeps its events: a reload replays them, and so does a restart
+    more = srv.post("/jobs/batch", {"jobs": [{"handler": "echo", "kwargs": {"m": n}} for n in range(5)]}).json()["ids"]
+    for job_id in more:
+        srv.wait(job_id, 30)
+    wait(browser, lambda d: set(more) <= set(feed(d)), message="the new jobs' events, live")
+    open_dashboard(browser, srv)
+    wait(browser, lambda d: set(more) <= set(feed(d)), message="the recent events, replayed on load")
+    assert from_ledger(browser) == 0 and len(feed(browser)) == 12
+    screenshot("overview-history")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+    srv.stop()
+    srv.start()
+    open_dashboard(browser, srv)
+    wait(browser, lambda d: set(more) <= set(feed(d)), message="the events replayed after a restart")
+    assert from_ledger(browser) == 0
+    assert_clean_console(browser, allow=("ERR_CONNECTION_REFUSED",))     # the old page, while the server was down
+
+
+def test_an_admin_resizes_and_restarts_cpu_workers_from_the_servers_page(make_server, browser, screenshot):
+    srv = job_server(make_server)
+    open_dashboard(browser, srv, "#/servers")
+    row = f"#servers-table tr[data-owner][data-alive=true]"
+    wait(browser, lambda d: (text(d, row + " td.cpu") or "").startswith("1 / 1"), timeout=40, message="one cpu worker")
+    srv.post("/jobs/batch", {"jobs": [{"handler": "echo", "kwargs": {"n": n}} for n in range(20)]})
+    wait(browser, lambda d: not (text(d, row + " td.rate") or "0").startswith("0.00"), message="a submitted rate")
+    js(browser, "const i = document.querySelector(arguments[0]); i.value = '2'", row + " input.resize")
+    click(browser, row + " button.resize")
+    wait(browser, lambda d: "resized from 1 to 2 workers" in (text(d, "#flash") or ""), message="the answer")
+    wait(browser, lambda d: (text(d, row + " td.cpu") or "").startswith("2 / 2"), timeout=60, message="two workers")
+    wait(browser, lambda d: "resize to 2" in text(d, row + " td.control")
+         and "resized from 1 to 2" in text(d, row + " td.control"), message="the last request, from the servers table")
+    health = srv.get("/health").json()
+    assert health["cpu"]["workers"] == 2, health["cpu"]
+    pids = srv.get("/servers").json()["servers"][0]["cpu"]
+    click(browser, row + " button.restart")
+    wait(browser, lambda d: "restarting 2 workers one at a time" in (text(d, "#flash") or ""), message="the restart")
+    wait(browser, lambda d: "2 restarts" in (text(d, row + " td.cpu") or ""), timeout=90, message="both restarted")
+    wait(browser, lambda d: (text(d, row + " td.cpu") or "").startswith("2 / 2")
+         and "restarting" not in text(d, row + " td.cpu"), timeout=60, message="the restart done")
+    assert srv.get("/servers").json()["servers"][0]["cpu"]["restarts"] == pids["restarts"] + 2
+    js(browser, "const i = document.querySelector(arguments[0]); i.value = '300'", row + " input.resize")
+    click(browser, row + " button.resize")
+    wait(browser, lambda d: "whole number from 0 to 256" in (text(d, "#flash") or ""), message="a size refused")
+    screenshot("servers-admin")
+    assert_not_reloaded(browser)
+    assert_clean_console(browser)
+
+
+def test_a_reader_sees_no_worker_controls(make_server, browser):
+    srv = job_server(make_server, **{"greenjobs.auth.tokens": f"{ADMIN}:admin {READ}:read"})
+    open_dashboard(browser, srv, "#/servers", live=False)
+    wait(browser, lambda d: js(d, "return !document.getElementById('signin').hidden"), message="the sign-in form")
+    browser.find_element("css selector", "#token").send_keys(READ)
+    click(browser, "#signin-form button[type=submit]")
+    wait(browser, lambda d: "read" in (text(d, "#who") or ""), message="signed in as a reader")
+    wait(browser, lambda d: js(d, "return document.querySelectorAll('#servers-table tr[data-owner]').length") == 1,
+         message="the servers table")
+    assert js(browser, "return document.querySelectorAll('#servers-table button, #servers-table input').length") == 0
+    headers = js(browser, "return [...document.querySelectorAll('#servers-table th')].map(t => t.textContent)")
+    assert "cpu workers: admin" not in headers and "last request" in headers
+    reader = {"Authorization": "Bearer " + READ}
+    owner = requests.get(srv.url + "/servers", headers=reader, timeout=10).json()["servers"][0]["owner"]
+    refused = requests.post(f"{srv.url}/servers/{owner}/workers", json={"size": 2}, headers=reader, timeout=10)
+    assert refused.status_code == 403, refused.text
+    assert_clean_console(browser, allow=("status of 401",))

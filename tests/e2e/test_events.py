@@ -428,6 +428,39 @@ def test_resume_from_an_id_this_server_never_issued(make_server, streams):
     resumed.wait(lambda s: s.events("succeeded", later["id"]), 10, "new events despite a Last-Event-ID ahead")
 
 
+def test_recent_replays_the_newest_matching_events_then_says_so_then_streams_live(make_server, streams):
+    srv = make_server(app=QUICK_STOP)
+    watcher = streams(srv.url)
+    batch = submit_batch(srv, [{"handler": "echo", "kwargs": {"i": i}} for i in range(5)])
+    wait_batch(srv, batch["batch"])
+    watcher.wait(lambda s: len(s.events("succeeded")) >= 5, 30, "the first five")
+    held = watcher.events()                                  # 15 events: submitted, started, succeeded each
+
+    page = streams(srv.url, query="recent=4")
+    page.wait(lambda s: any(f["event"] == "replayed" for f in s.frames), 30, "the replayed marker")
+    marker = next(i for i, f in enumerate(page.frames) if f["event"] == "replayed")
+    history = [f for f in page.frames[:marker] if f["id"] is not None]
+    assert [e["id"] for e in history] == [e["id"] for e in held[-4:]]       # the newest four, oldest first
+    assert page.frames[marker]["data"] == {"events": 4}
+    later = srv.post("/jobs", {"handler": "echo", "kwargs": {}}).json()["id"]
+    page.wait_job(later, "succeeded")
+    assert all(e["id"] > held[-1]["id"] for e in page.events()[4:])        # then live, nothing replayed twice
+
+    only = streams(srv.url, query="recent=100&event=succeeded")           # the filters apply to the history
+    only.wait(lambda s: any(f["event"] == "replayed" for f in s.frames), 30, "the replayed marker")
+    assert [e["data"]["job"] for e in only.events()][:5] == batch["ids"]
+    assert {e["event"] for e in only.events()} == {"succeeded"}
+    resumed = streams(srv.url, query="recent=100", headers={"Last-Event-ID": str(held[-2]["id"])})
+    resumed.wait(lambda s: any(f["event"] == "replayed" for f in s.frames), 30, "the replayed marker")
+    assert next(f for f in resumed.frames if f["event"] == "replayed")["data"] == {"events": 0}
+    resumed.wait(lambda s: len(s.events()) >= 4, 30, "what the resuming client missed")
+    assert resumed.events()[0]["id"] == held[-1]["id"]                     # a resume is not history again
+    for bad in ("-1", "x", "1001", "2.5"):
+        response = srv.get("/events", params={"recent": bad}, timeout=10, stream=True)
+        assert response.status_code == 400 and "recent" in response.json()["detail"], (bad, response.status_code)
+        response.close()
+
+
 def test_bad_last_event_id_is_400(make_server):
     srv = make_server(app=QUICK_STOP)
     for bad in ("abc", "-1", "1.5", "9" * 25):

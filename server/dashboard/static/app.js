@@ -7,6 +7,8 @@
 // Live updates: one EventSource on /events feeds the overview's rates, the job lists and the
 // header; the job detail page opens its own /events?job=<id>.  Events are applied in batches
 // (at most every 150 ms), so a burst of thousands of jobs costs a few DOM updates, not thousands.
+// History on load: the stream first replays the newest events the server holds (?recent=, for the
+// overview's feed only), and GET /throughput gives the last minute's rates and the last 15 minutes.
 "use strict";
 
 (() => {
@@ -15,6 +17,9 @@
   const EVENTS = ["submitted", "started", "progress", "retrying", "succeeded", "failed", "cancelled"];
   const RATE_WINDOW = 10;        // seconds the overview's rates are averaged over
   const SPARK_SECONDS = 60;      // seconds the overview's chart shows
+  const HISTORY_MS = 10000;      // /throughput (the cluster's last 15 minutes) is re-read this often
+  const RECENT = 100;            // events the page-wide stream replays on load (the overview's recent feed)
+  const FEED = 12;               // events the overview's feed shows
   const REFRESH_MS = 2000;       // /health and /metrics polling on the overview
   const FLUSH_MS = 150;          // events are applied to the page at most this often
   const PAGE_SIZES = [25, 50, 100, 200];
@@ -263,7 +268,8 @@
   /** Events per second by name, in one-second buckets, from what the unfiltered stream delivers. */
   const rates = {
     buckets: new Map(),
-    since: Date.now() / 1000,
+    since: Date.now() / 1000,      // the oldest second the buckets speak for
+    opened: Math.floor(Date.now() / 1000),   // from this second on the live stream counts; before it, /throughput
     record(name) {
       const second = Math.floor(Date.now() / 1000);
       let bucket = this.buckets.get(second);
@@ -287,14 +293,31 @@
       for (let s = now - SPARK_SECONDS; s < now; s++) out.push((this.buckets.get(s) || {})[name] || 0);
       return out;
     },
-    reset() { this.buckets.clear(); this.since = Date.now() / 1000; },
+    reset() { this.buckets.clear(); this.since = Date.now() / 1000; this.opened = Math.floor(this.since); },
+    /** The seconds before the stream opened, from GET /throughput's per-second series (every alive server's). */
+    seed(seconds) {
+      if (!seconds || typeof seconds.start !== "number" || !Array.isArray(seconds.submitted)) return;
+      const step = seconds.step || 1;
+      for (let i = 0; i < seconds.submitted.length; i++) {
+        const second = seconds.start + i * step;
+        if (second >= this.opened) break;
+        const bucket = {};
+        for (const name of ["submitted", "succeeded", "failed"]) {
+          const n = Number((seconds[name] || [])[i]) || 0;
+          if (n) bucket[name] = n;
+        }
+        this.buckets.set(second, bucket);
+      }
+      this.since = Math.min(this.since, seconds.start);
+    },
   };
 
   /** One EventSource with batching, reconnection after a hard failure, and reset handling. */
   class Stream {
-    constructor(url, {onEvents, onReset, onStatus, onReceive}) {
+    constructor(url, {onEvents, onReset, onStatus, onReceive, onReplay}) {
       this.url = url;
       this.onReceive = onReceive || null;
+      this.onReplay = onReplay || null;     // with ?recent=: the history before the "replayed" event, once per open
       this.onEvents = onEvents;
       this.onReset = onReset;
       this.onStatus = onStatus || (() => {});
@@ -308,15 +331,22 @@
     open() {
       if (this.closed) return;
       const source = this.source = new EventSource(this.url, {withCredentials: true});
+      let history = this.onReplay ? [] : null;      // events before the "replayed" marker are history
       const receive = (message) => {
         let data;
         try { data = JSON.parse(message.data); } catch (_) { return; }
         if (!data || typeof data !== "object") return;
+        if (history) { history.push(data); return; }
         if (this.onReceive) this.onReceive(data);
         this.pending.push(data);
         if (this.timer === null) this.timer = setTimeout(() => this.flush(), FLUSH_MS);
       };
       for (const name of EVENTS) source.addEventListener(name, receive);
+      source.addEventListener("replayed", () => {
+        const replayed = history || [];
+        history = null;
+        if (this.onReplay) this.onReplay(replayed);
+      });
       // The server lost events we missed (replay window passed): whatever we show may be stale.
       source.addEventListener("reset", () => this.onReset && this.onReset());
       source.addEventListener("dropped", () => this.onStatus("connecting"));
@@ -351,10 +381,16 @@
   /** The page-wide stream: every event, for rates, the job lists and the recent-events feed. */
   const live = {
     stream: null,
+    history: null,          // the replayed events, oldest first (null until they came)
     open() {
       if (this.stream) return;
       rates.reset();
-      this.stream = new Stream("/events", {
+      this.history = null;
+      this.stream = new Stream("/events?recent=" + RECENT, {
+        onReplay: (events) => {
+          this.history = events;
+          if (current && current.onReplay) current.onReplay(events);
+        },
         onEvents: (batch) => { if (current && current.onEvents) current.onEvents(batch); },
         onReset: () => { if (current && current.refresh) current.refresh(); },
         onStatus: (state) => setLive(state),
@@ -468,6 +504,9 @@
       this.rates = h("div", {class: "stats"},
         rateStat("submitted", "submitted"), rateStat("succeeded", "succeeded"), rateStat("failed", "failed"));
       this.chart = h("canvas", {class: "spark", width: 600, height: 90, "aria-label": "events per second, last minute"});
+      this.history = h("canvas", {class: "spark", id: "history-chart", width: 600, height: 90,
+                                  "aria-label": "jobs per 10 s, last 15 minutes"});
+      this.historyNote = h("span", {class: "muted", id: "history-note"}, "loading…");
       this.pool = h("div", {class: "stats"});
       this.poolMeter = h("div", {class: "meter-wrap"});
       this.cpu = h("div", {class: "stats"});
@@ -484,6 +523,12 @@
               h("span", {class: "key key-succeeded"}, "succeeded"),
               h("span", {class: "key key-failed"}, "failed"),
               h("span", {class: "muted"}, `events per second, last ${SPARK_SECONDS} s`))], "wide"),
+          card("Throughput · last 15 minutes", [this.history,
+            h("div", {class: "legend"},
+              h("span", {class: "key key-submitted"}, "submitted"),
+              h("span", {class: "key key-succeeded"}, "succeeded"),
+              h("span", {class: "key key-failed"}, "failed"),
+              this.historyNote)], "wide"),
           card("I/O pool", [this.poolMeter, this.pool]),
           card("CPU workers", this.cpu),
           card("Queue depths", this.queues, "wide"),
@@ -492,24 +537,74 @@
           card("Recent events", this.feed, "wide")),
       ]);
       this.renderRates();
+      this.renderFeed();
+      if (live.history) this.onReplay(live.history);
       this.refresh();
+      this.loadHistory();
       this.timer = setInterval(() => this.refresh(), REFRESH_MS);
       this.tick = setInterval(() => this.renderRates(), 1000);
+      this.historyTimer = setInterval(() => this.loadHistory(), HISTORY_MS);
     }
 
     stop() {
       this.stopped = true;
       clearInterval(this.timer);
       clearInterval(this.tick);
+      clearInterval(this.historyTimer);
     }
 
     onEvents(batch) {
       this.renderRates();
-      // progress is too chatty for the feed: the job pages show it
-      for (const event of batch) if (event.event !== "progress") this.recent.unshift(event);
-      this.recent.length = Math.min(this.recent.length, 12);
-      this.renderFeed();
+      this.addToFeed(batch);
       if (Date.now() - this.lastRefresh > 500) this.refresh();    // live, but at most twice a second
+    }
+
+    /** Events, newest first in the feed (progress is too chatty for it: the job pages show it), each once. */
+    addToFeed(events) {
+      const seen = new Set(this.recent.map((e) => e.id));
+      const fresh = events.filter((e) => e.event !== "progress" && !(e.id && seen.has(e.id)));
+      if (!fresh.length && this.recent.length) return;
+      this.recent = [...fresh.reverse(), ...this.recent.filter((e) => !e.fromLedger)]
+        .sort((a, b) => (b.id || 0) - (a.id || 0)).slice(0, FEED);
+      this.renderFeed();
+    }
+
+    /** The history the stream replayed on load; with none (a restarted server), the ledger's newest jobs. */
+    async onReplay(events) {
+      this.addToFeed(events);
+      if (this.recent.length || this.ledgerTried) return;
+      this.ledgerTried = true;
+      let data;
+      try { data = await api.get("/jobs?limit=" + FEED); } catch (_) { return; }
+      if (this.stopped || this.recent.length) return;
+      this.recent = (data.jobs || []).map((job) => ({
+        event: job.state, job: job.id, handler: job.handler, fromLedger: true,
+        at: job.finished_at || job.started_at || job.created_at}));
+      this.renderFeed();
+    }
+
+    /** GET /throughput: the last minute's rates before the page opened, and the 15-minute chart. */
+    async loadHistory() {
+      let data;
+      try {
+        data = await api.get("/throughput");
+      } catch (error) {
+        this.historyNote.textContent = "history needs /throughput: " + error.message;
+        return;
+      }
+      if (this.stopped) return;
+      rates.seed(data.seconds);
+      this.renderRates();
+      const buckets = data.buckets || {};
+      const series = {submitted: buckets.submitted || [], succeeded: buckets.succeeded || [], failed: buckets.failed || []};
+      const total = (name) => series[name].reduce((n, v) => n + (Number(v) || 0), 0);
+      this.historyNote.textContent = `jobs per ${buckets.step || 10} s, every alive server's (${fmtNumber(data.servers)})` +
+        ` · ${fmtNumber(total("submitted"))} submitted, ${fmtNumber(total("succeeded"))} succeeded,` +
+        ` ${fmtNumber(total("failed"))} failed`;
+      this.history.dataset.submitted = String(total("submitted"));
+      this.history.dataset.succeeded = String(total("succeeded"));
+      this.history.dataset.failed = String(total("failed"));
+      drawLines(this.history, series, `/${buckets.step || 10} s`);
     }
 
     renderRates() {
@@ -521,51 +616,21 @@
     }
 
     drawChart() {
-      const canvas = this.chart;
-      const ratio = window.devicePixelRatio || 1;
-      const width = canvas.clientWidth || 600;
-      const height = canvas.clientHeight || 90;
-      if (canvas.width !== Math.round(width * ratio)) {
-        canvas.width = Math.round(width * ratio);
-        canvas.height = Math.round(height * ratio);
-      }
-      const ctx = canvas.getContext("2d");
-      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-      ctx.clearRect(0, 0, width, height);
-      const series = {submitted: rates.series("submitted"), succeeded: rates.series("succeeded"),
-                      failed: rates.series("failed")};
-      const top = Math.max(1, ...Object.values(series).flat());
-      const style = getComputedStyle(document.documentElement);
-      ctx.strokeStyle = style.getPropertyValue("--grid").trim() || "#ddd";
-      ctx.lineWidth = 1;
-      ctx.beginPath();
-      for (const y of [0.25, 0.5, 0.75]) { ctx.moveTo(0, height * y); ctx.lineTo(width, height * y); }
-      ctx.stroke();
-      ctx.fillStyle = style.getPropertyValue("--muted").trim() || "#888";
-      ctx.font = "11px system-ui, sans-serif";
-      ctx.fillText(`${fmtNumber(top)}/s`, 4, 12);
-      for (const name of ["submitted", "succeeded", "failed"]) {
-        const values = series[name];
-        ctx.strokeStyle = style.getPropertyValue("--c-" + name).trim() || "#000";
-        ctx.lineWidth = 2;
-        ctx.beginPath();
-        values.forEach((v, i) => {
-          const x = (i / (values.length - 1)) * width;
-          const y = height - 2 - (v / top) * (height - 18);
-          if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
-        });
-        ctx.stroke();
-      }
+      drawLines(this.chart, {submitted: rates.series("submitted"), succeeded: rates.series("succeeded"),
+                             failed: rates.series("failed")}, "/s");
     }
 
     renderFeed() {
       clear(this.feed);
       if (!this.recent.length) {
-        this.feed.append(h("li", {class: "muted"}, "No events since this page opened."));
+        this.feed.append(h("li", {class: "muted"}, live.history ? "No events yet." : "Loading…"));
         return;
       }
+      if (this.recent[0].fromLedger) {
+        this.feed.append(h("li", {class: "muted"}, "The server holds no events yet; the newest jobs in the ledger:"));
+      }
       for (const e of this.recent) {
-        this.feed.append(h("li", null,
+        this.feed.append(h("li", {class: e.fromLedger ? "from-ledger" : null},
           h("time", {title: e.at || null}, fmtTime(e.at)),
           h("span", {class: "badge event-" + (EVENTS.includes(e.event) ? e.event : "other")}, String(e.event)),
           h("a", {href: jobHref(e.job), class: "mono"}, String(e.job).slice(0, 12)),
@@ -689,6 +754,43 @@
         h("p", {class: "muted small"},
           `I/O jobs waiting for a pool slot: ${fmtNumber(pending)} · cpu jobs waiting to be published: ` +
           fmtNumber(((health.cpu || {}).to_publish)))]);
+    }
+  }
+
+  /** Line chart of {submitted, succeeded, failed} series on ``canvas``, scaled to its top value (labelled ``unit``). */
+  function drawLines(canvas, series, unit) {
+    const ratio = window.devicePixelRatio || 1;
+    const width = canvas.clientWidth || 600;
+    const height = canvas.clientHeight || 90;
+    if (canvas.width !== Math.round(width * ratio)) {
+      canvas.width = Math.round(width * ratio);
+      canvas.height = Math.round(height * ratio);
+    }
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    const top = Math.max(1, ...Object.values(series).flat().map((v) => Number(v) || 0));
+    const style = getComputedStyle(document.documentElement);
+    ctx.strokeStyle = style.getPropertyValue("--grid").trim() || "#ddd";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (const y of [0.25, 0.5, 0.75]) { ctx.moveTo(0, height * y); ctx.lineTo(width, height * y); }
+    ctx.stroke();
+    ctx.fillStyle = style.getPropertyValue("--muted").trim() || "#888";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillText(`${fmtNumber(top)}${unit}`, 4, 12);
+    for (const name of ["submitted", "succeeded", "failed"]) {
+      const values = series[name] || [];
+      if (values.length < 2) continue;
+      ctx.strokeStyle = style.getPropertyValue("--c-" + name).trim() || "#000";
+      ctx.lineWidth = 2;
+      ctx.beginPath();
+      values.forEach((v, i) => {
+        const x = (i / (values.length - 1)) * width;
+        const y = height - 2 - ((Number(v) || 0) / top) * (height - 18);
+        if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      });
+      ctx.stroke();
     }
   }
 
@@ -1346,16 +1448,21 @@
   }
 
   /** Flower's Workers view, for a cluster: every server and io worker on the ledger (host, pid, role, its
-   * pool's load, the cpu worker processes it supervises, open event streams), alive or lost.  Re-read every 2 s. */
+   * pool's load, jobs per second, the cpu worker processes it supervises, open event streams), alive or lost;
+   * an admin resizes or restarts a server's cpu workers here (POST /servers/{owner}/workers).  Re-read every 2 s. */
   class ServersPage extends PolledPage {
     build() {
       this.body = h("tbody");
       this.totals = h("p", {class: "muted", id: "servers-totals"});
+      const columns = ["server", "host", "pid", "role", "io running", "jobs/s in · ok · failed", "cpu workers",
+                       "streams", "started", "heartbeat", "state", "last request"];
+      if (can("admin")) columns.push("cpu workers: admin");
+      this.columns = columns.length;
       const table = h("table", {class: "table servers", id: "servers-table"},
-        h("thead", null, h("tr", null, ["server", "host", "pid", "role", "io running", "cpu workers", "streams",
-                                        "started", "heartbeat", "state"].map((c) => h("th", null, c)))), this.body);
+        h("thead", null, h("tr", null, columns.map((c) => h("th", null, c)))), this.body);
       put(clear(this.root), [
-        pageHeader("Servers", "Every server and io worker sharing this ledger. Refreshed every 2 s."),
+        pageHeader("Servers", "Every server and io worker sharing this ledger; rates over the last 10 s. " +
+                              "Refreshed every 2 s."),
         card(null, [this.totals, h("div", {class: "table-wrap"}, table)])]);
     }
 
@@ -1364,26 +1471,95 @@
       try {
         data = await api.get("/servers");
       } catch (error) {
-        if (!this.stopped) clear(this.body).append(h("tr", null, h("td", {colspan: 10, class: "error"}, error.message)));
+        if (!this.stopped) clear(this.body).append(h("tr", null, h("td", {colspan: this.columns, class: "error"}, error.message)));
         return;
       }
       if (this.stopped) return;
-      clear(this.body);
       const servers = data.servers || [];
       const alive = servers.filter((s) => s.alive);
       const sum = (key) => alive.reduce((n, s) => n + (Number(s[key]) || 0), 0);
+      const rate = (name) => alive.reduce((n, s) => n + (Number((s.rate || {})[name]) || 0), 0);
       this.totals.textContent = `${alive.length} alive, ${servers.length - alive.length} lost · io ` +
-        `${sum("pool_busy")} running of ${sum("pool_size")} slots · ${sum("cpu_workers")} cpu worker processes`;
+        `${sum("pool_busy")} running of ${sum("pool_size")} slots · ${sum("cpu_workers")} cpu worker processes · ` +
+        `${fmtRate(rate("submitted"))} submitted, ${fmtRate(rate("succeeded"))} succeeded, ` +
+        `${fmtRate(rate("failed"))} failed per second`;
+      // An admin typing a size keeps it across refreshes: rows are rebuilt, the input's value is carried over.
+      const typed = new Map([...this.body.querySelectorAll("input.resize")].map((i) => [i.dataset.owner, i.value]));
+      const focused = document.activeElement && document.activeElement.dataset
+        ? document.activeElement.dataset.owner : null;
+      clear(this.body);
       for (const s of servers) {
-        this.body.append(h("tr", {"data-owner": String(s.owner), "data-alive": String(!!s.alive)},
+        const r = s.rate || {};
+        const row = h("tr", {"data-owner": String(s.owner), "data-alive": String(!!s.alive)},
           h("td", {class: "mono"}, String(s.owner).split(":").slice(-1)[0] + (s.me ? " (this one)" : "")),
           h("td", null, String(s.host)), h("td", {class: "num"}, String(s.pid)), h("td", null, String(s.role)),
-          h("td", {class: "num"}, `${s.pool_busy} / ${s.pool_size}`), h("td", {class: "num"}, String(s.cpu_workers)),
+          h("td", {class: "num"}, `${s.pool_busy} / ${s.pool_size}`),
+          h("td", {class: "num rate"}, `${fmtRate(Number(r.submitted) || 0)} · ${fmtRate(Number(r.succeeded) || 0)} · ` +
+                                       fmtRate(Number(r.failed) || 0)),
+          h("td", {class: "num cpu"}, cpuText(s)),
           h("td", {class: "num"}, String(s.streams ?? 0)), h("td", null, timeCell(new Date(s.started_at * 1000).toISOString())),
           h("td", {class: "muted"}, `${Number(s.heartbeat_age).toFixed(1)} s ago`),
-          h("td", null, h("span", {class: "badge " + (s.alive ? "ok" : "bad")}, s.alive ? "alive" : "lost"))));
+          h("td", null, h("span", {class: "badge " + (s.alive ? "ok" : "bad")}, s.alive ? "alive" : "lost")),
+          h("td", {class: "control"}, controlText(s.control)));
+        if (can("admin")) row.append(h("td", {class: "actions"}, this.controls(s, typed.get(String(s.owner)))));
+        this.body.append(row);
+      }
+      if (focused) {
+        const input = this.body.querySelector(`input.resize[data-owner="${CSS.escape(focused)}"]`);
+        if (input) input.focus();
       }
     }
+
+    /** Resize and restart for a server that supervises its cpu workers (others: why not, as a tooltip). */
+    controls(s, typed) {
+      const cpu = s.cpu || {};
+      const why = !s.alive ? "this server is lost" : !cpu.supervised ? "this server supervises no cpu workers" : null;
+      const size = h("input", {type: "number", class: "resize", min: 0, max: 256, step: 1, "data-owner": String(s.owner),
+                               "aria-label": "cpu workers for " + s.owner, disabled: !!why,
+                               value: typed !== undefined ? typed : String(cpu.target ?? s.cpu_workers ?? 0)});
+      const resize = h("button", {type: "button", class: "button resize", disabled: !!why, title: why,
+        onclick: () => this.act(s, {size: Number(size.value)}, resize)}, "Resize");
+      const restart = h("button", {type: "button", class: "button restart", disabled: !!why || !!cpu.restarting,
+        title: why || "restart them one at a time, each after its jobs end",
+        onclick: () => this.act(s, {restart: true}, restart)}, cpu.restarting ? "Restarting…" : "Restart");
+      return [size, " ", resize, " ", restart];
+    }
+
+    async act(s, body, button) {
+      if (body.size !== undefined && !(Number.isInteger(body.size) && body.size >= 0 && body.size <= 256)) {
+        flash("The number of cpu workers is a whole number from 0 to 256.", "error");
+        return;
+      }
+      button.disabled = true;
+      try {
+        const answer = await api.post("/servers/" + encodeURIComponent(s.owner) + "/workers", body);
+        flash(answer.applied ? `${s.host}:${s.pid}: ${answer.applied.result}`
+                             : `${s.host}:${s.pid} will act on it at its next heartbeat.`);
+      } catch (error) {
+        flash(error.message, "error");
+      }
+      const input = this.body.querySelector(`input.resize[data-owner="${CSS.escape(String(s.owner))}"]`);
+      if (input && body.size !== undefined) input.value = String(body.size);
+      if (document.activeElement) document.activeElement.blur();
+      await this.refresh();
+    }
+  }
+
+  function cpuText(s) {
+    const cpu = s.cpu || {};
+    if (!cpu.supervised) return s.cpu_workers ? String(s.cpu_workers) : "—";
+    const text = `${cpu.alive ?? s.cpu_workers} / ${cpu.target}` + (cpu.restarts ? ` · ${cpu.restarts} restarts` : "");
+    return cpu.restarting ? text + " · restarting" : text;
+  }
+
+  function controlText(control) {
+    const asked = control && control.requested;
+    if (!asked) return "—";
+    const what = asked.size !== undefined ? `resize to ${asked.size}` : "restart";
+    const applied = control.applied && control.applied.id === asked.id ? control.applied : null;
+    const by = asked.by ? ` by ${asked.by}` : "";
+    return h("span", {class: applied && !applied.ok ? "error" : null, title: asked.at ? fmtTime(asked.at * 1000) : null},
+      `${what}${by}: ${applied ? applied.result : "waiting for its heartbeat"}`);
   }
 
   class SchedulePage extends PolledPage {
