@@ -35,7 +35,7 @@ FULL = {"W1": 10_000, "W1s": 10_000, "W1b": 10_000, "W2": 200, "W3": 10_000, "W4
         "W6": 10_000, "D": 100, "W7": 10_000}
 QUICK = {"W1": 1000, "W1s": 1000, "W1b": 1000, "W2": 20, "W3": 1000, "W4": 100, "W5": 1000, "W6": 1000, "D": 20, "W7": 1000}
 UNITS = {"wall": "s", "peak_rss": "MB", "rss_per_job": "KB", "single": "jobs/s", "batch": "jobs/s",
-         "drain": "jobs/s"}
+         "drain": "jobs/s", "client64": "jobs/s", "client64 coalesced": "jobs/s"}
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 PEER_PACKAGES = {"celery": "celery", "dramatiq": "dramatiq", "huey": "huey", "rq": "rq"}

@@ -6,6 +6,7 @@ Runs in the harness's gevent-patched process.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -105,7 +106,21 @@ def w3(srv, n: int) -> dict:
     gevent.sleep(1.0)                                 # let the accepted no-ops finish first
     t0 = time.perf_counter()
     _batch_wait(srv, [{"handler": "echo"}] * n)
-    return {"single": single, "batch": batch, "drain": n / (time.perf_counter() - t0)}
+    drain = n / (time.perf_counter() - t0)
+    gevent.sleep(1.0)
+    app = {f"client64{' coalesced' if coalesce else ''}": client_threads(srv, n, coalesce)
+           for coalesce in (False, True)}
+    return {"single": single, "batch": batch, "drain": drain, **app}
+
+
+def client_threads(srv, n: int, coalesce: bool) -> float:
+    """jobs/s of the Python client's submit() from 64 threads of an app (bench/client_threads.py, unpatched)."""
+    command = [sys.executable, "-m", "bench.client_threads", srv.url, "--threads", "64", "--jobs", str(n)]
+    done = subprocess.run(command + (["--coalesce"] if coalesce else []), capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.client_threads failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["rate"]
 
 
 def _percentiles(times: list[float], prefix: str) -> dict:

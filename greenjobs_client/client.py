@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+from greenjobs_client.coalesce import Coalescer
 from greenjobs_client.handles import Batch, JobHandle, WorkflowHandle
 from greenjobs_client.transport import Transport
 
@@ -54,6 +55,8 @@ class Client:
     """A connection to one greenjobs server, safe to share between threads (one per process is enough).
 
     ``timeout``: seconds to connect and to get an answer (a long-poll gets its wait on top).
+    ``coalesce``: send concurrent ``submit`` calls of many threads together, one batch request for many
+    (greenjobs_client.coalesce: each call keeps its id, key and errors; a lone call goes at once).
     ``retries``/``max_retry_wait``: how often and how long a request is sent again after 429/503
     (honouring Retry-After) or, when that is safe, a broken connection. ``wait_chunk``: seconds
     asked per long-poll (the server caps it at greenjobs.api.max_wait). ``headers`` are added to
@@ -62,8 +65,9 @@ class Client:
 
     def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0, *, retries: int = 5,
                  max_retry_wait: float = 30.0, wait_chunk: float = 30.0, headers: dict[str, str] | None = None,
-                 pool_maxsize: int = 10):
+                 pool_maxsize: int = 10, coalesce: bool = False):
         self._transport = Transport(base_url, token, timeout, retries, max_retry_wait, headers, pool_maxsize)
+        self.coalescer = Coalescer(self) if coalesce else None
         self.base_url = self._transport.base_url
         self.wait_chunk = wait_chunk
         self._batch_keys: bool | None = None      # does POST /jobs/batch take per-item keys? (asked once)
@@ -102,6 +106,9 @@ class Client:
                         delay=delay, run_at=run_at, expires=expires, unique_key=unique_key, rate_limit=rate_limit,
                         rate_key=rate_key)
         key = idempotency_key or uuid.uuid4().hex
+        if self.coalescer is not None:
+            job_id, job = self.coalescer.submit(spec, key)
+            return JobHandle(self, job_id, job)
         _, job, _ = self._transport.request("POST", "/jobs", spec, headers={"Idempotency-Key": key}, resend=True)
         return JobHandle(self, job["id"], job)
 

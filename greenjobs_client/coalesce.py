@@ -1,0 +1,135 @@
+"""Coalescing: single ``submit`` calls from many threads sent together, one ``POST /jobs/batch`` for many.
+
+An app that submits from 64 request threads pays one HTTP round trip per job, and the server one request
+(parsing, routing, a group-commit wait) per job.  With ``Client(coalesce=True)`` a call queues its job and
+waits; a few sender threads take whatever has queued while their last request was out and send it as one
+batch.  A lone caller's job goes at once, alone (no waiting for company: the batching is what piles up
+while a request is in flight), so coalescing costs latency nothing and multiplies throughput under load.
+
+Each call keeps what it would have had alone: its own job id, its own idempotency key (every item carries
+one, so a batch is sent again after a broken connection and still makes each job once), and its own error:
+a batch the server refuses (all or nothing: one bad job, a key reused for another job) is sent again one
+job per request, so every call gets exactly the answer its job gets alone; an overloaded or unreachable
+server fails every call of the batch with that error.  What differs: the jobs of one request share a batch
+id, and the handle carries no job representation until it is first read.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from greenjobs_client.errors import ConnectionFailed, RequestFailed
+
+if TYPE_CHECKING:
+    from greenjobs_client.client import Client
+
+#: Jobs per coalesced request (the server's greenjobs.api.max_batch is 1,000 by default).
+MAX_BATCH = 500
+#: Refusals that are the same for every job of a batch as for each alone: not worth sending each again.
+SHARED = (401, 403, 429)
+#: Sender threads: requests in flight at once.  Two keep the server busy while one answer travels back.
+SENDERS = 2
+
+
+class _Call:
+    __slots__ = ("spec", "key", "done", "job_id", "job", "error")
+
+    def __init__(self, spec: dict[str, Any], key: str):
+        self.spec, self.key = spec, key
+        self.done = threading.Event()
+        self.job_id: str | None = None
+        self.job: dict[str, Any] | None = None      # the job as POST /jobs answered it (a call sent alone)
+        self.error: BaseException | None = None
+
+
+class Coalescer:
+    """Queues submissions and sends them in batches from ``senders`` daemon threads (started on first use,
+    and again in a forked child, where threads do not survive)."""
+
+    def __init__(self, client: Client, max_batch: int = MAX_BATCH, senders: int = SENDERS):
+        self.client = client
+        self.max_batch = max_batch
+        self.senders = senders
+        self._queue: deque[_Call] = deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._pid: int | None = None
+        #: requests sent and jobs they carried (for tests and the curious)
+        self.requests = 0
+        self.jobs = 0
+
+    def submit(self, spec: dict[str, Any], key: str) -> tuple[str, dict[str, Any] | None]:
+        """Queue one job (``spec`` as ``job_spec`` makes it, ``key`` its Idempotency-Key) and wait for its
+        answer: (job id, the job when it was sent alone, else None).  Raises what a lone submit would."""
+        call = _Call(spec, key)
+        with self._ready:
+            if self._pid != os.getpid():
+                self._start()
+            self._queue.append(call)
+            self._ready.notify()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.job_id, call.job
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._queue.clear()         # a forked child's copy of its parent's queue is not its own
+        for n in range(self.senders):
+            threading.Thread(target=self._send_loop, name=f"greenjobs-coalesce-{n}", daemon=True).start()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                calls = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            try:
+                self._send(calls)
+            except BaseException as exc:        # never leave a caller waiting
+                for call in calls:
+                    if not call.done.is_set():
+                        call.error = exc
+                        call.done.set()
+
+    def _send(self, calls: list[_Call]) -> None:
+        self.requests += 1
+        self.jobs += len(calls)
+        if len(calls) == 1 or not self.client.batch_keys():
+            for call in calls:
+                self._alone(call)
+            return
+        items = [dict(call.spec, idempotency_key=call.key) for call in calls]
+        try:
+            _, answer, _ = self.client._transport.request("POST", "/jobs/batch", {"jobs": items}, resend=True)
+        except RequestFailed as exc:
+            if 400 <= exc.status < 500 and exc.status not in SHARED:
+                # all or nothing: some job (or key) of the batch was refused; each alone gets its own answer
+                for call in calls:
+                    self._alone(call)
+                return
+            self._fail(calls, exc)
+            return
+        except ConnectionFailed as exc:
+            self._fail(calls, exc)
+            return
+        for call, job_id in zip(calls, answer["ids"]):
+            call.job_id = job_id
+            call.done.set()
+
+    @staticmethod
+    def _fail(calls: list[_Call], exc: BaseException) -> None:
+        """An answer that is every call's alike (overloaded, unavailable, unreachable, not allowed)."""
+        for call in calls:
+            call.error = exc
+            call.done.set()
+
+    def _alone(self, call: _Call) -> None:
+        try:
+            _, job, _ = self.client._transport.request("POST", "/jobs", call.spec,
+                                                      headers={"Idempotency-Key": call.key}, resend=True)
+            call.job_id, call.job = job["id"], job
+        except BaseException as exc:
+            call.error = exc
+        call.done.set()
