@@ -8,9 +8,9 @@ while a request is in flight), so coalescing costs latency nothing and multiplie
 
 Each call keeps what it would have had alone: its own job id, its own idempotency key (every item carries
 one, so a batch is sent again after a broken connection and still makes each job once), and its own error:
-a batch the server refuses (all or nothing: one bad job, a key reused for another job) is sent again one
-job per request, so every call gets exactly the answer its job gets alone; an overloaded or unreachable
-server fails every call of the batch with that error.  What differs: the jobs of one request share a batch
+a batch the server refuses (all or nothing: one bad job, a key reused for another job, a cpu backlog
+near its limit) is sent again one job per request, so every call gets exactly the answer its job gets
+alone; an unavailable or unreachable server fails every call of the batch with that error.  What differs: the jobs of one request share a batch
 id, and the handle carries no job representation until it is first read.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from greenjobs_client.errors import ConnectionFailed, RequestFailed
+from greenjobs_client.errors import ConnectionFailed, RequestFailed, ServerError
+from greenjobs_client.transport import encode
 
 if TYPE_CHECKING:
     from greenjobs_client.client import Client
@@ -28,9 +29,22 @@ if TYPE_CHECKING:
 #: Jobs per coalesced request (the server's greenjobs.api.max_batch is 1,000 by default).
 MAX_BATCH = 500
 #: Refusals that are the same for every job of a batch as for each alone: not worth sending each again.
-SHARED = (401, 403, 429)
+#: (Not 429: a cpu backlog near its limit refuses a batch of 300 that would take most of its jobs one by one.)
+SHARED = (401, 403)
 #: Sender threads: requests in flight at once.  Two keep the server busy while one answer travels back.
 SENDERS = 2
+
+#: Guards starting a coalescer's senders; made anew in a forked child (a fork may copy it held).
+_starting = threading.Lock()
+
+
+def _after_fork() -> None:
+    global _starting
+    _starting = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 class _Call:
@@ -45,15 +59,16 @@ class _Call:
 
 
 class Coalescer:
-    """Queues submissions and sends them in batches from ``senders`` daemon threads (started on first use,
-    and again in a forked child, where threads do not survive)."""
+    """Queues submissions and sends them in batches from ``senders`` daemon threads.  The threads, their queue
+    and its lock are made on first use in each process (a forked child gets its own: threads do not survive a
+    fork, and a lock copied held would never open), and after gevent's monkey-patching if it comes later."""
 
     def __init__(self, client: Client, max_batch: int = MAX_BATCH, senders: int = SENDERS):
         self.client = client
         self.max_batch = max_batch
         self.senders = senders
         self._queue: deque[_Call] = deque()
-        self._ready = threading.Condition(threading.Lock())
+        self._ready: threading.Condition | None = None
         self._pid: int | None = None
         #: requests sent and jobs they carried (for tests and the curious)
         self.requests = 0
@@ -61,11 +76,12 @@ class Coalescer:
 
     def submit(self, spec: dict[str, Any], key: str) -> tuple[str, dict[str, Any] | None]:
         """Queue one job (``spec`` as ``job_spec`` makes it, ``key`` its Idempotency-Key) and wait for its
-        answer: (job id, the job when it was sent alone, else None).  Raises what a lone submit would."""
+        answer: (job id, the job when it was sent alone, else None).  Raises what a lone submit would (a TypeError for a job that is not JSON)."""
+        encode(spec)                # a job that is not JSON fails its own call, here, not its whole batch
         call = _Call(spec, key)
+        if self._pid != os.getpid():
+            self._start()
         with self._ready:
-            if self._pid != os.getpid():
-                self._start()
             self._queue.append(call)
             self._ready.notify()
         call.done.wait()
@@ -74,10 +90,25 @@ class Coalescer:
         return call.job_id, call.job
 
     def _start(self) -> None:
-        self._pid = os.getpid()
-        self._queue.clear()         # a forked child's copy of its parent's queue is not its own
-        for n in range(self.senders):
-            threading.Thread(target=self._send_loop, name=f"greenjobs-coalesce-{n}", daemon=True).start()
+        pid = os.getpid()
+        with _starting:
+            if self._pid == pid:
+                return
+            self._queue = deque()
+            self._ready = threading.Condition(threading.Lock())
+            threads = [threading.Thread(target=self._send_loop, name=f"greenjobs-coalesce-{n}", daemon=True)
+                       for n in range(self.senders)]
+            self._pid = pid
+        try:                        # started outside the lock: under gevent a start switches greenlets
+            for thread in threads:
+                thread.start()
+        except BaseException as exc:
+            with _starting:
+                self._pid = None
+            with self._ready:       # nobody would send what queued meanwhile
+                waiting, self._queue = list(self._queue), deque()
+            self._fail(waiting, exc)
+            raise
 
     def _send_loop(self) -> None:
         while True:
@@ -114,7 +145,12 @@ class Coalescer:
         except ConnectionFailed as exc:
             self._fail(calls, exc)
             return
-        for call, job_id in zip(calls, answer["ids"]):
+        ids = answer.get("ids") if isinstance(answer, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(calls):
+            self._fail(calls, ServerError(200, "Unexpected answer", f"POST /jobs/batch of {len(calls)} jobs "
+                                          f"answered {len(ids) if isinstance(ids, list) else 'no'} ids"))
+            return
+        for call, job_id in zip(calls, ids):
             call.job_id = job_id
             call.done.set()
 

@@ -9,6 +9,7 @@ host lock) can act: a request to any other says which pid to ask.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
@@ -49,6 +50,9 @@ class WorkerControl:
     def __init__(self, runtime):
         self.rt = runtime
         self.applied: dict | None = None        # the last request acted on: its id, what it asked, the outcome
+        #: ids of the last requests acted on (or refused): a heartbeat whose read of our row was under way while
+        #: a newer request was applied must not apply the older one again
+        self._done: collections.deque = collections.deque(maxlen=32)
         self._restart = None                    # the greenlet of a rolling restart
 
     @property
@@ -97,6 +101,7 @@ class WorkerControl:
             result = f"restarting {sup.count} workers one at a time"
         log.info("cpu workers: %s (asked by %s)", result, request.get("by") or "an admin")
         self.applied = {"id": request.get("id"), "result": result, "ok": True, "at": time.time()}
+        self._done.append(request.get("id"))
         return self.applied
 
     def heard(self, control: str | None) -> None:
@@ -107,7 +112,7 @@ class WorkerControl:
             request = json.loads(control)
         except ValueError:
             return
-        if not isinstance(request, dict) or (self.applied and request.get("id") == self.applied.get("id")):
+        if not isinstance(request, dict) or request.get("id") in self._done:
             return
         try:
             parse_request({key: request[key] for key in ("size", "restart") if key in request})
@@ -115,3 +120,4 @@ class WorkerControl:
         except (ValueError, ControlRefused) as exc:
             log.warning("cpu workers: a request from %s was refused: %s", request.get("by") or "an admin", exc)
             self.applied = {"id": request.get("id"), "result": str(exc), "ok": False, "at": time.time()}
+            self._done.append(request.get("id"))

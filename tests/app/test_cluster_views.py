@@ -119,6 +119,10 @@ def test_a_server_acts_once_on_each_request_left_in_its_row():
     control.heard("not json")
     control.heard(None)
     assert sup.sizes == [4]
-    assert control.state() == {"supervised": True, "target": 4, "alive": 4, "restarts": 0, "restarting": False}
+    newer = control.new_request({"size": 6}, by="admin")
+    control.apply(newer)                                       # applied here at once (POST on this server)
+    control.heard(json.dumps(request))                         # a heartbeat's read from before: not again
+    assert sup.sizes == [4, 6]
+    assert control.state() == {"supervised": True, "target": 6, "alive": 6, "restarts": 0, "restarting": False}
     control.rt.supervisor = None
     assert control.state() == {"supervised": False}

@@ -558,7 +558,6 @@ def test_the_overview_has_history_on_load(make_server, browser, screenshot):
     seeded = js(browser, "return ['submitted', 'succeeded', 'failed'].map(n => "
                          "greenjobsDashboard.rates.series(n).reduce((a, b) => a + b, 0))")
     assert seeded == [33, 30, 3], seeded
-    assert float(text(browser, "#rate-submitted")) > 0
 
     # with this page's stream open the server keeps its events: a reload replays them, and so does a restart
     more = srv.post("/jobs/batch", {"jobs": [{"handler": "echo", "kwargs": {"m": n}} for n in range(5)]}).json()["ids"]

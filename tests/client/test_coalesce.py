@@ -94,3 +94,43 @@ def test_an_unreachable_server_fails_every_waiting_call():
     with Client("http://127.0.0.1:9", coalesce=True, retries=0, timeout=2) as client:
         errors = run_threads(8, lambda i: client.submit("echo", n=i))
         assert all(isinstance(e, ConnectionFailed) for e in errors), errors
+
+
+def test_a_job_that_is_not_json_fails_only_its_own_call(server, marker):
+    with Client(server.url, coalesce=True) as client:
+        def one(i):
+            if i == 3:
+                return client.submit("echo", marker=marker, when=object())
+            return client.submit("echo", marker=marker, i=i)
+        answers = run_threads(16, one)
+        assert isinstance(answers[3], TypeError)
+        assert all(not isinstance(a, Exception) for i, a in enumerate(answers) if i != 3), answers
+        assert len(jobs_with(client, "echo", marker)) == 15
+
+
+def test_a_forked_child_coalesces_with_its_own_senders(server, marker):
+    import os
+    with Client(server.url, coalesce=True) as client:
+        client.submit("echo", marker=marker, who="parent")            # the parent's senders run
+        pid = os.fork()
+        if pid == 0:                                                  # the child: two calls, then leave
+            code = 1
+            try:
+                handles = run_threads(4, lambda i: client.submit("echo", marker=marker, who="child", i=i))
+                code = 0 if all(not isinstance(h, Exception) for h in handles) else 1
+            finally:
+                os._exit(code)
+        waited = 0
+        deadline = __import__("time").monotonic() + 30
+        while __import__("time").monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                waited = status
+                break
+            __import__("time").sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            pytest.fail("the forked child's submits hung")
+        assert os.waitstatus_to_exitcode(waited) == 0
+        assert len([j for j in jobs_with(client, "echo", marker) if j["kwargs"].get("who") == "child"]) == 4
+        client.submit("echo", marker=marker, who="parent again")     # and the parent's still work

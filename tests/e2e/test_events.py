@@ -448,7 +448,7 @@ def test_recent_replays_the_newest_matching_events_then_says_so_then_streams_liv
 
     only = streams(srv.url, query="recent=100&event=succeeded")           # the filters apply to the history
     only.wait(lambda s: any(f["event"] == "replayed" for f in s.frames), 30, "the replayed marker")
-    assert [e["data"]["job"] for e in only.events()][:5] == batch["ids"]
+    assert {e["data"]["job"] for e in only.events()[:5]} == set(batch["ids"])
     assert {e["event"] for e in only.events()} == {"succeeded"}
     resumed = streams(srv.url, query="recent=100", headers={"Last-Event-ID": str(held[-2]["id"])})
     resumed.wait(lambda s: any(f["event"] == "replayed" for f in s.frames), 30, "the replayed marker")

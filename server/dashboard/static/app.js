@@ -394,8 +394,15 @@
         onEvents: (batch) => { if (current && current.onEvents) current.onEvents(batch); },
         onReset: () => { if (current && current.refresh) current.refresh(); },
         onStatus: (state) => setLive(state),
-        // Rates are counted on arrival, not on flush, so a batch never smears them over time.
-        onReceive: (data) => rates.record(data.event),
+        // Rates are counted on arrival, not on flush, so a batch never smears them over time; the history
+        // goes on with every live event, so an overview opened later starts from what happened since.
+        onReceive: (data) => {
+          rates.record(data.event);
+          if (this.history) {
+            this.history.push(data);
+            if (this.history.length > RECENT) this.history.splice(0, this.history.length - RECENT);
+          }
+        },
       });
     },
     close() {
@@ -1484,7 +1491,8 @@
         `${fmtRate(rate("submitted"))} submitted, ${fmtRate(rate("succeeded"))} succeeded, ` +
         `${fmtRate(rate("failed"))} failed per second`;
       // An admin typing a size keeps it across refreshes: rows are rebuilt, the input's value is carried over.
-      const typed = new Map([...this.body.querySelectorAll("input.resize")].map((i) => [i.dataset.owner, i.value]));
+      const typed = new Map([...this.body.querySelectorAll("input.resize")].filter((i) => i.value !== i.defaultValue)
+        .map((i) => [i.dataset.owner, i.value]));
       const focused = document.activeElement && document.activeElement.dataset
         ? document.activeElement.dataset.owner : null;
       clear(this.body);
