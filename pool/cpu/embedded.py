@@ -10,6 +10,12 @@ cost per message stays flat as the queue grows and priority 0-9 is honoured, the
 
 Only the default exchange is used (routing key = queue name): kombu keeps exchanges and bindings of
 virtual transports in process memory, and a message to an unbound named exchange would vanish.
+
+SQLite cannot tell another process that it committed, so a consumer polls; on Linux a *doorbell* cuts the
+wait: every consumer that is about to sleep binds an abstract-namespace datagram socket and lists it in the
+``bells`` table, and a commit that makes a message ready (a publish, a requeue) sends one byte to each.  The
+consumer's sleep is a ``select`` on its socket, so it wakes at once; the polls stay as the safety net (a bell
+lost, a consumer in another network namespace), and without the bell everything works as before.
 """
 from __future__ import annotations
 
@@ -17,8 +23,10 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
 import sqlite3
+import sys
 import time
 import uuid
 from queue import Empty
@@ -45,7 +53,87 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, priority DESC, id) WHERE owner IS NULL;
 CREATE INDEX IF NOT EXISTS messages_reserved ON messages(lease_until) WHERE owner IS NOT NULL;
 CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, dead_letter TEXT);
+CREATE TABLE IF NOT EXISTS bells (name TEXT PRIMARY KEY, owner TEXT NOT NULL);
 """
+
+
+class Doorbell:
+    """Wake-ups between the processes of one broker file (Linux abstract sockets; see the module docstring).
+
+    ``wait`` sleeps until rung or ``timeout``; ``ring`` tells every listed consumer that something became ready.
+    A name whose socket is gone (its process ended) is dropped from the table by the first ring that finds it so.
+    """
+
+    REFRESH = 1.0       # seconds a ringer trusts its copy of the bells table
+
+    def __init__(self, db: sqlite3.Connection, owner: str):
+        self.db = db
+        self.owner = owner
+        self.listener: socket.socket | None = None
+        self.sender: socket.socket | None = None
+        self.name: str | None = None            # ours in the bells table (without the leading NUL)
+        self._names: list[str] = []
+        self._read_at = -self.REFRESH
+
+    @staticmethod
+    def supported() -> bool:
+        return sys.platform.startswith("linux")
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` s, or until rung (then take every ring that is waiting)."""
+        if self.listener is None:
+            self._listen()
+        ready, _, _ = select.select([self.listener], [], [], timeout)
+        if ready:
+            try:
+                while self.listener.recv(64):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+
+    def _listen(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        name = "\0greenjobs-bell-" + uuid.uuid4().hex
+        sock.bind(name)
+        self.db.execute("INSERT OR REPLACE INTO bells (name, owner) VALUES (?, ?)", (name[1:], self.owner))
+        self.listener, self.name = sock, name[1:]
+
+    def ring(self) -> None:
+        """One byte to every listed consumer (ours included: harmless)."""
+        now = time.monotonic()
+        if now - self._read_at >= self.REFRESH:
+            self._names = [row[0] for row in self.db.execute("SELECT name FROM bells").fetchall()]
+            self._read_at = now
+        if not self._names:
+            return
+        if self.sender is None:
+            self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self.sender.setblocking(False)
+        gone = []
+        for name in self._names:
+            try:
+                self.sender.sendto(b"!", "\0" + name)
+            except (BlockingIOError, InterruptedError):
+                pass                    # its buffer is full of rings it has not taken yet: it is awake
+            except (ConnectionRefusedError, FileNotFoundError):
+                gone.append(name)
+            except OSError:
+                pass                    # best effort: the polls remain
+        if gone:
+            self._names = [n for n in self._names if n not in gone]
+            with contextlib.suppress(sqlite3.Error):
+                self.db.executemany("DELETE FROM bells WHERE name = ?", [(n,) for n in gone])
+
+    def close(self) -> None:
+        """Close the sockets and take our name off the table (a crash leaves it to the next ring)."""
+        for sock in (self.listener, self.sender):
+            if sock is not None:
+                sock.close()
+        if self.name is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("DELETE FROM bells WHERE name = ?", (self.name,))
+        self.listener = self.sender = self.name = None
 
 class QoS(virtual.QoS):
     """Acks, rejects and restores act on the reserved row; the in-memory map is only a cache."""
@@ -110,6 +198,7 @@ class Channel(virtual.Channel):
         self.db.execute("UPDATE messages SET owner = NULL, token = NULL, lease_until = 0, redelivered = 1"
                         " WHERE id = ? AND token = ?", (row_id, token))
         self.connection.touched()
+        self.connection.ready()
 
     def _db_dead_letter(self, tag):
         row_id, token = self._split(tag)
@@ -142,6 +231,7 @@ class Channel(virtual.Channel):
         if restored:
             log.info("restored %d messages of dead or expired consumers", restored)
             self.connection.touched()
+            self.connection.ready()
         return restored
 
     # -- the virtual.Channel storage API ----------------------------------------------
@@ -150,6 +240,7 @@ class Channel(virtual.Channel):
         self.db.execute("INSERT INTO messages (queue, priority, payload) VALUES (?, ?, ?)",
                         (queue, priority, json.dumps(message)))
         self.connection.touched()
+        self.connection.ready()
 
     def _get(self, queue, timeout=None):
         now = time.time()
@@ -237,6 +328,24 @@ class Transport(virtual.Transport):
         self.owner = owner_id()
         self.last_delivery = 0.0
         self.busy_interval = float(self.client.transport_options.get("busy_interval", 0.001))
+        self.doorbell = bool(self.client.transport_options.get("doorbell", True)) and Doorbell.supported()
+        self._bell: Doorbell | None = None
+        self._ring_due = False          # a message became ready inside the open transaction: ring at its commit
+
+    @property
+    def bell(self) -> Doorbell | None:
+        if self._bell is None and self.doorbell:
+            self._bell = Doorbell(self.db, self.owner)
+        return self._bell
+
+    def ready(self) -> None:
+        """A message became ready: ring the consumers now, or at the commit of the transaction under way."""
+        if not self.doorbell:
+            return
+        if self.db.in_transaction:
+            self._ring_due = True
+        else:
+            self.bell.ring()
 
     @contextlib.contextmanager
     def one_commit(self):
@@ -247,9 +356,13 @@ class Transport(virtual.Transport):
             yield
             db.execute("COMMIT")
         except BaseException:
+            self._ring_due = False
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        if self._ring_due:
+            self._ring_due = False
+            self.bell.ring()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -293,7 +406,10 @@ class Transport(virtual.Transport):
                 interval = self.busy_interval if now - self.last_delivery < 1.0 else self.polling_interval
                 if timeout is not None:
                     interval = min(interval, timeout - (now - started))
-                time.sleep(interval)          # looked up at call time: gevent's when patched
+                if self.doorbell:
+                    self.bell.wait(interval)  # rung by a commit that made a message ready; gevent's select when patched
+                else:
+                    time.sleep(interval)      # looked up at call time: gevent's when patched
 
     def establish_connection(self):
         """Open the database before kombu's own connection bookkeeping."""
@@ -303,6 +419,9 @@ class Transport(virtual.Transport):
     def close_connection(self, connection):
         """Close kombu's side, then the SQLite connection."""
         super().close_connection(connection)
+        if self._bell is not None:
+            self._bell.close()
+            self._bell = None
         if self._db is not None:
             self._db.close()
             self._db = None

@@ -142,3 +142,51 @@ def test_no_ack_gets_are_not_redelivered(url):
         assert q.get(no_ack=True).payload == {"n": 1}
     assert [b for b, _ in consume(url, 1)] == [{"n": 2}]
     assert rows(url) == []
+
+
+@pytest.mark.skipif(not embedded.Doorbell.supported(), reason="the doorbell needs Linux abstract sockets")
+def test_a_publish_in_another_process_rings_a_waiting_consumer_awake(url):
+    """With polls 2 s apart, a consumer in another process still gets each message within a fraction of that:
+    the publish's commit rang its doorbell.  Without the bell it waits for the next poll."""
+    script = textwrap.dedent(f"""
+        import json, sys, time
+        from kombu import Connection, Consumer, Queue
+        from greenjobs.pool.cpu import embedded
+        embedded.register()
+        options = {{"polling_interval": 2.0, "busy_interval": 2.0, "doorbell": sys.argv[1] == "on"}}
+        with Connection({url!r}, transport_options=options) as conn:
+            def on_message(body, message):
+                message.ack()
+                print(json.dumps({{"n": body["n"], "lag": time.time() - body["at"]}}), flush=True)
+            with Consumer(conn.channel(), [Queue("jobs", routing_key="jobs")], callbacks=[on_message],
+                          accept=["json"], prefetch_count=1):
+                print("ready", flush=True)
+                for _ in range(200):
+                    try:
+                        conn.drain_events(timeout=2.5)
+                    except TimeoutError:
+                        pass
+    """)
+    import json
+    import time
+    lags = {}
+    for mode in ("on", "off"):
+        proc = subprocess.Popen([sys.executable, "-c", script, mode], stdout=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=os.getcwd()))
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(2.5)                          # the consumer has polled once and sleeps now
+            seen = []
+            with Connection(url) as conn:
+                producer = Producer(conn.channel(), serializer="json")
+                queue()(producer.channel).declare()
+                for n in range(5):
+                    producer.publish({"n": n, "at": time.time()}, routing_key="jobs")
+                    seen.append(json.loads(proc.stdout.readline()))
+                    time.sleep(0.3)
+            lags[mode] = sorted(s["lag"] for s in seen)
+        finally:
+            proc.kill()
+            proc.wait(10)
+    print(f"\n[doorbell] delivery lag with polls 2 s apart: on {lags['on']}, off {lags['off']}")
+    assert lags["on"][2] < 0.5 and lags["off"][2] > 0.5, lags       # medians: rung at once, vs the next poll
