@@ -61,7 +61,9 @@ class Doorbell:
     """Wake-ups between the processes of one broker file (Linux abstract sockets; see the module docstring).
 
     ``wait`` sleeps until rung or ``timeout``; ``ring`` tells every listed consumer that something became ready.
-    A name whose socket is gone (its process ended) is dropped from the table by the first ring that finds it so.
+    Both are best effort and never raise: a ring lost costs a poll.  A name whose owner process is gone is
+    dropped from the table by the first ring that finds its socket gone (a live one that refuses us is in
+    another network namespace: it stays, for the ringers of its own).
     """
 
     REFRESH = 1.0       # seconds a ringer trusts its copy of the bells table
@@ -72,7 +74,8 @@ class Doorbell:
         self.listener: socket.socket | None = None
         self.sender: socket.socket | None = None
         self.name: str | None = None            # ours in the bells table (without the leading NUL)
-        self._names: list[str] = []
+        self.broken = False                     # could not listen: sleep as before
+        self._names: list[tuple[str, str]] = []     # (name, owner) of the listed consumers
         self._read_at = -self.REFRESH
 
     @staticmethod
@@ -81,49 +84,75 @@ class Doorbell:
 
     def wait(self, timeout: float) -> None:
         """Sleep up to ``timeout`` s, or until rung (then take every ring that is waiting)."""
-        if self.listener is None:
+        if self.listener is None and not self.broken:
             self._listen()
-        ready, _, _ = select.select([self.listener], [], [], timeout)
-        if ready:
-            try:
+        if self.listener is None:
+            time.sleep(timeout)
+            return
+        try:
+            poller = select.poll()          # not select(): it fails for a descriptor numbered 1024 or more
+            poller.register(self.listener, select.POLLIN)
+            if poller.poll(timeout * 1000):
                 while self.listener.recv(64):
                     pass
-            except (BlockingIOError, InterruptedError):
-                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, ValueError) as exc:
+            log.debug("doorbell: waiting failed (%s); polling only", exc)
+            self.broken = True
+            self.close()
+            time.sleep(timeout)
 
     def _listen(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        name = "\0greenjobs-bell-" + uuid.uuid4().hex
-        sock.bind(name)
-        self.db.execute("INSERT OR REPLACE INTO bells (name, owner) VALUES (?, ?)", (name[1:], self.owner))
+        sock = None
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            name = "\0greenjobs-bell-" + uuid.uuid4().hex
+            sock.bind(name)
+            self.db.execute("INSERT OR REPLACE INTO bells (name, owner) VALUES (?, ?)", (name[1:], self.owner))
+        except (OSError, sqlite3.Error) as exc:
+            log.debug("doorbell: cannot listen (%s); polling only", exc)
+            if sock is not None:
+                sock.close()
+            self.broken = True
+            return
         self.listener, self.name = sock, name[1:]
 
     def ring(self) -> None:
         """One byte to every listed consumer (ours included: harmless)."""
+        try:
+            self._ring()
+        except (OSError, sqlite3.Error) as exc:      # after a commit: it must not look like a failed publish
+            log.debug("doorbell: ringing failed (%s)", exc)
+
+    def _ring(self) -> None:
         now = time.monotonic()
         if now - self._read_at >= self.REFRESH:
-            self._names = [row[0] for row in self.db.execute("SELECT name FROM bells").fetchall()]
+            self._names = self.db.execute("SELECT name, owner FROM bells").fetchall()
             self._read_at = now
-        if not self._names:
-            return
-        if self.sender is None:
-            self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self.sender.setblocking(False)
         gone = []
-        for name in self._names:
-            try:
-                self.sender.sendto(b"!", "\0" + name)
-            except (BlockingIOError, InterruptedError):
-                pass                    # its buffer is full of rings it has not taken yet: it is awake
-            except (ConnectionRefusedError, FileNotFoundError):
-                gone.append(name)
-            except OSError:
-                pass                    # best effort: the polls remain
+        for name, owner in self._names:
+            for attempt in (1, 2):
+                if self.sender is None:
+                    self.sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    self.sender.setblocking(False)
+                try:
+                    self.sender.sendto(b"!", "\0" + name)
+                except (BlockingIOError, InterruptedError):
+                    # our send buffer is full of rings busy consumers have not read: a fresh socket has room
+                    self.sender.close()
+                    self.sender = None
+                    continue
+                except (ConnectionRefusedError, FileNotFoundError):
+                    if owner_is_dead(owner, self.owner):
+                        gone.append(name)
+                except OSError:
+                    pass                    # best effort: the polls remain
+                break
         if gone:
-            self._names = [n for n in self._names if n not in gone]
-            with contextlib.suppress(sqlite3.Error):
-                self.db.executemany("DELETE FROM bells WHERE name = ?", [(n,) for n in gone])
+            self._names = [(n, o) for n, o in self._names if n not in gone]
+            self.db.executemany("DELETE FROM bells WHERE name = ?", [(n,) for n in gone])
 
     def close(self) -> None:
         """Close the sockets and take our name off the table (a crash leaves it to the next ring)."""
@@ -134,6 +163,7 @@ class Doorbell:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("DELETE FROM bells WHERE name = ?", (self.name,))
         self.listener = self.sender = self.name = None
+
 
 class QoS(virtual.QoS):
     """Acks, rejects and restores act on the reserved row; the in-memory map is only a cache."""
@@ -217,6 +247,7 @@ class Channel(virtual.Channel):
             db.execute("ROLLBACK")
             raise
         self.connection.touched()
+        self.connection.ready()
 
     def _reclaim(self, now: float) -> int:
         """Restore reservations whose lease ran out or whose owner process is gone."""

@@ -144,6 +144,22 @@ def test_no_ack_gets_are_not_redelivered(url):
     assert rows(url) == []
 
 
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def line_within(proc, seconds: float) -> str:
+    """The child's next line of output, or a failure (not a hang) if none comes within ``seconds``."""
+    import queue as queues
+    import threading
+    if not hasattr(proc, "lines"):
+        proc.lines = queues.Queue()
+        threading.Thread(target=lambda: [proc.lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        return proc.lines.get(timeout=seconds)
+    except queues.Empty:
+        raise AssertionError(f"no output from the consumer within {seconds} s") from None
+
+
 @pytest.mark.skipif(not embedded.Doorbell.supported(), reason="the doorbell needs Linux abstract sockets")
 def test_a_publish_in_another_process_rings_a_waiting_consumer_awake(url):
     """With polls 2 s apart, a consumer in another process still gets each message within a fraction of that:
@@ -171,10 +187,11 @@ def test_a_publish_in_another_process_rings_a_waiting_consumer_awake(url):
     import time
     lags = {}
     for mode in ("on", "off"):
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
         proc = subprocess.Popen([sys.executable, "-c", script, mode], stdout=subprocess.PIPE, text=True,
-                                env=dict(os.environ, PYTHONPATH=os.getcwd()))
+                                env=dict(os.environ, PYTHONPATH=path))
         try:
-            assert proc.stdout.readline().strip() == "ready"
+            assert line_within(proc, 30).strip() == "ready"
             time.sleep(2.5)                          # the consumer has polled once and sleeps now
             seen = []
             with Connection(url) as conn:
@@ -182,7 +199,7 @@ def test_a_publish_in_another_process_rings_a_waiting_consumer_awake(url):
                 queue()(producer.channel).declare()
                 for n in range(5):
                     producer.publish({"n": n, "at": time.time()}, routing_key="jobs")
-                    seen.append(json.loads(proc.stdout.readline()))
+                    seen.append(json.loads(line_within(proc, 10)))
                     time.sleep(0.3)
             lags[mode] = sorted(s["lag"] for s in seen)
         finally:
