@@ -109,8 +109,12 @@ class Client:
         if self.coalescer is not None:
             job_id, job = self.coalescer.submit(spec, key)
             return JobHandle(self, job_id, job)
-        _, job, _ = self._transport.request("POST", "/jobs", spec, headers={"Idempotency-Key": key}, resend=True)
+        job = self._post_job(spec, key)
         return JobHandle(self, job["id"], job)
+
+    def _post_job(self, spec: dict[str, Any], key: str) -> dict[str, Any]:
+        """``POST /jobs`` of one spec under ``key`` (sent again after a broken connection): the job."""
+        return self._transport.request("POST", "/jobs", spec, headers={"Idempotency-Key": key}, resend=True)[1]
 
     def submit_many(self, specs: Iterable[Mapping[str, Any]]) -> Batch:
         """Submit many jobs in one ``POST /jobs/batch`` (all or nothing); each spec as ``job_spec`` makes it.

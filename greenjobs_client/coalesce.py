@@ -21,7 +21,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from greenjobs_client.errors import ConnectionFailed, RequestFailed, ServerError
-from greenjobs_client.transport import encode
 
 if TYPE_CHECKING:
     from greenjobs_client.client import Client
@@ -77,7 +76,6 @@ class Coalescer:
     def submit(self, spec: dict[str, Any], key: str) -> tuple[str, dict[str, Any] | None]:
         """Queue one job (``spec`` as ``job_spec`` makes it, ``key`` its Idempotency-Key) and wait for its
         answer: (job id, the job when it was sent alone, else None).  Raises what a lone submit would (a TypeError for a job that is not JSON)."""
-        encode(spec)                # a job that is not JSON fails its own call, here, not its whole batch
         call = _Call(spec, key)
         if self._pid != os.getpid():
             self._start()
@@ -119,10 +117,7 @@ class Coalescer:
             try:
                 self._send(calls)
             except BaseException as exc:        # never leave a caller waiting
-                for call in calls:
-                    if not call.done.is_set():
-                        call.error = exc
-                        call.done.set()
+                self._fail([call for call in calls if not call.done.is_set()], exc)
 
     def _send(self, calls: list[_Call]) -> None:
         self.requests += 1
@@ -134,6 +129,10 @@ class Coalescer:
         items = [dict(call.spec, idempotency_key=call.key) for call in calls]
         try:
             _, answer, _ = self.client._transport.request("POST", "/jobs/batch", {"jobs": items}, resend=True)
+        except TypeError:               # some job is not JSON (refused before any I/O): it fails alone
+            for call in calls:
+                self._alone(call)
+            return
         except RequestFailed as exc:
             if 400 <= exc.status < 500 and exc.status not in SHARED:
                 # all or nothing: some job (or key) of the batch was refused; each alone gets its own answer
@@ -163,8 +162,7 @@ class Coalescer:
 
     def _alone(self, call: _Call) -> None:
         try:
-            _, job, _ = self.client._transport.request("POST", "/jobs", call.spec,
-                                                      headers={"Idempotency-Key": call.key}, resend=True)
+            job = self.client._post_job(call.spec, call.key)
             call.job_id, call.job = job["id"], job
         except BaseException as exc:
             call.error = exc

@@ -525,18 +525,10 @@
         pageHeader("Overview", "Live from /events; pool, workers and queues refreshed every 2 s."),
         h("div", {class: "grid"},
           card(`Throughput · last ${RATE_WINDOW} s`, [this.rates, this.chart,
-            h("div", {class: "legend"},
-              h("span", {class: "key key-submitted"}, "submitted"),
-              h("span", {class: "key key-succeeded"}, "succeeded"),
-              h("span", {class: "key key-failed"}, "failed"),
-              h("span", {class: "muted"}, `events per second, last ${SPARK_SECONDS} s`))], "wide"),
+            chartLegend(h("span", {class: "muted"}, `events per second, last ${SPARK_SECONDS} s`))], "wide"),
           card("I/O pool", [this.poolMeter, this.pool]),
           card("Throughput · last 15 minutes", [this.history,
-            h("div", {class: "legend"},
-              h("span", {class: "key key-submitted"}, "submitted"),
-              h("span", {class: "key key-succeeded"}, "succeeded"),
-              h("span", {class: "key key-failed"}, "failed"),
-              this.historyNote)], "wide"),
+            chartLegend(this.historyNote)], "wide"),
           card("CPU workers", this.cpu),
           card("Queue depths", this.queues, "wide"),
           card("Server", this.server),
@@ -762,6 +754,12 @@
           `I/O jobs waiting for a pool slot: ${fmtNumber(pending)} · cpu jobs waiting to be published: ` +
           fmtNumber(((health.cpu || {}).to_publish)))]);
     }
+  }
+
+  /** The key under a throughput chart, then ``note``. */
+  function chartLegend(note) {
+    return h("div", {class: "legend"}, ["submitted", "succeeded", "failed"].map((name) =>
+      h("span", {class: "key key-" + name}, name)), note);
   }
 
   /** Line chart of {submitted, succeeded, failed} series on ``canvas``, scaled to its top value (labelled ``unit``). */
