@@ -159,7 +159,10 @@ def test_connection_failures_look_alike(make_server):
             assert job["state"] == "failed", job
             messages.append(job["error"]["message"].replace(url, "URL"))
         assert messages[1] == "FetchFailed: GET URL failed: no response"
-        assert messages[0] in (messages[1], "the job ran longer than its timeout of 1.5 s"), messages
+        # the silent port: the same message, or the job's timeout (with, on a loaded machine whose hub ran the
+        # timer late, the note that says so): either way nothing tells a silent port from a closed one
+        assert messages[0] == messages[1] or messages[0].startswith("the job ran longer than its timeout of 1.5 s"), \
+            messages
     finally:
         silent.close()
         closed.close()
