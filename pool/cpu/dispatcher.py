@@ -122,9 +122,10 @@ class CpuDispatcher:
                                    f"({self.settings.broker_url.split('@')[-1]})")
 
     def can_run(self) -> bool:
-        """Whether this server sends cpu jobs to workers it supervises, over a connected broker (so an io handler
-        may be rerouted to them)."""
-        return bool(self.connected and self.supervisor is not None)
+        """Whether this server supervises cpu workers (so an io handler may be rerouted to them).  Whether the
+        broker is connected this moment is not asked: it is not yet in the first instants after start (a block
+        then would keep a handler on the hub for good), and a rerouted job waits out an outage like any cpu job."""
+        return self.supervisor is not None
 
     def admit(self, count: int) -> None:
         """Raise Overloaded (429) when ``count`` more cpu jobs would pass greenjobs.workers.max_pending waiting

@@ -122,12 +122,12 @@ class SSE:
         self.eof = False
         self.stop_flag = False
         self.decoder.feed(rest)
+        self.sock.settimeout(0.5)        # (here: a test may close the socket before the thread first runs)
         self.thread = threading.Thread(target=self._run, daemon=True)
         if read:
             self.thread.start()
 
     def _run(self) -> None:
-        self.sock.settimeout(0.5)
         while not self.stop_flag:
             if self.decoder.ended:
                 self.eof = True
