@@ -39,6 +39,8 @@ class Supervisor:
         self._threads: dict[int, threading.Thread] = {}   # slot -> its watcher
         self._lock = threading.Lock()
         self.restarting = False                           # a rolling restart is under way
+        #: Set by a server: returns the worker's end of a fresh direct line (a socket), passed to each new worker
+        self.line_factory = None
 
     def start(self) -> "Supervisor":
         """Start one watcher thread per slot, each running and restarting its worker; returns self."""
@@ -98,8 +100,16 @@ class Supervisor:
             pass
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "greenjobs.pool.cpu.worker", "--one", "--supervised",
-                                 "--parent", str(os.getpid()), self.ini], env=self.env, stdin=subprocess.DEVNULL)
+        args = [sys.executable, "-m", "greenjobs.pool.cpu.worker", "--one", "--supervised",
+                "--parent", str(os.getpid()), self.ini]
+        line = self.line_factory() if self.line_factory is not None else None
+        if line is None:
+            return subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL)
+        try:
+            return subprocess.Popen(args + ["--line", str(line.fileno())], env=self.env, stdin=subprocess.DEVNULL,
+                                    pass_fds=(line.fileno(),))
+        finally:
+            line.close()                # the child holds its own copy; ours would keep the line open past it
 
     def _watch(self, slot: int) -> None:
         backoff = 0.5

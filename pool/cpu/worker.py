@@ -3,8 +3,10 @@
 A worker consumes cpu jobs with prefetch 1.  Before running one it asks the server for a claim
 (the store is the ledger, and only the server writes it), so a job that was cancelled, timed out
 or already taken is skipped.  The handler runs in a thread while the main thread keeps the broker
-connection alive (heartbeats) and forwards progress.  The result is published (confirmed) before
-the message is acked: a worker killed mid-job means the job is delivered again.
+connection alive (heartbeats) and forwards progress.  The result is recorded (or published, confirmed)
+before the message is acked: a worker killed mid-job means the job is delivered again.  A worker its
+server supervises asks for claims and reports results over a direct line to it (``line.py``), with the
+broker's control queue as the fallback.
 
 ``greenjobs-worker config.ini`` runs ``greenjobs.workers.cpu`` of them under a supervisor;
 ``python -m greenjobs.pool.cpu.worker --one config.ini`` runs a single one (that is what supervisors start).
@@ -28,6 +30,7 @@ from contextvars import copy_context
 from kombu import Consumer, Producer
 
 from greenjobs.pool.cpu import broker
+from greenjobs.pool.cpu.line import ParentLine
 from greenjobs.pool.cpu.supervisor import EXIT_STOPPED
 from greenjobs.pool.context import JobContext, activate, deactivate
 from greenjobs.pool import outcomes
@@ -37,6 +40,8 @@ from greenjobs.pool.owners import owner_id
 # named, not __name__: run as ``-m greenjobs.pool.cpu.worker`` it would be "__main__", outside the greenjobs logger
 log = logging.getLogger("greenjobs.pool.cpu.worker")
 CLAIM_TIMEOUT = 30.0
+#: Seconds a result sent over the line may wait for the server's "recorded" before it goes over the broker.
+RECORD_TIMEOUT = 10.0
 #: Seconds past its timeout a job may run in a worker before the worker itself ends it (the server's timer
 #: usually has by then; on another host it may not be able to stop the worker).
 TIMEOUT_GRACE = 1.0
@@ -80,6 +85,7 @@ class Worker:
         self._broken = False                # the connection failed while a handler was running
         self._stops: set[tuple] = set()     # (job id, attempt) a server told us to stop
         self.parent: int | None = None      # the supervisor's pid: we leave when it is gone
+        self.line: ParentLine | None = None  # the direct line to that supervisor (a server), if it gave one
 
     # -- broker callbacks (run inside drain_events) ---------------------------------------
     def _on_job(self, body, message):
@@ -167,15 +173,63 @@ class Worker:
                               confirm_timeout=self.settings.broker_confirm_timeout, **props)
 
     def _claim(self, job: Job, redelivered: bool) -> dict | None:
+        """The server's answer to our claim, or None (no answer in CLAIM_TIMEOUT: the message goes back)."""
         corr = uuid.uuid4().hex
-        self._publish({"type": "claim", "job": job.id, "worker": self.id, "redelivered": redelivered,
-                       "corr": corr, "reply_to": self.reply_to.name}, reply=True)
+        body = {"type": "claim", "job": job.id, "worker": self.id, "redelivered": redelivered, "corr": corr,
+                "reply_to": self.reply_to.name}
+        if self._ask_line(body):
+            answer = self._answer(corr, CLAIM_TIMEOUT)
+            return None if answer is None or "error" in answer else answer
+        self._publish(body, reply=True)
         deadline = time.monotonic() + CLAIM_TIMEOUT
         while time.monotonic() < deadline:
             if corr in self._replies:
                 return self._replies.pop(corr)
             self._drain(0.2)
         return None
+
+    def _ask_line(self, body: dict) -> bool:
+        """Send ``body`` over the line to our server; False when there is no line (or it just broke), so the
+        caller goes over the broker."""
+        line = self.line
+        if line is None or line.broken:
+            return False
+        try:
+            line.send(body)
+        except OSError as exc:
+            log.warning("worker %s: the line to its server is gone (%s); claims and results go over the broker",
+                        self.id, exc)
+            return False
+        return True
+
+    def _answer(self, corr: str, timeout: float) -> dict | None:
+        """Wait for the line's answer to ``corr`` (reading the broker's heartbeats meanwhile); None when it did
+        not come in ``timeout`` s or the line broke."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                answer = self.line.receive(min(0.2, max(0.0, deadline - time.monotonic())))
+            except OSError:
+                return None
+            if answer is None:
+                self._drain(0)
+            elif answer.get("corr") == corr:
+                return answer
+        return None
+
+    def _report(self, result: dict) -> None:
+        """Have the result recorded: over the line when the server answers "recorded", else published to the
+        control queue (a result recorded twice is refused the second time by the store's fence)."""
+        corr = uuid.uuid4().hex
+        if self._ask_line({**result, "corr": corr}):
+            answer = self._answer(corr, RECORD_TIMEOUT)
+            if answer is not None and answer.get("recorded"):
+                return
+            log.info("worker %s: the server did not record job %s's result over the line; publishing it",
+                     self.id, result.get("job"))
+        if self._broken:
+            raise ConnectionError("the broker connection failed while the job ran")
+        self._publish(result)
 
     def _handle(self, body, message) -> None:
         try:
@@ -202,13 +256,13 @@ class Worker:
         if outcome.get("state") == TIMED_OUT:
             self._time_out(job, result, message)         # does not return
         try:
-            if self._broken:
-                raise ConnectionError("the broker connection failed while the job ran")
-            self._publish(result)
+            self._report(result)
         except Exception as exc:
             if _is_connection_error(exc):
                 self._unsent.append(result)     # published first thing on the next connection
             raise
+        if self._broken:        # recorded over the line; the message is acked on no connection: it comes
+            raise ConnectionError("the broker connection failed while the job ran")   # back, and is skipped
         message.ack()
         log.debug("job %s acked", job.id)
 
@@ -255,7 +309,9 @@ class Worker:
                     self._leave_to_stop(job)
                 if self._progress is not None:
                     progress, self._progress = self._progress, None
-                    self._publish({"type": "progress", "job": job.id, "worker": self.id, "progress": progress})
+                    body = {"type": "progress", "job": job.id, "worker": self.id, "progress": progress}
+                    if not self._ask_line(body):
+                        self._publish(body)
             except Exception as exc:
                 if not _is_connection_error(exc):
                     raise
@@ -317,7 +373,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_one(ini: str, supervised: bool = False, parent: int | None = None) -> int:
+def run_one(ini: str, supervised: bool = False, parent: int | None = None, line: int | None = None) -> int:
     """Run one worker in this process until SIGTERM/SIGINT (``--supervised``: die with the parent); returns the
     exit code."""
     if supervised:
@@ -332,6 +388,8 @@ def run_one(ini: str, supervised: bool = False, parent: int | None = None) -> in
     worker = Worker(settings, registry, middleware)
     if supervised:
         worker.parent = parent
+    if line is not None:
+        worker.line = ParentLine(line)
 
     def stop(signum, frame):
         worker.stopping = True     # finish the current job, then leave
@@ -348,10 +406,12 @@ def main(argv=None) -> int:
     parser.add_argument("--one", action="store_true", help="run one worker in this process (what supervisors start)")
     parser.add_argument("--supervised", action="store_true", help="leave when the parent process is gone")
     parser.add_argument("--parent", type=int, default=None, help="the supervisor's pid (with --supervised)")
+    parser.add_argument("--line", type=int, default=None, help="descriptor of the direct line to the supervising "
+                        "server (given by the server)")
     parser.add_argument("--processes", type=int, default=None, help="default: greenjobs.workers.cpu, or the CPU count")
     args = parser.parse_args(argv)
     if args.one:
-        return run_one(args.ini, supervised=args.supervised, parent=args.parent)
+        return run_one(args.ini, supervised=args.supervised, parent=args.parent, line=args.line)
     from greenjobs.pool.cpu.supervisor import Supervisor
     settings, _, _ = load_config(args.ini)
     count = args.processes or settings.workers_cpu or (os.cpu_count() or 1)

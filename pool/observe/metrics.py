@@ -126,6 +126,12 @@ class Collector:
                                 value=cpu["workers"] or 0)
         yield CounterMetricFamily("greenjobs_worker_restarts", "worker processes restarted",
                                   value=cpu["worker_restarts"] or 0)
+        messages = CounterMetricFamily("greenjobs_cpu_worker_messages", "claims, results and progress from cpu "
+                                       "workers, by route (line: a supervised worker's direct line; broker)",
+                                       labels=["route", "type"])
+        for key, n in sorted(cpu["messages"].items()):
+            messages.add_metric(key.split(":", 1), n)
+        yield messages
         yield GaugeMetricFamily("greenjobs_broker_connected", "1 when the cpu job broker is connected",
                                 value=int(bool(cpu["broker_connected"])))
         yield GaugeMetricFamily("greenjobs_event_subscribers", "open event streams (GET /events)",

@@ -192,6 +192,11 @@ def test_200_pbkdf2_jobs_all_succeed_with_the_right_digest(cpu_server):
     health = cpu_health(srv)
     assert health["running"] == 0 and health["to_publish"] == 0 and health["published"] >= 200, health
     assert health["workers"] == 2 and health["worker_restarts"] == 0, health
+    # the supervised workers claimed and reported over their direct lines, not the broker's control queue
+    assert health["lines"] == 2, health
+    assert health["messages"].get("line:claim") == 200 and health["messages"].get("line:result") == 200, health
+    assert not any(key.startswith("broker:") for key in health["messages"]), health
+    assert 'greenjobs_cpu_worker_messages_total{route="line",type="claim"} 200.0' in srv.get("/metrics").text
 
 
 # ---------------------------------------------------------------------------------------------
