@@ -24,7 +24,7 @@ from gevent.threadpool import ThreadPool
 from kombu import Consumer, Producer
 
 from greenjobs.pool.cpu import broker
-from greenjobs.pool.cpu.line import Frames, encode
+from greenjobs.pool.cpu.line import MAX_FRAME, Frames, decode, encode
 from greenjobs.pool.errors import Overloaded, QueueUnavailable
 from greenjobs.pool import outcomes
 from greenjobs.pool.job import Job
@@ -331,7 +331,7 @@ class CpuDispatcher:
                 log.error("ignoring a malformed control message: %r", str(body)[:200])
                 return
             kind = body.get("type")
-            self.messages[f"broker:{kind}"] += 1
+            self.messages[f"broker:{kind if kind in ('claim', 'result', 'progress') else 'other'}"] += 1
             if kind == "claim":
                 self._on_claim(body)
             elif kind == "result":
@@ -344,28 +344,45 @@ class CpuDispatcher:
             raise
 
     # -- the direct lines to supervised workers ------------------------------------------
-    def open_line(self) -> socket.socket:
-        """(the supervisor, at each spawn) A socket pair: its end goes to the new worker, ours is served here
-        until the worker is gone."""
+    def open_line(self):
+        """(the supervisor, at each spawn) A socket pair: the worker's end, and a function closing ours, which
+        is served here until the worker is gone (the supervisor calls it when the process exits: a grandchild
+        that inherited the worker's end must not keep the line open)."""
         ours, theirs = socket.socketpair()
         self._lines.add(ours)
         gevent.spawn(self._serve_line, ours)
-        return theirs
+
+        def close() -> None:
+            self._lines.discard(ours)
+            ours.close()
+        return theirs, close
 
     def _serve_line(self, sock) -> None:
         lock = Semaphore()
-        frames = Frames()
+        frames = Frames(max(MAX_FRAME, 2 * self.settings.job_max_result_bytes + 65536))
 
         def answer(body: dict) -> None:
             with lock:
                 sock.sendall(encode(body))
 
-        def serve(body: dict) -> None:
+        def serve(raw: bytes) -> None:
+            try:     # a large result is decoded off the hub, as the broker's consumer thread would
+                body = decode(raw) if len(raw) < 65536 else gevent.get_hub().threadpool.apply(decode, (raw,))
+            except ConnectionError as exc:
+                log.error("closing a worker line: %s", exc)
+                sock.close()
+                return
+            if body is None:
+                return
             kind = body.get("type") if isinstance(body.get("job"), str) else None
-            self.messages[f"line:{kind}"] += 1
+            self.messages[f"line:{kind if kind in ('claim', 'result', 'progress') else 'other'}"] += 1
             try:
                 if kind == "claim":
-                    reply = self._decide_claim(body)
+                    until = body.get("until")
+                    if isinstance(until, (int, float)) and time.time() > until:
+                        reply = {"corr": body.get("corr"), "error": "the claim came too late (the worker gave up)"}
+                    else:
+                        reply = self._decide_claim(body)
                 elif kind == "result":
                     self._on_result(body)
                     reply = {"corr": body.get("corr"), "recorded": True}
@@ -389,8 +406,8 @@ class CpuDispatcher:
                 data = sock.recv(65536)
                 if not data:
                     return
-                for body in frames.feed(data):
-                    gevent.spawn(serve, body)
+                for raw in frames.feed(data):
+                    gevent.spawn(serve, raw)
         except (OSError, ConnectionError) as exc:
             log.warning("a worker line failed (%s); closing it", exc)
         finally:

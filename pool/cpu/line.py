@@ -8,7 +8,10 @@ Jobs themselves keep coming over the broker, durable, and the broker stays the f
 line is gone (or whose result the parent could not record) publishes to the control queue as before.
 
 Frames are JSON objects, one per line (``json.dumps`` never writes a raw newline); only these two
-processes hold the ends, and a frame over MAX_FRAME closes the line.
+processes hold the ends, and a frame over the limit closes the line.  A worker's send has a deadline (a
+stopped or stalled server must not hang the worker's main thread, which keeps the broker's heartbeats
+and the job's time limit); a send that fails or times out breaks the line for good, and the broker
+carries the rest.
 """
 from __future__ import annotations
 
@@ -16,38 +19,48 @@ import json
 import select
 import socket
 
-#: Largest frame either side accepts (a result carries at most greenjobs.job.max_result_bytes, which is
-#: capped well below this).
+#: Largest frame either side accepts by default; a server allows twice greenjobs.job.max_result_bytes
+#: when that is more (a result carries at most that much, JSON-escaped).
 MAX_FRAME = 64 * 1024 * 1024
+#: Seconds a worker's send may take before its line counts as broken.
+SEND_TIMEOUT = 5.0
 
 
 def encode(body: dict) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
+def decode(raw: bytes) -> dict | None:
+    """One frame's object (None for a JSON value that is not an object); ConnectionError if undecodable."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ConnectionError("an undecodable frame on the worker line") from None
+    return body if isinstance(body, dict) else None
+
+
 class Frames:
-    """Splits what a socket delivers into decoded frames."""
+    """Splits what a socket delivers into raw frames (each scanned once for its end, however many reads it
+    took)."""
 
-    def __init__(self):
+    def __init__(self, max_frame: int | None = None):
+        self.max_frame = max_frame or MAX_FRAME
         self._buf = bytearray()
+        self._scanned = 0
 
-    def feed(self, data: bytes) -> list:
+    def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
         frames = []
         while True:
-            end = self._buf.find(b"\n")
+            end = self._buf.find(b"\n", self._scanned)
             if end < 0:
-                if len(self._buf) > MAX_FRAME:
+                self._scanned = len(self._buf)
+                if self._scanned > self.max_frame:
                     raise ConnectionError("a frame on the worker line is too large")
                 return frames
-            raw = bytes(self._buf[:end])
+            frames.append(bytes(self._buf[:end]))
             del self._buf[:end + 1]
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                raise ConnectionError("an undecodable frame on the worker line") from None
-            if isinstance(body, dict):
-                frames.append(body)
+            self._scanned = 0
 
 
 class ParentLine:
@@ -56,7 +69,7 @@ class ParentLine:
 
     def __init__(self, fd: int):
         self.sock = socket.socket(fileno=fd)
-        self.sock.setblocking(True)
+        self.sock.settimeout(SEND_TIMEOUT)        # (reads wait in poll() first, so only sends use it)
         self._frames = Frames()
         self._ready: list = []
         self._poll = select.poll()          # (not select(): it fails for a descriptor numbered 1024 or more)
@@ -64,10 +77,12 @@ class ParentLine:
         self.broken = False
 
     def send(self, body: dict) -> None:
+        """Send one frame; OSError (the line now broken, and closed: a frame cut short must not be read as
+        another) when it failed or took over SEND_TIMEOUT."""
         try:
             self.sock.sendall(encode(body))
         except OSError:
-            self.broken = True
+            self.close()
             raise
 
     def receive(self, timeout: float) -> dict | None:
@@ -79,15 +94,18 @@ class ParentLine:
                 data = self.sock.recv(65536)
                 if not data:
                     raise ConnectionError("the server closed the worker line")
-                self._ready.extend(self._frames.feed(data))
+                self._ready.extend(body for body in map(decode, self._frames.feed(data)) if body is not None)
             except OSError:
-                self.broken = True
+                self.close()
                 raise
         return self._ready.pop(0)
 
     def close(self) -> None:
         self.broken = True
-        self.sock.close()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
 
 
-__all__ = ["MAX_FRAME", "Frames", "ParentLine", "encode"]
+__all__ = ["MAX_FRAME", "SEND_TIMEOUT", "Frames", "ParentLine", "decode", "encode"]

@@ -39,8 +39,10 @@ class Supervisor:
         self._threads: dict[int, threading.Thread] = {}   # slot -> its watcher
         self._lock = threading.Lock()
         self.restarting = False                           # a rolling restart is under way
-        #: Set by a server: returns the worker's end of a fresh direct line (a socket), passed to each new worker
+        #: Set by a server: returns (the worker's end of a fresh direct line, a function closing the server's
+        #: end), for each new worker (CpuDispatcher.open_line)
         self.line_factory = None
+        self._line_closers: dict[int, object] = {}         # worker pid -> closes the server's end of its line
 
     def start(self) -> "Supervisor":
         """Start one watcher thread per slot, each running and restarting its worker; returns self."""
@@ -102,14 +104,24 @@ class Supervisor:
     def _spawn(self) -> subprocess.Popen:
         args = [sys.executable, "-m", "greenjobs.pool.cpu.worker", "--one", "--supervised",
                 "--parent", str(os.getpid()), self.ini]
-        line = self.line_factory() if self.line_factory is not None else None
+        line = close = None
+        if self.line_factory is not None:
+            try:
+                line, close = self.line_factory()
+            except OSError as exc:      # (out of descriptors?) this worker talks over the broker only
+                log.warning("could not make a direct line for a new cpu worker (%s); it uses the broker", exc)
         if line is None:
             return subprocess.Popen(args, env=self.env, stdin=subprocess.DEVNULL)
         try:
-            return subprocess.Popen(args + ["--line", str(line.fileno())], env=self.env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(args + ["--line", str(line.fileno())], env=self.env, stdin=subprocess.DEVNULL,
                                     pass_fds=(line.fileno(),))
+        except BaseException:
+            close()
+            raise
         finally:
             line.close()                # the child holds its own copy; ours would keep the line open past it
+        self._line_closers[proc.pid] = close
+        return proc
 
     def _watch(self, slot: int) -> None:
         backoff = 0.5
@@ -121,6 +133,9 @@ class Supervisor:
                 proc = self._spawn()
                 self.procs[slot] = proc
             code = proc.wait()
+            close = self._line_closers.pop(proc.pid, None)
+            if close is not None:
+                close()
             if self._stop.is_set():
                 break
             if slot >= self.count:                        # resized away: not replaced

@@ -177,8 +177,14 @@ class Worker:
         corr = uuid.uuid4().hex
         body = {"type": "claim", "job": job.id, "worker": self.id, "redelivered": redelivered, "corr": corr,
                 "reply_to": self.reply_to.name}
-        if self._ask_line(body):
+        # a claim the server reads after we gave up must not be granted (we give the message back, and a
+        # running job's redelivery would count as orphaned): it refuses one past "until" (same host, same clock)
+        if self._ask_line({**body, "until": time.time() + CLAIM_TIMEOUT - 2.0}):
             answer = self._answer(corr, CLAIM_TIMEOUT)
+            if answer is None and self.line is not None and not self.line.broken:
+                log.warning("worker %s: no answer to a claim over the line to its server in %s s; claims and "
+                            "results go over the broker from now on", self.id, CLAIM_TIMEOUT)
+                self.line.close()
             return None if answer is None or "error" in answer else answer
         self._publish(body, reply=True)
         deadline = time.monotonic() + CLAIM_TIMEOUT
@@ -212,7 +218,8 @@ class Worker:
             except OSError:
                 return None
             if answer is None:
-                self._drain(0)
+                if not self._broken:        # (heartbeats; a dead connection waits for the next session)
+                    self._drain(0)
             elif answer.get("corr") == corr:
                 return answer
         return None
@@ -330,8 +337,8 @@ class Worker:
         this one's place."""
         result["state"] = "failed"
         try:
+            self._report(result)
             if not self._broken:
-                self._publish(result)
                 message.ack()
         except Exception as exc:             # the broker is gone: the server's own timer ends the job
             log.warning("worker %s: could not report the timeout of job %s (%s)", self.id, job.id, exc)

@@ -232,6 +232,7 @@ def test_sigkill_of_a_worker_mid_job_reruns_the_job_and_replaces_the_worker(cpu_
     after = wait_workers(srv, 2, gone={victim})
     assert victim not in after
     assert cpu_health(srv)["worker_restarts"] >= 1
+    wait_until(lambda: cpu_health(srv)["lines"] == 2, 10, message="the dead worker's line closed, its successor's open")
     assert run_pid_job(srv)["result"]["pid"] in worker_pids(srv)
 
 
