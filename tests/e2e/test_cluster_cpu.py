@@ -1,6 +1,8 @@
 """A cancel on any server stops a running cpu job where it runs, whoever granted its claim and whoever
 supervises its worker: real pserve processes and a real ``greenjobs-worker`` on one ledger and one broker
 (an SQLite file and the embedded broker shared by processes of one host; PostgreSQL and RabbitMQ)."""
+import os
+import signal
 import time
 import uuid
 
@@ -70,3 +72,26 @@ def test_a_cancel_on_another_server_stops_a_job_of_a_server_supervised_worker(ma
     cancelled = b.delete(f"/jobs/{spin['id']}")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
     assert_stopped_and_free(b, spin, a.log)
+
+
+def test_a_supervised_workers_result_reaches_another_server_while_its_own_is_stopped(make_server, shared):
+    """The worker reports over its direct line first; a server that does not answer (SIGSTOPped) makes it
+    publish the result to the control queue after RECORD_TIMEOUT (10 s), where another server records it."""
+    a = make_server(app={**BASE, **shared, "greenjobs.workers.cpu": 1}, name="a")
+    b = make_server(app={**BASE, **shared, "greenjobs.workers.cpu": 0}, name="b")
+    wait_until(lambda: a.get("/health").json()["cpu"]["workers"] == 1, 30, message="a's worker alive")
+    job = b.submit("cpu.spin", kwargs={"seconds": 2})
+    wait_until(lambda: b.get(f"/jobs/{job['id']}").json()["state"] == "running", 30, message="the spin running")
+    assert a.get("/health").json()["cpu"]["messages"].get("line:claim", 0) >= 1, "a's worker claimed over its line"
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        done = b.wait(job["id"], 45)
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    assert done["state"] == "succeeded" and done["attempts"] == 1, done
+    assert "did not record job" in a.log() and "publishing it" in a.log()
+    # back, a reads the late result from the line: refused by the fence, nothing changes
+    wait_until(lambda: a.get("/health", timeout=5).json()["cpu"]["messages"].get("line:result", 0) >= 1, 30,
+               message="a read the late result")
+    again = a.get(f"/jobs/{job['id']}").json()
+    assert again["state"] == "succeeded" and again["attempts"] == 1 and again["finished_at"] == done["finished_at"]
