@@ -359,6 +359,7 @@ class Transport(virtual.Transport):
         self.owner = owner_id()
         self.last_delivery = 0.0
         self.busy_interval = float(self.client.transport_options.get("busy_interval", 0.001))
+        self.bell_poll = float(self.client.transport_options.get("bell_poll", 0.05))
         self.doorbell = bool(self.client.transport_options.get("doorbell", True)) and Doorbell.supported()
         self._bell: Doorbell | None = None
         self._ring_due = False          # a message became ready inside the open transaction: ring at its commit
@@ -424,7 +425,10 @@ class Transport(virtual.Transport):
 
     def drain_events(self, connection, timeout=None):
         """Like kombu's, but polls every ``busy_interval`` for a second after a delivery, and every
-        ``polling_interval`` when idle: low latency under load, little CPU when nothing happens."""
+        ``polling_interval`` when idle: low latency under load, little CPU when nothing happens.  While the
+        doorbell listens, a ring wakes us when a message becomes ready, and polls every ``bell_poll`` are
+        only the safety net (a ringer that does not know us yet, another network namespace, a reservation
+        whose lease ran out)."""
         started = time.monotonic()
         while True:
             try:
@@ -435,10 +439,13 @@ class Transport(virtual.Transport):
                 if timeout is not None and now - started >= timeout:
                     raise socket.timeout() from None
                 interval = self.busy_interval if now - self.last_delivery < 1.0 else self.polling_interval
+                bell = self.bell if self.doorbell else None
+                if bell is not None and bell.listener is not None:
+                    interval = max(interval, self.bell_poll)
                 if timeout is not None:
                     interval = min(interval, timeout - (now - started))
-                if self.doorbell:
-                    self.bell.wait(interval)  # rung by a commit that made a message ready; gevent's select when patched
+                if bell is not None:
+                    bell.wait(interval)  # rung by a commit that made a message ready; gevent's select when patched
                 else:
                     time.sleep(interval)      # looked up at call time: gevent's when patched
 
