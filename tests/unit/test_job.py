@@ -56,3 +56,14 @@ def test_public_times_are_iso_utc():
     job = make(created_at=0.0)
     assert job.public()["created_at"] == "1970-01-01T00:00:00.000Z"
     assert iso(None) is None
+
+
+def test_new_ids_are_distinct_version_4_uuids_in_hex():
+    import uuid
+    from greenjobs.pool.job import new_id
+    ids = [new_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    for job_id in ids[:200]:
+        parsed = uuid.UUID(job_id)
+        assert parsed.hex == job_id and len(job_id) == 32
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
