@@ -326,22 +326,33 @@ class CpuDispatcher:
         return batch
 
     def _handle(self, body) -> None:
+        """A message from the control queue; a claim's answer goes out on the consumer loop's next round."""
         try:
-            if not isinstance(body, dict) or not isinstance(body.get("job"), str):
-                log.error("ignoring a malformed control message: %r", str(body)[:200])
-                return
-            kind = body.get("type")
-            self.messages[f"broker:{kind if kind in ('claim', 'result', 'progress') else 'other'}"] += 1
-            if kind == "claim":
-                self._on_claim(body)
-            elif kind == "result":
-                self._on_result(body)
-            elif kind == "progress" and isinstance(body.get("progress"), dict):
-                self.sink.progress(body["job"], body["progress"])
+            reply = self._dispatch(body, "broker")
         except Exception as exc:
             log.error("could not handle a %s message for job %s (%s); it goes back to the queue",
                       body.get("type"), body.get("job"), exc)
             raise
+        if reply is not None:
+            worker = str(body.get("worker"))
+            reply_to = body.get("reply_to") or f"{self.settings.broker_namespace}.reply.{worker.replace(':', '_')}"
+            self._replies.append((reply_to, reply))     # sent by the consumer loop right after this batch
+
+    def _dispatch(self, body, route: str) -> dict | None:
+        """Handle one worker message, from the control queue or a line (``route``): a claim (its answer is
+        returned), a result, progress.  Raises when the store failed."""
+        if not isinstance(body, dict) or not isinstance(body.get("job"), str):
+            log.error("ignoring a malformed worker message (%s): %r", route, str(body)[:200])
+            return None
+        kind = body.get("type")
+        self.messages[f"{route}:{kind if kind in ('claim', 'result', 'progress') else 'other'}"] += 1
+        if kind == "claim":
+            return self._decide_claim(body)
+        if kind == "result":
+            self._on_result(body)
+        elif kind == "progress" and isinstance(body.get("progress"), dict):
+            self.sink.progress(body["job"], body["progress"])
+        return None
 
     # -- the direct lines to supervised workers ------------------------------------------
     def open_line(self):
@@ -374,26 +385,12 @@ class CpuDispatcher:
                 return
             if body is None:
                 return
-            kind = body.get("type") if isinstance(body.get("job"), str) else None
-            self.messages[f"line:{kind if kind in ('claim', 'result', 'progress') else 'other'}"] += 1
             try:
-                if kind == "claim":
-                    until = body.get("until")
-                    if isinstance(until, (int, float)) and time.time() > until:
-                        reply = {"corr": body.get("corr"), "error": "the claim came too late (the worker gave up)"}
-                    else:
-                        reply = self._decide_claim(body)
-                elif kind == "result":
-                    self._on_result(body)
+                reply = self._dispatch(body, "line")
+                if body.get("type") == "result":
                     reply = {"corr": body.get("corr"), "recorded": True}
-                elif kind == "progress" and isinstance(body.get("progress"), dict):
-                    self.sink.progress(body["job"], body["progress"])
-                    return
-                else:
-                    log.error("ignoring a malformed message on a worker line: %r", str(body)[:200])
-                    return
             except Exception as exc:    # (the store failed: the worker goes back to the queue, or the broker)
-                log.error("could not handle a %s message for job %s from a worker line (%s)", kind,
+                log.error("could not handle a %s message for job %s from a worker line (%s)", body.get("type"),
                           body.get("job"), exc)
                 reply = {"corr": body.get("corr"), "error": str(exc)[:200]}
             if reply is not None:
@@ -414,14 +411,12 @@ class CpuDispatcher:
             self._lines.discard(sock)
             sock.close()
 
-    def _on_claim(self, body) -> None:
-        reply = self._decide_claim(body)
-        worker = str(body.get("worker"))
-        reply_to = body.get("reply_to") or f"{self.settings.broker_namespace}.reply.{worker.replace(':', '_')}"
-        self._replies.append((reply_to, reply))     # sent by the consumer loop right after this batch
-
     def _decide_claim(self, body) -> dict:
-        """Judge a worker's claim in the ledger; the answer to send back."""
+        """Judge a worker's claim in the ledger; the answer to send back.  A claim past its ``until`` (a line's:
+        the worker gave up waiting and gave the message back) is refused unjudged."""
+        until = body.get("until")
+        if isinstance(until, (int, float)) and time.time() > until:
+            return {"corr": body.get("corr"), "go": False, "error": "the claim came too late (the worker gave up)"}
         worker = str(body.get("worker"))
         judge = functools.partial(judge_worker_claim, redelivered=bool(body.get("redelivered")),
                                   worker_dead=owner_is_dead, max_redeliveries=self.settings.workers_redeliveries,

@@ -24,7 +24,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from contextvars import copy_context
 
 from kombu import Consumer, Producer
@@ -34,7 +33,7 @@ from greenjobs.pool.cpu.line import ParentLine
 from greenjobs.pool.cpu.supervisor import EXIT_STOPPED
 from greenjobs.pool.context import JobContext, activate, deactivate
 from greenjobs.pool import outcomes
-from greenjobs.pool.job import Job
+from greenjobs.pool.job import Job, new_id
 from greenjobs.pool.owners import owner_id
 
 # named, not __name__: run as ``-m greenjobs.pool.cpu.worker`` it would be "__main__", outside the greenjobs logger
@@ -174,7 +173,7 @@ class Worker:
 
     def _claim(self, job: Job, redelivered: bool) -> dict | None:
         """The server's answer to our claim, or None (no answer in CLAIM_TIMEOUT: the message goes back)."""
-        corr = uuid.uuid4().hex
+        corr = new_id()
         body = {"type": "claim", "job": job.id, "worker": self.id, "redelivered": redelivered, "corr": corr,
                 "reply_to": self.reply_to.name}
         # a claim the server reads after we gave up must not be granted (we give the message back, and a
@@ -227,7 +226,7 @@ class Worker:
     def _report(self, result: dict) -> None:
         """Have the result recorded: over the line when the server answers "recorded", else published to the
         control queue (a result recorded twice is refused the second time by the store's fence)."""
-        corr = uuid.uuid4().hex
+        corr = new_id()
         if self._ask_line({**result, "corr": corr}):
             answer = self._answer(corr, RECORD_TIMEOUT)
             if answer is not None and answer.get("recorded"):

@@ -15,6 +15,7 @@ from greenjobs.pool.cpu import worker as worker_mod
 from greenjobs.pool.cpu.dispatcher import CpuDispatcher
 from greenjobs.pool.cpu.line import Frames, ParentLine, decode, encode
 from greenjobs.pool.cpu.worker import Worker
+from greenjobs.pool.job import RUNNING, Job
 from greenjobs.pool.registry import Registry
 from greenjobs.server.settings import load
 
@@ -139,17 +140,22 @@ def test_a_result_unanswered_within_record_timeout_is_published(worker, monkeypa
 # -- the server's end ---------------------------------------------------------------------------
 @pytest.fixture
 def served(tmp_path):
-    """A dispatcher serving one line (gevent sockets), its claims and results stubbed; yields (dispatcher,
-    the worker's end as a blocking socket, the greenlet)."""
-    d = CpuDispatcher(load({}, str(tmp_path)), store=None, registry=None, sink=None)
-    d.claims, d.results = [], []
+    """A dispatcher serving one line (gevent sockets), its store's claim and its result recording stubbed;
+    yields (dispatcher, the worker's end as a blocking socket, the greenlet)."""
+    claims = []
 
-    def decide(body):
-        d.claims.append(body)
-        if body["job"] == "failing":
-            raise RuntimeError("the store is failing (test)")
-        return {"corr": body["corr"], "go": True, "attempts": 1}
-    d._decide_claim = decide
+    class Store:
+        lease_seconds = 30.0
+
+        def claim_for_worker(self, job_id, worker, judge):
+            claims.append(job_id)
+            if job_id == "failing":
+                raise RuntimeError("the store is failing (test)")
+            return "go", Job(id=job_id, handler="cpu.x", kind="cpu", state=RUNNING, timeout=0, attempts=1)
+
+    d = CpuDispatcher(load({}, str(tmp_path)), store=Store(), registry=None,
+                      sink=types.SimpleNamespace(started=lambda job: None))
+    d.claims, d.results = claims, []
     d._on_result = d.results.append
     ours, theirs = gevent.socket.socketpair()
     d._lines.add(ours)
@@ -176,7 +182,7 @@ def test_the_server_answers_claims_and_results_and_counts_them(served):
     assert ask(sock, {"type": "result", "job": "j1", "corr": "c2", "state": "succeeded"}) == \
         {"corr": "c2", "recorded": True}
     assert ask(sock, {"type": "claim", "job": "failing", "corr": "c3"})["error"].startswith("the store is failing")
-    assert [c["corr"] for c in d.claims] == ["c1", "c3"] and [r["corr"] for r in d.results] == ["c2"]
+    assert d.claims == ["j1", "failing"] and [r["corr"] for r in d.results] == ["c2"]
     assert d.stats()["messages"] == {"line:claim": 2, "line:result": 1}
 
 
