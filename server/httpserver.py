@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 
@@ -18,6 +19,76 @@ from greenjobs.server.lifecycle import ServerStopping
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("greenjobs.server.access")
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+#: A field name is an RFC 9110 token: no whitespace (before the colon it is a smuggling vector), no separators.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Most header fields a request may carry (http.client's limit).
+MAX_FIELDS = 100
+
+
+class RequestHeaders:
+    """A request's header fields: what pywsgi asks of its ``MessageClass`` (``get``, ``getheader``,
+    ``typeheader``, ``headers``, ``status``, ``del``), plus ``get_all`` and ``items``.
+
+    Read by :func:`read_headers` with a line split, not http.client's email parser (~56 → ~6 µs a request
+    here, paid by every request)."""
+
+    __slots__ = ("_fields", "_by_name", "status")
+
+    def __init__(self, fields: list[tuple[str, str]]):
+        self._fields = fields
+        self._by_name: dict[str, list[str]] = {}
+        for name, value in fields:
+            self._by_name.setdefault(name.lower(), []).append(value)
+        self.status = ""                # pywsgi refuses a request whose headers set a status
+
+    def get(self, name: str, default=None):
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
+
+    getheader = get
+
+    def get_all(self, name: str) -> list[str] | None:
+        return self._by_name.get(name.lower())
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._fields)
+
+    def __delitem__(self, name: str) -> None:
+        lowered = name.lower()
+        self._by_name.pop(lowered, None)
+        self._fields = [(k, v) for k, v in self._fields if k.lower() != lowered]
+
+    @property
+    def typeheader(self) -> str | None:
+        return self.get("content-type")
+
+    @property
+    def headers(self):
+        """Each field as ``"Name: value\r\n"`` (how pywsgi builds the environ's ``HTTP_*`` keys)."""
+        return [f"{name}: {value}\r\n" for name, value in self._fields]
+
+
+def read_headers(rfile, max_bytes: int) -> RequestHeaders:
+    """Read a request's header fields up to the blank line; ValueError (a 400 that closes) for more than
+    ``max_bytes``, more than MAX_FIELDS fields, a line that is not ``token: value``, or an obs-fold
+    continuation line (RFC 9112 §5.2 allows refusing it; folding is another smuggling vector)."""
+    fields = []
+    left = max_bytes
+    while True:
+        line = rfile.readline(left + 2)         # (+2: the blank line ending them is not counted)
+        if line in (b"\r\n", b"\n", b""):
+            return RequestHeaders(fields)
+        left -= len(line)
+        if left < 0:
+            raise ValueError(f"request headers exceed {max_bytes} bytes")
+        if len(fields) == MAX_FIELDS:
+            raise ValueError(f"more than {MAX_FIELDS} header fields")
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"malformed header line {line[:80]!r}")
+        fields.append((name, value.strip(" \t\r\n")))
 
 
 def check_framing(headers) -> None:
@@ -78,9 +149,10 @@ class LimitedHandler(WSGIHandler):
     header_timeout = 15.0
     max_header_bytes = 65536
 
-    def MessageClass(self, *args):
-        """pywsgi's header parser, then the framing check (before pywsgi drops a Content-Length beside chunked)."""
-        headers = super().MessageClass(*args)
+    def MessageClass(self, rfile, *args):
+        """The header fields (:func:`read_headers`, within ``max_header_bytes``), then the framing check (before
+        pywsgi drops a Content-Length beside chunked)."""
+        headers = read_headers(rfile, self.max_header_bytes)
         check_framing(headers)
         return headers
 
@@ -104,13 +176,9 @@ class LimitedHandler(WSGIHandler):
             idle.discard(me)
 
     def read_request(self, raw_requestline):
-        """Read the headers within ``header_timeout`` s and ``max_header_bytes``; ValueError (a 400) if not."""
+        """Read the headers within ``header_timeout`` s (and ``max_header_bytes``); ValueError (a 400) if not."""
         with gevent.Timeout(self.header_timeout, False):
-            ok = super().read_request(raw_requestline)
-            size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
-            if size > self.max_header_bytes:
-                raise ValueError(f"request headers exceed {self.max_header_bytes} bytes")
-            return ok
+            return super().read_request(raw_requestline)
         raise ValueError(f"request headers not received within {self.header_timeout} s")
 
     def get_environ(self):

@@ -95,6 +95,21 @@ def test_ambiguous_body_framing_is_refused(srv, framing):
     assert srv.get("/jobs", headers={"Authorization": "Bearer admin-token-for-tests"}).json()["jobs"] == []
 
 
+@pytest.mark.parametrize("line", [
+    b"X-Folded: a\r\n continued\r\n",             # obs-fold
+    b"Content-Length : 20\r\n",                      # whitespace before the colon
+    b"No colon here\r\n",
+    b"".join(b"X-F%d: v\r\n" % i for i in range(101)),   # over 100 fields
+])
+def test_malformed_header_lines_are_refused(srv, line):
+    body = b'{"handler": "echo"}\n'
+    status, _, _ = send_raw(srv, b"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-for-tests\r\n"
+                                 b"Content-Type: application/json\r\nContent-Length: 20\r\n" + line
+                                 + b"Connection: close\r\n\r\n" + body)
+    assert status == 400
+    assert srv.get("/jobs", headers={"Authorization": "Bearer admin-token-for-tests"}).json()["jobs"] == []
+
+
 def test_location_is_relative_whatever_the_host_header(srv):
     status, headers, _ = raw_request(srv.url, "POST", "/jobs", b'{"handler": "echo"}',
                                      {"Content-Type": "application/json", "Content-Length": "19",
