@@ -67,3 +67,29 @@ def test_new_ids_are_distinct_version_4_uuids_in_hex():
         parsed = uuid.UUID(job_id)
         assert parsed.hex == job_id and len(job_id) == 32
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_new_ids_stay_distinct_across_threads_and_a_fork():
+    import os
+    import threading
+    from greenjobs.pool.job import new_id
+    per_thread: list[list[str]] = [[] for _ in range(8)]
+    threads = [threading.Thread(target=lambda out=out: out.extend(new_id() for _ in range(5_000))) for out in per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for out in per_thread for i in out]
+    assert len(set(ids)) == len(ids) == 40_000
+    new_id()                                    # ids are made ahead now: a forked child must not reuse them
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, "".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 320).decode()
+    os.close(read)
+    parents = {new_id() for _ in range(10)}
+    assert not parents & {child[i:i + 32] for i in range(0, 320, 32)}
