@@ -34,3 +34,12 @@ def test_quick_run_reports_every_workload(tmp_path):
             assert isinstance(r["median"], (int, float)), r
     assert {r["system"] for r in rows} <= {"limit", "ceiling", "greenjobs"}     # no peers in --quick
     assert report["machine"]["nproc"] >= 1 and "| workload |" in proc.stdout
+
+
+def test_request_cpu_reports_cpu_and_rates():
+    proc = subprocess.run([sys.executable, "-m", "bench.request_cpu", "--rounds", "1", "--requests", "256"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out) == {"health cpu_us", "health rate", "jobs cpu_us", "jobs rate", "jobs ÷ health"}
+    assert all(v > 0 for v in out.values()), out
