@@ -50,7 +50,12 @@ class Conn:
 
 
 def post_rate(port: int, path: str, body, n: int, clients: int = 64, expect: int = 202) -> float:
-    """Requests/s of ``n`` POSTs of ``body`` from ``clients`` keep-alive connections (W3, W6).
+    """Requests/s of ``n`` POSTs of ``body`` from ``clients`` keep-alive connections (W3, W6)."""
+    return request_rate(port, "POST", path, body, n, clients, expect)
+
+
+def request_rate(port: int, method: str, path: str, body, n: int, clients: int = 64, expect: int = 200) -> float:
+    """Requests/s of ``n`` requests from ``clients`` keep-alive connections, each answered ``expect``.
 
     Needs a gevent-patched process: each connection is a greenlet.
     """
@@ -61,9 +66,9 @@ def post_rate(port: int, path: str, body, n: int, clients: int = 64, expect: int
     def worker(count):
         conn = Conn("127.0.0.1", port)
         for _ in range(count):
-            status, payload = conn.request("POST", path, body)
+            status, payload = conn.request(method, path, body)
             if status != expect:
-                raise RuntimeError(f"POST {path}: {status} {payload[:300]!r}")
+                raise RuntimeError(f"{method} {path}: {status} {payload[:300]!r}")
         conn.close()
 
     per = max(1, n // clients)

@@ -18,9 +18,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import gevent  # noqa: E402
-
-from bench.client import Conn, post_rate  # noqa: E402
+from bench.client import post_rate, request_rate  # noqa: E402
 from tests.support import ServerProcess, write_ini  # noqa: E402
 
 CLIENTS = 64
@@ -32,21 +30,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def get_rate(port: int, path: str, n: int) -> float:
-    """Requests/s of ``n`` GETs of ``path`` from CLIENTS keep-alive connections."""
-    def worker(count):
-        conn = Conn("127.0.0.1", port)
-        for _ in range(count):
-            status, payload = conn.request("GET", path)
-            if status != 200:
-                raise RuntimeError(f"GET {path}: {status} {payload[:300]!r}")
-        conn.close()
-    per = max(1, n // CLIENTS)
-    t0 = time.perf_counter()
-    gevent.joinall([gevent.spawn(worker, per) for _ in range(CLIENTS)], raise_error=True)
-    return per * CLIENTS / (time.perf_counter() - t0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.request_cpu", description=__doc__.split("\n\n")[1])
     parser.add_argument("--rounds", type=int, default=3)
@@ -56,10 +39,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gjcpu-") as folder:
         srv = ServerProcess(write_ini(Path(folder), {}, server={"max_connections": 20000})).start()
         try:
-            measures = {"health": lambda: get_rate(srv.port, "/health", n),
-                        "jobs": lambda: post_rate(srv.port, "/jobs", {"handler": "echo"}, n)}
+            measures = {"health": lambda: request_rate(srv.port, "GET", "/health", None, n, CLIENTS),
+                        "jobs": lambda: post_rate(srv.port, "/jobs", {"handler": "echo"}, n, CLIENTS)}
             post_rate(srv.port, "/jobs", {"handler": "echo"}, n // 2)          # warm up both paths
-            get_rate(srv.port, "/health", n // 4)
+            request_rate(srv.port, "GET", "/health", None, n // 4, CLIENTS)
             time.sleep(1.0)
             seen: dict[str, list[tuple[float, float]]] = {name: [] for name in measures}
             for _ in range(args.rounds):
