@@ -23,6 +23,9 @@ BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length:
 
 #: A field name is an RFC 9110 token: no whitespace (before the colon it is a smuggling vector), no separators.
 _FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: What a field value may not hold (RFC 9110 §5.5): control characters other than HTAB, a bare CR among them
+#: (parsers that split lines on it would see another field, a smuggling vector).
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 #: Most header fields a request may carry (http.client's limit).
 MAX_FIELDS = 100
 
@@ -72,8 +75,8 @@ class RequestHeaders:
 
 def read_headers(rfile, max_bytes: int) -> RequestHeaders:
     """Read a request's header fields up to the blank line; ValueError (a 400 that closes) for more than
-    ``max_bytes``, more than MAX_FIELDS fields, a line that is not ``token: value``, or an obs-fold
-    continuation line (RFC 9112 §5.2 allows refusing it; folding is another smuggling vector)."""
+    ``max_bytes``, more than MAX_FIELDS fields, a line that is not ``token: value``, a value with a control
+    character (a bare CR included), or an obs-fold continuation line (RFC 9112 §5.2 allows refusing it; folding is another smuggling vector)."""
     fields = []
     left = max_bytes
     while True:
@@ -86,9 +89,10 @@ def read_headers(rfile, max_bytes: int) -> RequestHeaders:
         if len(fields) == MAX_FIELDS:
             raise ValueError(f"more than {MAX_FIELDS} header fields")
         name, colon, value = line.decode("latin-1").partition(":")
-        if not colon or not _FIELD_NAME.fullmatch(name):
+        value = value.rstrip("\n").removesuffix("\r").strip(" \t")
+        if not colon or not _FIELD_NAME.fullmatch(name) or _BAD_VALUE.search(value):
             raise ValueError(f"malformed header line {line[:80]!r}")
-        fields.append((name, value.strip(" \t\r\n")))
+        fields.append((name, value))
 
 
 def check_framing(headers) -> None:

@@ -38,12 +38,19 @@ def test_latin1_values_decode_as_http_client_does():
     assert read(b"X-Name: caf\xe9\r\n\r\n").get("x-name") == "caf\u00e9"
 
 
+def test_tabs_inside_a_value_stay_and_around_it_go():
+    assert read(b"X-A: \ta\tb \r\n\r\n").get("x-a") == "a\tb"
+
+
 @pytest.mark.parametrize("raw, why", [
     (b"X: a\r\n folded\r\n\r\n", "malformed"),
     (b"X\t: a\r\n\r\n", "malformed"),
     (b"Content-Length : 5\r\n\r\n", "malformed"),
     (b"no colon\r\n\r\n", "malformed"),
     (b": empty name\r\n\r\n", "malformed"),
+    (b"X-A: a\rTransfer-Encoding: chunked\r\n\r\n", "malformed"),       # a bare CR: another field to some
+    (b"X-A: a\x00b\r\n\r\n", "malformed"),
+    (b"X-A: a\r\r\n\r\n", "malformed"),
     (b"".join(b"X-%d: v\r\n" % i for i in range(MAX_FIELDS + 1)) + b"\r\n", "more than 100"),
     (b"X: " + b"v" * 200 + b"\r\n\r\n", "exceed 100 bytes"),
 ])
