@@ -75,21 +75,26 @@ class RequestHeaders:
 
 def read_headers(rfile, max_bytes: int) -> RequestHeaders:
     """Read a request's header fields up to the blank line; ValueError (a 400 that closes) for more than
-    ``max_bytes``, more than MAX_FIELDS fields, a line that is not ``token: value``, a value with a control
-    character (a bare CR included), or an obs-fold continuation line (RFC 9112 §5.2 allows refusing it; folding is another smuggling vector)."""
+    ``max_bytes``, more than MAX_FIELDS fields, a line that is not ``token: value`` ended by CRLF (a bare LF
+    or CR is read as a line end by some parsers and not by others), a block cut short by the end of the
+    stream, a value with a control character, or an obs-fold continuation line (RFC 9112 §5.2 allows
+    refusing it; folding is another smuggling vector)."""
     fields = []
     left = max_bytes
     while True:
         line = rfile.readline(left + 2)         # (+2: the blank line ending them is not counted)
-        if line in (b"\r\n", b"\n", b""):
+        if line == b"\r\n":
             return RequestHeaders(fields)
         left -= len(line)
         if left < 0:
             raise ValueError(f"request headers exceed {max_bytes} bytes")
+        if not line.endswith(b"\r\n"):
+            raise ValueError("request headers cut short, or a line not ended by CRLF" if not line.endswith(b"\n")
+                             else f"a header line ended by a bare LF: {line[:80]!r}")
         if len(fields) == MAX_FIELDS:
             raise ValueError(f"more than {MAX_FIELDS} header fields")
-        name, colon, value = line.decode("latin-1").partition(":")
-        value = value.rstrip("\n").removesuffix("\r").strip(" \t")
+        name, colon, value = line[:-2].decode("latin-1").partition(":")
+        value = value.strip(" \t")
         if not colon or not _FIELD_NAME.fullmatch(name) or _BAD_VALUE.search(value):
             raise ValueError(f"malformed header line {line[:80]!r}")
         fields.append((name, value))
@@ -105,9 +110,11 @@ def check_framing(headers) -> None:
         raise ValueError("more than one Content-Length header")
     if encodings and lengths:
         raise ValueError("both Content-Length and Transfer-Encoding")
-    if len(encodings) > 1 or (encodings and encodings[0].strip().lower() != "chunked"):
+    # the values as read (read_headers trims only spaces and tabs): str.strip() would also drop \xa0 and \x85,
+    # which a proxy in front does not
+    if len(encodings) > 1 or (encodings and encodings[0].lower() != "chunked"):
         raise ValueError("the only Transfer-Encoding accepted is chunked")
-    if lengths and not (lengths[0].strip().isascii() and lengths[0].strip().isdigit()):
+    if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
         raise ValueError("Content-Length is not a number")
 
 

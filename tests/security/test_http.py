@@ -100,6 +100,7 @@ def test_ambiguous_body_framing_is_refused(srv, framing):
     b"Content-Length : 20\r\n",                      # whitespace before the colon
     b"No colon here\r\n",
     b"X-A: a\rTransfer-Encoding: chunked\r\n",       # a bare CR, another field to a parser that splits on it
+    b"X-A: a\nX-B: b\r\n",                            # a bare LF ends a line to some parsers, not to others
     b"".join(b"X-F%d: v\r\n" % i for i in range(101)),   # over 100 fields
 ])
 def test_malformed_header_lines_are_refused(srv, line):

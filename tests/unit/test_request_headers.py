@@ -22,7 +22,7 @@ def test_fields_by_name_in_any_case_first_value_and_all_values():
 
 
 def test_reading_stops_at_the_blank_line_and_leaves_the_body():
-    rfile = io.BufferedReader(io.BytesIO(b"A: 1\n\n{\"x\": 1}"))
+    rfile = io.BufferedReader(io.BytesIO(b"A: 1\r\n\r\n{\"x\": 1}"))
     assert read_headers(rfile, 1000).get("a") == "1"
     assert rfile.read() == b'{"x": 1}'
 
@@ -51,6 +51,10 @@ def test_tabs_inside_a_value_stay_and_around_it_go():
     (b"X-A: a\rTransfer-Encoding: chunked\r\n\r\n", "malformed"),       # a bare CR: another field to some
     (b"X-A: a\x00b\r\n\r\n", "malformed"),
     (b"X-A: a\r\r\n\r\n", "malformed"),
+    (b"Host: x\nTransfer-Encoding: chunked\r\n\r\n", "bare LF"),     # two fields to some parsers, one to others
+    (b"Host: x\r\n\n", "bare LF"),
+    (b"Host: x\r\nContent-Length: 0", "cut short"),                  # the stream ends inside the block
+    (b"Host: x\r\n", "cut short"),
     (b"".join(b"X-%d: v\r\n" % i for i in range(MAX_FIELDS + 1)) + b"\r\n", "more than 100"),
     (b"X: " + b"v" * 200 + b"\r\n\r\n", "exceed 100 bytes"),
 ])
@@ -62,6 +66,16 @@ def test_refused(raw, why):
 def test_exactly_the_limits_pass():
     fields = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_FIELDS))
     assert len(read(fields + b"\r\n", max_bytes=len(fields)).items()) == MAX_FIELDS
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"Transfer-Encoding: chunked\xa0\r\n\r\n", "only Transfer-Encoding"),   # str.strip() would drop \xa0
+    (b"Content-Length: 3\xa0\r\n\r\n", "not a number"),
+    (b"Content-Length: \x853\r\n\r\n", "not a number"),
+])
+def test_framing_values_are_judged_as_read(raw, why):
+    with pytest.raises(ValueError, match=why):
+        check_framing(read(raw))
 
 
 def test_framing_check_reads_every_content_length():
