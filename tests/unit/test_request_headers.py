@@ -17,7 +17,6 @@ def test_fields_by_name_in_any_case_first_value_and_all_values():
     assert h.get("X-A") == "1" and h.get_all("x-A") == ["1", "2"]
     assert h.get("missing", "d") == "d" and h.get_all("missing") is None
     assert h.headers == ["Host: x\r\n", "Content-Type: application/json\r\n", "X-A: 1\r\n", "x-a: 2\r\n"]
-    assert h.items() == [("Host", "x"), ("Content-Type", "application/json"), ("X-A", "1"), ("x-a", "2")]
     assert h.status == ""
 
 
@@ -31,7 +30,7 @@ def test_delete_removes_every_field_of_that_name():
     h = read(b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\ncontent-length: 4\r\n\r\n")
     del h["CONTENT-LENGTH"]
     del h["not-there"]
-    assert h.get("content-length") is None and h.items() == [("Transfer-Encoding", "chunked")]
+    assert h.get("content-length") is None and h.headers == ["Transfer-Encoding: chunked\r\n"]
 
 
 def test_latin1_values_decode_as_http_client_does():
@@ -65,7 +64,7 @@ def test_refused(raw, why):
 
 def test_exactly_the_limits_pass():
     fields = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_FIELDS))
-    assert len(read(fields + b"\r\n", max_bytes=len(fields)).items()) == MAX_FIELDS
+    assert len(read(fields + b"\r\n", max_bytes=len(fields)).headers) == MAX_FIELDS
 
 
 @pytest.mark.parametrize("raw, why", [
